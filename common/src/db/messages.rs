@@ -1,0 +1,102 @@
+//! Messages of a conversation, in sequence order.
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+use crate::chat::{ChatMessage, Role};
+use crate::ids::{ConversationId, JobId, MessageId, TenantId};
+
+/// A stored message.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub seq: i64,
+    pub role: String,
+    pub content: String,
+    pub job_id: Option<JobId>,
+    pub created_at: OffsetDateTime,
+}
+
+/// A page of history: up to `limit` messages before `before` (exclusive), in ascending order, and
+/// whether older ones remain.
+///
+/// # Errors
+/// Database errors.
+pub async fn history(
+    pool: &PgPool,
+    tenant: TenantId,
+    conversation: ConversationId,
+    limit: i64,
+    before: Option<i64>,
+) -> Result<(Vec<MessageRow>, bool), sqlx::Error> {
+    let mut rows = sqlx::query_as!(
+        MessageRow,
+        r#"SELECT id AS "id: MessageId", conversation_id AS "conversation_id: ConversationId",
+                  seq, role, content, job_id AS "job_id: JobId", created_at
+             FROM messages
+            WHERE conversation_id = $1 AND tenant_id = $2 AND ($3::bigint IS NULL OR seq < $3)
+            ORDER BY seq DESC
+            LIMIT $4"#,
+        conversation.as_uuid(),
+        tenant.as_uuid(),
+        before,
+        limit + 1,
+    )
+    .fetch_all(pool)
+    .await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    rows.reverse();
+    Ok((rows, has_more))
+}
+
+/// One message, if it belongs to the tenant.
+///
+/// # Errors
+/// Database errors.
+pub async fn get(
+    pool: &PgPool,
+    tenant: TenantId,
+    id: MessageId,
+) -> Result<Option<MessageRow>, sqlx::Error> {
+    sqlx::query_as!(
+        MessageRow,
+        r#"SELECT id AS "id: MessageId", conversation_id AS "conversation_id: ConversationId",
+                  seq, role, content, job_id AS "job_id: JobId", created_at
+             FROM messages WHERE id = $1 AND tenant_id = $2"#,
+        id.as_uuid(),
+        tenant.as_uuid(),
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// The newest messages up to and including `upto_seq`, oldest first, at most `max_messages` of
+/// them. The caller trims further by estimated tokens.
+///
+/// # Errors
+/// Database errors.
+pub async fn prompt_window(
+    pool: &PgPool,
+    conversation: ConversationId,
+    upto_seq: i64,
+    max_messages: i64,
+) -> Result<Vec<ChatMessage>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT role, content FROM messages
+            WHERE conversation_id = $1 AND seq <= $2
+            ORDER BY seq DESC
+            LIMIT $3"#,
+        conversation.as_uuid(),
+        upto_seq,
+        max_messages,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .rev()
+        .filter_map(|row| Role::from_db(&row.role).map(|role| ChatMessage::new(role, row.content)))
+        .collect())
+}

@@ -1,0 +1,73 @@
+//! Publishing jobs to JetStream: one place, used by the ingress and the reconciler alike.
+//!
+//! Every job is published with `Nats-Msg-Id` set to its id and the publish acknowledgement is
+//! awaited, so a job counts as queued only once JetStream has stored it, and publishing it again
+//! (a retried request, a reconciler pass) inside the duplicate window stores nothing new.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::Context;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+
+use crate::ids::JobId;
+use crate::job::{JobEnvelope, Lane};
+use crate::topology::Topology;
+
+/// JetStream's error code for a store that refused a message (with `discard: new`, a full stream).
+const STORE_FAILED: u64 = 10077;
+
+/// Why a job could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishJobError {
+    /// The stream is at `queue_max_jobs`: back-pressure, not a fault.
+    #[error("the job queue is full")]
+    QueueFull,
+    #[error("JetStream did not store the job")]
+    Unavailable(#[source] PublishError),
+}
+
+/// Publishes a job and waits for JetStream to store it. Returns whether JetStream saw it as a
+/// duplicate of one already stored.
+///
+/// # Errors
+/// [`PublishJobError::QueueFull`] when the stream refuses new jobs; otherwise NATS is unreachable,
+/// the stream is missing, or the acknowledgement did not arrive in time.
+pub async fn publish_job(
+    js: &Context,
+    topology: &Topology,
+    job_id: JobId,
+    lane: Lane,
+) -> Result<bool, PublishJobError> {
+    let envelope = JobEnvelope { job_id, lane };
+    let payload = serde_json::to_vec(&envelope).unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", job_id.to_string().as_str());
+    let ack = js
+        .publish_with_headers(topology.job_subject(lane), headers, payload.into())
+        .await
+        .map_err(classify)?
+        .await
+        .map_err(classify)?;
+    Ok(ack.duplicate)
+}
+
+fn classify(err: PublishError) -> PublishJobError {
+    if err.kind() == PublishErrorKind::Other && is_store_full(&err) {
+        PublishJobError::QueueFull
+    } else {
+        PublishJobError::Unavailable(err)
+    }
+}
+
+fn is_store_full(err: &PublishError) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(js) = cause.downcast_ref::<async_nats::jetstream::Error>() {
+            let text = js.to_string();
+            return js.error_code().0 == STORE_FAILED
+                || text.contains("maximum messages")
+                || text.contains("maximum bytes");
+        }
+        source = cause.source();
+    }
+    false
+}

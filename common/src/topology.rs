@@ -1,0 +1,235 @@
+//! Every NATS name and setting chatq uses, in one place.
+//!
+//! All names start with the namespace (`CHATQ_NAMESPACE`, default `chatq`), so several
+//! deployments or test runs share one NATS server without seeing each other. With the default
+//! namespace:
+//!
+//! | what | name | kind |
+//! |---|---|---|
+//! | job queue | stream `CHATQ_JOBS`, subjects `chatq.jobs.interactive`, `chatq.jobs.batch` | work-queue, file, `discard: new` |
+//! | lane consumers | `chatq_interactive`, `chatq_batch` on `CHATQ_JOBS` | durable pull, explicit ack |
+//! | dead letters | stream `CHATQ_DEAD`, subjects `chatq.dead.<lane>` | limits, file, kept 30 days |
+//! | job events | subjects `chatq.events.<job id>` | core NATS |
+//!
+//! [`Topology::ensure`] creates or updates all of it and is safe to run from every process at
+//! start-up, concurrently. `nats/README.md` documents each value and why it was chosen.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, Context};
+
+use crate::ids::JobId;
+use crate::job::Lane;
+use crate::settings::{Namespace, Settings};
+
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a republished duplicate. The design asks
+/// for at least two minutes: longer than a publish retry or a reconciler pass can take.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long dead letters are kept for inspection.
+pub const DEAD_LETTER_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest job envelope; envelopes hold ids only, so this is generous.
+pub const MAX_ENVELOPE_BYTES: i32 = 4096;
+
+/// Names and configurations derived from the namespace and the settings.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    namespace: String,
+    queue_max_jobs: i64,
+    ack_wait: Duration,
+    max_deliver: i64,
+    max_ack_pending: i64,
+}
+
+impl Topology {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            namespace: settings.namespace.as_str().to_owned(),
+            queue_max_jobs: settings.queue_max_jobs,
+            ack_wait: Duration::from_secs(settings.job_ack_wait_secs.max(1)),
+            // chatq counts attempts in Postgres and gives up after `job_max_attempts`; this is the
+            // server-side backstop, with room for deliveries that were handed back, not attempted.
+            max_deliver: i64::from(settings.job_max_attempts) * 2 + 3,
+            max_ack_pending: settings.queue_max_in_flight,
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Builds a topology for a namespace with default limits (tools and tests).
+    pub fn for_namespace(namespace: &Namespace) -> Self {
+        let settings = Settings {
+            namespace: namespace.clone(),
+            ..Settings::default()
+        };
+        Self::new(&settings)
+    }
+
+    pub fn jobs_stream(&self) -> String {
+        format!("{}_JOBS", self.namespace.to_ascii_uppercase())
+    }
+
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_DEAD", self.namespace.to_ascii_uppercase())
+    }
+
+    /// `chatq.jobs.interactive`.
+    pub fn job_subject(&self, lane: Lane) -> String {
+        format!("{}.jobs.{}", self.namespace, lane.as_str())
+    }
+
+    /// `chatq.dead.interactive`.
+    pub fn dead_letter_subject(&self, lane: Lane) -> String {
+        format!("{}.dead.{}", self.namespace, lane.as_str())
+    }
+
+    /// `chatq_interactive`: the durable pull consumer of one lane.
+    pub fn consumer_name(&self, lane: Lane) -> String {
+        format!("{}_{}", self.namespace, lane.as_str())
+    }
+
+    /// `chatq.events.job_…`: where a job's events are published.
+    pub fn events_subject(&self, job: JobId) -> String {
+        format!("{}.events.{job}", self.namespace)
+    }
+
+    pub fn ack_wait(&self) -> Duration {
+        self.ack_wait
+    }
+
+    pub fn jobs_stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.jobs_stream(),
+            description: Some("chatq jobs waiting for a worker".into()),
+            subjects: Lane::ALL
+                .iter()
+                .map(|lane| self.job_subject(*lane))
+                .collect(),
+            // Each job is delivered to one worker and removed once acknowledged.
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            // A full queue rejects new jobs instead of dropping old ones: back-pressure at the door.
+            discard: DiscardPolicy::New,
+            max_messages: self.queue_max_jobs,
+            max_message_size: MAX_ENVELOPE_BYTES,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        }
+    }
+
+    pub fn dead_letter_stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.dead_letter_stream(),
+            description: Some("chatq jobs that failed for good, kept for inspection".into()),
+            subjects: vec![format!("{}.dead.>", self.namespace)],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_age: DEAD_LETTER_MAX_AGE,
+            max_messages: 1_000_000,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        }
+    }
+
+    pub fn consumer_config(&self, lane: Lane) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.consumer_name(lane)),
+            description: Some(format!("chatq workers pulling {lane} jobs")),
+            filter_subject: self.job_subject(lane),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            max_ack_pending: self.max_ack_pending,
+            // Pull requests of every worker in the fleet at once.
+            max_waiting: 4096,
+            ..Default::default()
+        }
+    }
+
+    /// Creates or updates the streams and consumers. Idempotent and safe to race.
+    ///
+    /// # Errors
+    /// NATS is unreachable, JetStream is disabled, or an existing stream has a configuration that
+    /// cannot be changed in place (for example another retention policy).
+    pub async fn ensure(&self, js: &Context) -> Result<(), TopologyError> {
+        let jobs = ensure_stream(js, self.jobs_stream_config()).await?;
+        ensure_stream(js, self.dead_letter_stream_config()).await?;
+        for lane in Lane::ALL {
+            let config = self.consumer_config(lane);
+            jobs.create_consumer(config)
+                .await
+                .map_err(|source| TopologyError::Consumer {
+                    name: self.consumer_name(lane),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The pull consumer of one lane.
+    ///
+    /// # Errors
+    /// The stream or consumer does not exist (run [`Topology::ensure`] first) or NATS is down.
+    pub async fn lane_consumer(
+        &self,
+        js: &Context,
+        lane: Lane,
+    ) -> Result<consumer::PullConsumer, async_nats::Error> {
+        let stream = js.get_stream(self.jobs_stream()).await?;
+        stream.get_consumer(&self.consumer_name(lane)).await
+    }
+}
+
+/// Creates a stream, or brings an existing one to `config`.
+async fn ensure_stream(
+    js: &Context,
+    config: stream::Config,
+) -> Result<stream::Stream, TopologyError> {
+    let name = config.name.clone();
+    let stream_error = |source: async_nats::Error| TopologyError::Stream {
+        name: name.clone(),
+        source,
+    };
+    match js.create_stream(config.clone()).await {
+        Ok(stream) => Ok(stream),
+        Err(err)
+            if matches!(
+                err.kind(),
+                jetstream::context::CreateStreamErrorKind::JetStream(_)
+            ) =>
+        {
+            // Exists with another configuration: update what can be updated in place.
+            js.update_stream(config)
+                .await
+                .map_err(|err| stream_error(err.into()))?;
+            js.get_stream(&name)
+                .await
+                .map_err(|err| stream_error(err.into()))
+        }
+        Err(err) => Err(stream_error(err.into())),
+    }
+}
+
+/// Why the NATS topology could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error(
+        "cannot create or update the JetStream stream {name} (is JetStream enabled on the server?)"
+    )]
+    Stream {
+        name: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("cannot create or update the JetStream consumer {name}")]
+    Consumer {
+        name: String,
+        #[source]
+        source: async_nats::jetstream::stream::ConsumerError,
+    },
+}

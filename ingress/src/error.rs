@@ -1,0 +1,182 @@
+//! One error type for every handler, answered in the OpenAI error shape:
+//! `{"error":{"message":"…","type":"…","code":"…","param":"…"}}`.
+//!
+//! The status match is exhaustive, so a new variant cannot be added without deciding its status.
+//! A 5xx never carries internal text: the cause chain is logged once, here, and the client gets a
+//! generic message with the request id to quote.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Why a request failed, as the client will be told.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed or a value is out of range.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<&'static str>,
+    },
+    /// 401: no key, or not a valid one.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: a valid key without the right scope.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: nothing of that kind with that id for this tenant (or no such route).
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the route exists with other methods.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the request conflicts with the current state.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// 413: the body is larger than `max_request_bytes`.
+    #[error("the request body is larger than the {limit}-byte limit")]
+    PayloadTooLarge { limit: usize },
+    /// 429: this key sent too many requests.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+    },
+    /// 503: the queue is full or a dependency is down; try again later.
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after: Duration,
+    },
+    /// 500: a bug or an unexpected failure. The source is logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: None,
+        }
+    }
+
+    pub fn invalid_with_code(
+        message: impl Into<String>,
+        param: impl Into<String>,
+        code: &'static str,
+    ) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: Some(code),
+        }
+    }
+
+    pub fn not_found(kind: &str, id: impl std::fmt::Display) -> Self {
+        ApiError::NotFound(format!("No {kind} found with id '{id}'."))
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(err.into())
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest { .. } | ApiError::MethodNotAllowed(_) => {
+                "invalid_request_error"
+            }
+            ApiError::Unauthenticated(_) => "authentication_error",
+            ApiError::Forbidden(_) => "permission_error",
+            ApiError::NotFound(_) => "not_found_error",
+            ApiError::Conflict { .. } => "conflict_error",
+            ApiError::PayloadTooLarge { .. } => "request_too_large",
+            ApiError::RateLimited { .. } => "rate_limit_error",
+            ApiError::Overloaded { .. } => "overloaded_error",
+            ApiError::Internal(_) => "api_error",
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidRequest { code, .. } => *code,
+            ApiError::Unauthenticated(_) => Some("invalid_api_key"),
+            ApiError::Conflict { code, .. } => Some(code),
+            ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
+            ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            ApiError::Overloaded { .. } => Some("overloaded"),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Internal(err) => {
+                tracing::error!(error = format!("{err:#}"), "request failed");
+                "The server had an error while processing your request. Try again; if it keeps \
+                 happening, report it with the x-request-id of this response."
+                    .to_owned()
+            }
+            other => other.to_string(),
+        };
+        let param = match &self {
+            ApiError::InvalidRequest { param, .. } => param.clone(),
+            _ => None,
+        };
+        let body = json!({
+            "error": { "message": message, "type": self.kind(), "code": self.code(), "param": param }
+        });
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after, .. }
+        | ApiError::Overloaded { retry_after, .. } = &self
+        {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        // Postgres unreachable or out of connections is an outage the client can wait out.
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::error!(error = %err, "database unavailable");
+                ApiError::Overloaded {
+                    message: "The service is temporarily unavailable (its database cannot be reached). Try again shortly.".into(),
+                    retry_after: Duration::from_secs(2),
+                }
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+/// Shorthand for handler results.
+pub type ApiResult<T> = Result<T, ApiError>;

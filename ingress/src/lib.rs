@@ -1,0 +1,140 @@
+//! # chatq-ingress
+//!
+//! The HTTP front door. It is thin and stateless: authenticate, validate, record the request in
+//! Postgres, publish the job to JetStream, answer. It never calls the LLM, so its latency does not
+//! depend on the provider's and any number of replicas can run side by side.
+//!
+//! # Layout
+//!
+//! - [`Application`]: binds the listener, builds the router, serves until shutdown, then drains.
+//! - `routes`: one module per resource (conversations, messages, jobs, health).
+//! - `auth`: API keys to tenants, with a short-lived cache.
+//! - `extract`: extractors that turn bad input into clear 4xx answers.
+//! - `validate`: request bodies and their limits.
+//! - `views`: the JSON shapes of the API.
+//! - `waiter`: waiting for a job to finish (`Prefer: wait=N`, `?wait=N`).
+//! - `publish`: batching the "JetStream stored it" notes.
+//! - [`error`]: the one error type, in the OpenAI error shape.
+
+mod auth;
+pub mod error;
+mod extract;
+mod publish;
+mod routes;
+mod state;
+mod validate;
+mod views;
+mod waiter;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::{HeaderName, Request};
+use chatq_common::Settings;
+use chatq_common::settings::ProviderKind;
+use chatq_common::topology::Topology;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use crate::publish::PublishedMarks;
+use crate::state::AppState;
+
+/// The model used when a request and its conversation name none and `CHATQ_MODEL` is unset, with
+/// the simulated provider (which answers for any model).
+pub const SIMULATED_DEFAULT_MODEL: &str = "chatq-simulated";
+
+/// A bound, ready-to-serve ingress.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    background: TaskTracker,
+    /// Stops the background tasks once the server has finished its last request.
+    background_stop: CancellationToken,
+}
+
+impl Application {
+    /// Binds `http_addr` (port 0 picks a free port) and builds the router.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn build(
+        settings: Arc<Settings>,
+        pool: sqlx::PgPool,
+        nats: async_nats::Client,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {} (CHATQ_HTTP_ADDR)", settings.http_addr)
+            })?;
+        let background = TaskTracker::new();
+        let background_stop = CancellationToken::new();
+        let default_model = settings.model.clone().or_else(|| {
+            (settings.provider == ProviderKind::Simulated)
+                .then(|| SIMULATED_DEFAULT_MODEL.to_owned())
+        });
+        let state = AppState {
+            topology: Topology::new(&settings),
+            jetstream: async_nats::jetstream::new(nats.clone()),
+            nats,
+            keys: auth::key_cache(),
+            published: PublishedMarks::start(pool.clone(), &background, background_stop.clone()),
+            pool,
+            default_model: default_model.map(Arc::from),
+            settings,
+        };
+        let request_id = HeaderName::from_static("x-request-id");
+        let router = routes::router(state)
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                }),
+            )
+            .layer(PropagateRequestIdLayer::new(request_id.clone()))
+            .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+        Ok(Self {
+            listener,
+            router,
+            background,
+            background_stop,
+        })
+    }
+
+    /// The address actually bound.
+    ///
+    /// # Errors
+    /// The socket has no local address (not in practice).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains.
+    ///
+    /// # Errors
+    /// The server fails (not for a single bad request).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        tracing::info!(%addr, "ingress listening on http://{addr}");
+        // Phase 1: stop accepting connections and let requests in flight finish.
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("the HTTP server failed")?;
+        // Phase 2: flush the background batchers, now that no request can feed them.
+        self.background_stop.cancel();
+        self.background.close();
+        self.background.wait().await;
+        tracing::info!("ingress stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! The router: every route of the public API, and the fallbacks that keep unknown routes and
+//! methods in the OpenAI error shape.
+
+mod conversations;
+mod health;
+mod jobs;
+mod messages;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.max_request_bytes;
+    let api = Router::new()
+        .route(
+            "/v1/conversations",
+            post(conversations::create).get(conversations::list),
+        )
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::get).delete(conversations::delete),
+        )
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(conversations::history)
+                .post(messages::send)
+                .delete(conversations::clear_history),
+        )
+        .route("/v1/messages/{id}/feedback", post(messages::feedback))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit));
+    api.with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "Unknown route '{}'. The API is documented in the README.",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("'{method} {}' is not supported.", uri.path()))
+}

@@ -1,0 +1,198 @@
+//! The JSON shapes of the public API, built from stored rows. Timestamps are Unix seconds, as in
+//! the OpenAI API.
+
+use chatq_common::chat::Usage;
+use chatq_common::db::conversations::ConversationRow;
+use chatq_common::db::feedback::FeedbackRow;
+use chatq_common::db::jobs::JobRow;
+use chatq_common::db::messages::MessageRow;
+use chatq_common::ids::{ConversationId, JobId, MessageId};
+use chatq_common::job::JobStatus;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+fn unix(at: OffsetDateTime) -> i64 {
+    at.unix_timestamp()
+}
+
+/// `{"object":"list","data":[…],"has_more":bool,"first_id","last_id"}`.
+#[derive(Debug, Serialize)]
+pub struct ListView<T: Serialize> {
+    pub object: &'static str,
+    pub data: Vec<T>,
+    pub has_more: bool,
+    pub first_id: Option<String>,
+    pub last_id: Option<String>,
+}
+
+impl<T: Serialize> ListView<T> {
+    pub fn new(data: Vec<T>, has_more: bool, id: impl Fn(&T) -> String) -> Self {
+        Self {
+            object: "list",
+            first_id: data.first().map(&id),
+            last_id: data.last().map(&id),
+            data,
+            has_more,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConversationView {
+    pub id: ConversationId,
+    pub object: &'static str,
+    pub title: Option<String>,
+    pub system_prompt: Option<String>,
+    pub model: Option<String>,
+    pub metadata: serde_json::Value,
+    pub message_count: i32,
+    pub created_at: i64,
+    pub last_activity_at: i64,
+}
+
+impl From<ConversationRow> for ConversationView {
+    fn from(row: ConversationRow) -> Self {
+        Self {
+            id: row.id,
+            object: "conversation",
+            title: row.title,
+            system_prompt: row.system_prompt,
+            model: row.model,
+            metadata: row.metadata,
+            message_count: row.message_count,
+            created_at: unix(row.created_at),
+            last_activity_at: unix(row.last_activity_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageView {
+    pub id: MessageId,
+    pub object: &'static str,
+    pub conversation_id: ConversationId,
+    pub seq: i64,
+    pub role: String,
+    pub content: String,
+    /// The job this message started (user) or that wrote it (assistant).
+    pub job_id: Option<JobId>,
+    pub created_at: i64,
+}
+
+impl From<MessageRow> for MessageView {
+    fn from(row: MessageRow) -> Self {
+        Self {
+            id: row.id,
+            object: "message",
+            conversation_id: row.conversation_id,
+            seq: row.seq,
+            role: row.role,
+            content: row.content,
+            job_id: row.job_id,
+            created_at: unix(row.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplyView {
+    /// The assistant message in the conversation (none for a stateless chat completion).
+    pub message_id: Option<MessageId>,
+    pub content: String,
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+    pub cached: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobErrorView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub object: &'static str,
+    pub status: JobStatus,
+    pub lane: String,
+    pub model: String,
+    pub conversation_id: Option<ConversationId>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub attempts: i32,
+    pub queued_ms: Option<i32>,
+    pub ttft_ms: Option<i32>,
+    pub upstream_ms: Option<i32>,
+    pub reply: Option<ReplyView>,
+    pub error: Option<JobErrorView>,
+}
+
+impl From<JobRow> for JobView {
+    fn from(row: JobRow) -> Self {
+        let status = row.status();
+        let reply = (status == JobStatus::Succeeded).then(|| ReplyView {
+            message_id: row.reply_message_id,
+            content: row.reply_content.clone().unwrap_or_default(),
+            finish_reason: row.finish_reason.clone(),
+            usage: row
+                .usage
+                .clone()
+                .and_then(|u| serde_json::from_value(u).ok()),
+            cached: row.cached,
+        });
+        let error = matches!(
+            status,
+            JobStatus::Failed | JobStatus::Cancelled | JobStatus::Expired
+        )
+        .then(|| JobErrorView {
+            kind: row
+                .error_type
+                .clone()
+                .unwrap_or_else(|| status.as_str().to_owned()),
+            message: row.error_message.clone().unwrap_or_default(),
+        });
+        Self {
+            id: row.id,
+            object: "job",
+            status,
+            lane: row.lane,
+            model: row.model,
+            conversation_id: row.conversation_id,
+            created_at: unix(row.created_at),
+            started_at: row.started_at.map(unix),
+            finished_at: row.finished_at.map(unix),
+            attempts: row.attempts,
+            queued_ms: row.queued_ms,
+            ttft_ms: row.ttft_ms,
+            upstream_ms: row.upstream_ms,
+            reply,
+            error,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct FeedbackView {
+    pub object: &'static str,
+    pub message_id: MessageId,
+    pub rating: i16,
+    pub comment: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<FeedbackRow> for FeedbackView {
+    fn from(row: FeedbackRow) -> Self {
+        Self {
+            object: "feedback",
+            message_id: row.message_id,
+            rating: row.rating,
+            comment: row.comment,
+            created_at: unix(row.created_at),
+            updated_at: unix(row.updated_at),
+        }
+    }
+}

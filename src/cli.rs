@@ -1,0 +1,106 @@
+//! The command line: one subcommand per role, each with every setting as a flag.
+
+use std::net::SocketAddr;
+
+use chatq_common::Settings;
+use chatq_common::settings::SettingsFlags;
+use chatq_workers::mock_llm::MockConfig;
+use clap::{Parser, Subcommand};
+
+use crate::roles;
+
+/// chatq: a queue-backed AI chat backend.
+///
+/// Settings come from defaults, then the TOML file named by --config (or CHATQ_CONFIG), then
+/// CHATQ_* environment variables, then flags. `chatq serve --help` lists them all.
+#[derive(Debug, Parser)]
+#[command(name = "chatq", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the ingress and workers in one process (the default for a laptop).
+    Serve(RoleArgs),
+    /// Run only the HTTP ingress.
+    Ingress(RoleArgs),
+    /// Run only a worker (start more for more throughput).
+    Worker(RoleArgs),
+    /// Apply database migrations, then exit.
+    Migrate(RoleArgs),
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Run an OpenAI-compatible mock LLM server (for demos, tests and benchmarks).
+    MockLlm {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        addr: SocketAddr,
+        #[command(flatten)]
+        config: MockConfig,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RoleArgs {
+    #[command(flatten)]
+    pub settings: SettingsFlags,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log filter, in RUST_LOG syntax.
+    #[arg(long, default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create an API key for a tenant (created if new). The key alone goes to standard output.
+    Create {
+        /// Tenant the key belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// Give the key the admin scope (operator endpoints).
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        settings: SettingsFlags,
+    },
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(args) => roles::serve(load(&args.settings)?, roles::Roles::Both).await,
+            Command::Ingress(args) => {
+                roles::serve(load(&args.settings)?, roles::Roles::Ingress).await
+            }
+            Command::Worker(args) => {
+                roles::serve(load(&args.settings)?, roles::Roles::Worker).await
+            }
+            Command::Migrate(args) => roles::migrate(load(&args.settings)?).await,
+            Command::Keys {
+                command:
+                    KeysCommand::Create {
+                        tenant,
+                        admin,
+                        settings,
+                    },
+            } => roles::create_key(load(&settings)?, &tenant, admin).await,
+            Command::MockLlm { addr, config, log } => roles::mock_llm(addr, config, &log.log).await,
+        }
+    }
+}
+
+fn load(flags: &SettingsFlags) -> anyhow::Result<Settings> {
+    let settings = Settings::load(flags)?;
+    chatq_common::telemetry::init(settings.log_format, &settings.log);
+    Ok(settings)
+}

@@ -1,0 +1,26 @@
+//! # chatq-workers
+//!
+//! Stateless workers: pull jobs from JetStream under bounded concurrency, build the prompt from
+//! Postgres, call the LLM provider (streaming), record the reply, publish events, acknowledge.
+//! Operators scale throughput by running more worker processes; nothing else changes.
+//!
+//! # Layout
+//!
+//! - [`worker`]: the loop: pull (interactive lane first), bound concurrency, settle by outcome,
+//!   drain on shutdown.
+//! - [`process`]: one delivery of one job: claim, call, commit; returns an [`process::Outcome`].
+//! - [`prompt`]: the system prompt and a bounded history window.
+//! - [`events`]: publishing a job's events while it runs.
+//! - [`reconciler`]: republishing jobs Postgres has as queued but JetStream never acknowledged.
+//! - [`provider`]: the `Provider` trait and its implementations (OpenAI-compatible, simulated).
+//! - [`mock_llm`]: `chatq mock-llm`, an OpenAI-compatible server for tests and benchmarks.
+
+pub mod events;
+pub mod mock_llm;
+pub mod process;
+pub mod prompt;
+pub mod provider;
+pub mod reconciler;
+pub mod worker;
+
+pub use worker::Worker;

@@ -1,0 +1,623 @@
+//! One delivery of one job: [`process_one`] claims the job, runs one attempt, records the result
+//! and says what should happen to the message ([`Outcome`]). It never acknowledges anything
+//! itself; the loop in [`crate::worker`] does that, by outcome, after this returns.
+//!
+//! The order is what makes "at least once" delivery have an exactly-once effect:
+//!
+//! 1. **Claim** in Postgres before calling the provider. A job that is finished, or held by a
+//!    live claim elsewhere, is not run again.
+//! 2. **Call** the provider, streaming deltas out as events, while a heartbeat extends both the
+//!    JetStream ack deadline and the Postgres lease.
+//! 3. **Commit** the reply and the result in one statement, fenced by the claim token.
+//! 4. **Ack** (in the loop), only after the commit. A crash between 3 and 4 leads to a
+//!    redelivery that finds the job finished and acks it without calling the provider.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::message::Acker;
+use chatq_common::Settings;
+use chatq_common::chat::{ChatMessage, Usage, estimate_tokens};
+use chatq_common::db::jobs::{self, ClaimedJob, Completion, NotClaimed};
+use chatq_common::db::messages;
+use chatq_common::events::EventKind;
+use chatq_common::ids::{JobId, MessageId};
+use chatq_common::job::{JobEnvelope, JobRequest, JobStatus, Lane};
+use chatq_common::topology::Topology;
+use futures::{FutureExt, StreamExt};
+use rand::Rng;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::events::AttemptEvents;
+use crate::prompt::build_prompt;
+use crate::provider::{Provider, ProviderError, ProviderRequest, StreamItem};
+
+/// How long to wait before trying again when Postgres itself is unavailable.
+const DATABASE_RETRY: Duration = Duration::from_secs(2);
+
+/// Everything a worker process shares between the jobs it runs.
+pub struct JobContext {
+    /// Names this process in claims, logs and heartbeats.
+    pub worker_id: String,
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub jetstream: async_nats::jetstream::Context,
+    pub topology: Topology,
+    pub provider: Arc<dyn Provider>,
+    pub settings: Arc<Settings>,
+}
+
+impl JobContext {
+    /// The Postgres lease matches the JetStream ack wait: both are extended by the same heartbeat,
+    /// so when JetStream redelivers a job whose worker died, its lease has run out too.
+    fn lease_secs(&self) -> f64 {
+        self.topology.ack_wait().as_secs_f64()
+    }
+
+    fn heartbeat_every(&self) -> Duration {
+        self.topology.ack_wait() / 3
+    }
+}
+
+/// What to do with the message once [`process_one`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done with it (finished now, or found already finished): remove it from the queue.
+    Ack,
+    /// Deliver it again after this delay (a retry, or a job another worker still holds).
+    Nak(Duration),
+    /// Never deliver it again (it cannot be parsed).
+    Term,
+    /// Neither: another worker took the job over and owns its message now.
+    Abandon,
+}
+
+/// Runs one delivery of a job. See the module documentation for the order of steps.
+pub async fn process_one(
+    ctx: &JobContext,
+    envelope: &JobEnvelope,
+    delivery: &Acker,
+    hand_back: &CancellationToken,
+) -> Outcome {
+    let token = Uuid::new_v4();
+    let claimed = match jobs::claim(
+        &ctx.pool,
+        envelope.job_id,
+        token,
+        &ctx.worker_id,
+        ctx.lease_secs(),
+    )
+    .await
+    {
+        Ok(Ok(job)) => job,
+        Ok(Err(NotClaimed::Missing | NotClaimed::Finished(_))) => return Outcome::Ack,
+        Ok(Err(NotClaimed::HeldElsewhere { lease_left })) => {
+            return Outcome::Nak(lease_left + Duration::from_secs(1));
+        }
+        Ok(Err(NotClaimed::CancelRequested)) => return Outcome::Ack,
+        Err(err) => {
+            chatq_common::telemetry::log_error_chain("cannot claim a job; will retry", &err);
+            return Outcome::Nak(DATABASE_RETRY);
+        }
+    };
+    let attempt = Attempt {
+        ctx,
+        lane: envelope.lane,
+        token,
+        job: claimed,
+    };
+    attempt.run(delivery, hand_back).await
+}
+
+/// One claimed attempt at a job.
+struct Attempt<'a> {
+    ctx: &'a JobContext,
+    lane: Lane,
+    token: Uuid,
+    job: ClaimedJob,
+}
+
+/// A reply read from the provider.
+struct Reply {
+    content: String,
+    finish_reason: String,
+    usage: Usage,
+    ttft_ms: Option<i32>,
+    upstream_ms: i32,
+}
+
+/// Why an attempt ended without a reply.
+enum Failure {
+    Provider {
+        error: ProviderError,
+        upstream_ms: i32,
+    },
+    /// The heartbeat found the claim gone: another worker owns the job now.
+    ClaimLost,
+    /// The grace period of a shutdown ran out.
+    HandedBack,
+}
+
+impl Attempt<'_> {
+    fn id(&self) -> JobId {
+        self.job.id
+    }
+
+    fn attempt_number(&self) -> u32 {
+        u32::try_from(self.job.attempts).unwrap_or(0)
+    }
+
+    async fn run(self, delivery: &Acker, hand_back: &CancellationToken) -> Outcome {
+        let settings = &self.ctx.settings;
+        let mut events = AttemptEvents::new(
+            self.ctx.nats.clone(),
+            &self.ctx.topology,
+            self.id(),
+            self.attempt_number(),
+        );
+        if self.attempt_number() > settings.job_max_attempts {
+            let message = format!(
+                "gave up after {} attempts (the job was delivered again after each worker stopped \
+                 without finishing it)",
+                settings.job_max_attempts
+            );
+            return self
+                .fail("attempts_exhausted", &message, None, &mut events)
+                .await;
+        }
+        if time::OffsetDateTime::now_utc() > self.job.deadline_at {
+            let message = "the job's deadline passed before it could run";
+            return self
+                .finish(JobStatus::Expired, "expired", message, None, &mut events)
+                .await;
+        }
+        let request: JobRequest = match serde_json::from_value(self.job.request.clone()) {
+            Ok(request) => request,
+            Err(err) => {
+                let message = format!("the stored request cannot be read by this worker: {err}");
+                return self
+                    .fail("invalid_request", &message, None, &mut events)
+                    .await;
+            }
+        };
+        let prompt = match self.prompt(&request).await {
+            Ok(prompt) => prompt,
+            Err(err) => {
+                chatq_common::telemetry::log_error_chain(
+                    "cannot read the conversation history",
+                    &err,
+                );
+                return self
+                    .release(false, "database_unavailable", "retrying", DATABASE_RETRY)
+                    .await;
+            }
+        };
+        events
+            .emit(
+                EventKind::JobStarted,
+                json!({ "job_id": self.id(), "attempt": self.attempt_number() }),
+            )
+            .await;
+        let mut params = request.params().clone();
+        params.model = self.job.model.clone();
+        let provider_request = ProviderRequest {
+            messages: prompt,
+            params,
+        };
+        let result = tokio::select! {
+            result = self.call_provider(&provider_request, &mut events) => result,
+            lost = self.heartbeat(delivery) => Err(lost),
+            () = hand_back.cancelled() => Err(Failure::HandedBack),
+        };
+        match result {
+            Ok(reply) => self.succeed(reply, &mut events).await,
+            Err(Failure::ClaimLost) => {
+                tracing::warn!(job_id = %self.id(), "lost the claim on a job mid-call; leaving it to its new owner");
+                Outcome::Abandon
+            }
+            Err(Failure::HandedBack) => {
+                self.release(
+                    true,
+                    "handed_back",
+                    "the worker stopped; the job will run again",
+                    Duration::ZERO,
+                )
+                .await
+            }
+            Err(Failure::Provider { error, upstream_ms }) => {
+                self.provider_failed(error, upstream_ms, &mut events).await
+            }
+        }
+    }
+
+    async fn prompt(&self, request: &JobRequest) -> Result<Vec<ChatMessage>, sqlx::Error> {
+        match request {
+            JobRequest::ChatCompletion { messages, .. } => Ok(messages.clone()),
+            JobRequest::ConversationTurn { .. } => {
+                let settings = &self.ctx.settings;
+                let (Some(conversation), Some(upto)) =
+                    (self.job.conversation_id, self.job.user_seq)
+                else {
+                    return Ok(Vec::new());
+                };
+                let max_messages = i64::try_from(settings.history_max_messages).unwrap_or(i64::MAX);
+                let history =
+                    messages::prompt_window(&self.ctx.pool, conversation, upto, max_messages)
+                        .await?;
+                Ok(build_prompt(
+                    self.job.system_prompt.as_deref(),
+                    history,
+                    settings.history_max_tokens,
+                ))
+            }
+        }
+    }
+
+    /// Streams the reply, publishing deltas as they arrive. Deltas that are already waiting are
+    /// merged into one event (never delaying the first token).
+    async fn call_provider(
+        &self,
+        request: &ProviderRequest,
+        events: &mut AttemptEvents,
+    ) -> Result<Reply, Failure> {
+        let started = Instant::now();
+        let elapsed_ms =
+            |since: Instant| i32::try_from(since.elapsed().as_millis()).unwrap_or(i32::MAX);
+        let failed = |error| Failure::Provider {
+            error,
+            upstream_ms: elapsed_ms(started),
+        };
+        let mut stream = self
+            .ctx
+            .provider
+            .complete_stream(request)
+            .await
+            .map_err(failed)?;
+        let mut content = String::new();
+        let mut ttft_ms = None;
+        let mut pending = String::new();
+        loop {
+            let Some(item) = stream.next().await else {
+                return Err(failed(ProviderError::Truncated));
+            };
+            let mut done = None;
+            match item.map_err(failed)? {
+                StreamItem::Delta(text) => pending.push_str(&text),
+                StreamItem::Done {
+                    finish_reason,
+                    usage,
+                    ..
+                } => done = Some((finish_reason, usage)),
+            }
+            // Merge deltas that are already here, without waiting for more.
+            while done.is_none()
+                && let Some(Some(item)) = stream.next().now_or_never()
+            {
+                match item.map_err(failed)? {
+                    StreamItem::Delta(text) => pending.push_str(&text),
+                    StreamItem::Done {
+                        finish_reason,
+                        usage,
+                        ..
+                    } => done = Some((finish_reason, usage)),
+                }
+            }
+            if !pending.is_empty() && (done.is_some() || !events.should_coalesce()) {
+                ttft_ms.get_or_insert_with(|| elapsed_ms(started));
+                events.delta(&pending).await;
+                content.push_str(&pending);
+                pending.clear();
+            }
+            if let Some((finish_reason, usage)) = done {
+                let usage = usage.unwrap_or_else(|| {
+                    let prompt: usize = request
+                        .messages
+                        .iter()
+                        .map(|m| estimate_tokens(&m.content))
+                        .sum();
+                    Usage::new(
+                        u32::try_from(prompt).unwrap_or(u32::MAX),
+                        u32::try_from(estimate_tokens(&content)).unwrap_or(u32::MAX),
+                    )
+                });
+                return Ok(Reply {
+                    content,
+                    finish_reason,
+                    usage,
+                    ttft_ms,
+                    upstream_ms: elapsed_ms(started),
+                });
+            }
+        }
+    }
+
+    /// Extends the JetStream ack deadline and the Postgres lease until the claim is lost. Returns
+    /// only then; the call it runs beside is dropped.
+    async fn heartbeat(&self, delivery: &Acker) -> Failure {
+        let lease = Duration::from_secs_f64(self.ctx.lease_secs());
+        let mut last_renewed = Instant::now();
+        let mut ticks = tokio::time::interval(self.ctx.heartbeat_every());
+        ticks.tick().await; // The first tick is immediate; the claim was just made.
+        loop {
+            ticks.tick().await;
+            if let Err(err) = delivery.ack_with(AckKind::Progress).await {
+                tracing::warn!(job_id = %self.id(), error = %err, "could not extend the job's ack deadline");
+            }
+            let ids = [self.id().as_uuid()];
+            match jobs::renew_leases(&self.ctx.pool, &ids, &[self.token], self.ctx.lease_secs())
+                .await
+            {
+                Ok(lost) if lost.is_empty() => last_renewed = Instant::now(),
+                Ok(_) => return Failure::ClaimLost,
+                Err(err) => {
+                    tracing::warn!(job_id = %self.id(), error = %err, "could not extend the job's lease");
+                    // Past our lease another worker may claim the job: stop before that can happen.
+                    if last_renewed.elapsed() + self.ctx.heartbeat_every() >= lease {
+                        return Failure::ClaimLost;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn succeed(&self, reply: Reply, events: &mut AttemptEvents) -> Outcome {
+        let reply_message_id = MessageId::new();
+        let completion = Completion {
+            id: self.id(),
+            token: self.token,
+            reply_message_id,
+            content: &reply.content,
+            finish_reason: &reply.finish_reason,
+            usage: reply.usage,
+            ttft_ms: reply.ttft_ms,
+            upstream_ms: reply.upstream_ms,
+            cached: false,
+        };
+        match jobs::complete(&self.ctx.pool, &completion).await {
+            Ok(true) => {
+                tracing::debug!(job_id = %self.id(), upstream_ms = reply.upstream_ms, "job succeeded");
+                let data = json!({
+                    "job_id": self.id(),
+                    "status": JobStatus::Succeeded,
+                    "message_id": self.job.conversation_id.map(|_| reply_message_id),
+                    "content": reply.content,
+                    "finish_reason": reply.finish_reason,
+                    "usage": reply.usage,
+                    "cached": false,
+                });
+                events.emit(EventKind::JobSucceeded, data).await;
+                Outcome::Ack
+            }
+            Ok(false) => Outcome::Abandon,
+            Err(err) => {
+                chatq_common::telemetry::log_error_chain(
+                    "cannot record a job's reply; it will run again",
+                    &err,
+                );
+                // The claim stays until its lease runs out; the redelivery then claims it afresh.
+                Outcome::Nak(Duration::from_secs_f64(self.ctx.lease_secs()))
+            }
+        }
+    }
+
+    async fn provider_failed(
+        &self,
+        error: ProviderError,
+        upstream_ms: i32,
+        events: &mut AttemptEvents,
+    ) -> Outcome {
+        let max = self.ctx.settings.job_max_attempts;
+        let message = public_message(&error);
+        if error.is_retryable() && self.attempt_number() < max {
+            let delay = retry_delay(self.attempt_number(), error.retry_after());
+            tracing::info!(
+                job_id = %self.id(), attempt = self.attempt_number(), retry_in_ms = delay.as_millis() as u64,
+                error = %error, "provider call failed; will retry"
+            );
+            return self
+                .release(false, error.error_type(), &message, delay)
+                .await;
+        }
+        let message = if error.is_retryable() {
+            format!("{message} (gave up after {max} attempts)")
+        } else {
+            message
+        };
+        self.fail(error.error_type(), &message, Some(upstream_ms), events)
+            .await
+    }
+
+    /// Hands the job back for another attempt and asks for redelivery after `delay`.
+    async fn release(
+        &self,
+        refund_attempt: bool,
+        error_type: &str,
+        message: &str,
+        delay: Duration,
+    ) -> Outcome {
+        match jobs::release(
+            &self.ctx.pool,
+            self.id(),
+            self.token,
+            refund_attempt,
+            error_type,
+            message,
+        )
+        .await
+        {
+            Ok(true) => Outcome::Nak(delay),
+            Ok(false) => Outcome::Abandon,
+            Err(err) => {
+                chatq_common::telemetry::log_error_chain(
+                    "cannot hand a job back; its lease will run out",
+                    &err,
+                );
+                Outcome::Nak(Duration::from_secs_f64(self.ctx.lease_secs()))
+            }
+        }
+    }
+
+    async fn fail(
+        &self,
+        error_type: &str,
+        message: &str,
+        upstream_ms: Option<i32>,
+        events: &mut AttemptEvents,
+    ) -> Outcome {
+        let outcome = self
+            .finish(JobStatus::Failed, error_type, message, upstream_ms, events)
+            .await;
+        if outcome == Outcome::Ack {
+            dead_letter(
+                self.ctx,
+                self.id(),
+                self.lane,
+                error_type,
+                message,
+                self.attempt_number(),
+            )
+            .await;
+        }
+        outcome
+    }
+
+    async fn finish(
+        &self,
+        status: JobStatus,
+        error_type: &str,
+        message: &str,
+        upstream_ms: Option<i32>,
+        events: &mut AttemptEvents,
+    ) -> Outcome {
+        let written = jobs::finish_unsuccessfully(
+            &self.ctx.pool,
+            self.id(),
+            self.token,
+            status,
+            error_type,
+            message,
+            upstream_ms,
+        )
+        .await;
+        match written {
+            Ok(true) => {
+                tracing::info!(job_id = %self.id(), %status, error_type, "job ended without a reply");
+                let event = if status == JobStatus::Cancelled {
+                    EventKind::JobCancelled
+                } else {
+                    EventKind::JobFailed
+                };
+                let data = json!({
+                    "job_id": self.id(),
+                    "status": status,
+                    "error": { "type": error_type, "message": message },
+                });
+                events.emit(event, data).await;
+                Outcome::Ack
+            }
+            Ok(false) => Outcome::Abandon,
+            Err(err) => {
+                chatq_common::telemetry::log_error_chain(
+                    "cannot record a job's failure; will retry",
+                    &err,
+                );
+                Outcome::Nak(Duration::from_secs_f64(self.ctx.lease_secs()))
+            }
+        }
+    }
+}
+
+/// The job error a client sees: the provider's own words where they help, never chatq's
+/// credentials or internals.
+fn public_message(error: &ProviderError) -> String {
+    match error {
+        ProviderError::Rejected { status: 401 | 403, .. } => {
+            "the provider refused chatq's credentials; the operator should check CHATQ_PROVIDER_API_KEY".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Exponential backoff with jitter, starting at one second and capped at a minute, unless the
+/// provider said how long to wait (honoured up to five minutes).
+pub fn retry_delay(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    if let Some(wait) = retry_after {
+        return wait.min(Duration::from_secs(300));
+    }
+    let base = Duration::from_secs(1).saturating_mul(1 << attempt.saturating_sub(1).min(6));
+    let base = base.min(Duration::from_secs(60));
+    let jitter = rand::rng().random_range(0.8..1.2);
+    base.mul_f64(jitter)
+}
+
+/// Keeps a copy of a job that failed for good in the dead-letter stream, for inspection. The
+/// failure is already recorded in Postgres, so a failed publish is logged, not retried.
+pub async fn dead_letter(
+    ctx: &JobContext,
+    job_id: JobId,
+    lane: Lane,
+    error_type: &str,
+    message: &str,
+    attempts: u32,
+) {
+    let payload = json!({
+        "job_id": job_id,
+        "lane": lane,
+        "error": { "type": error_type, "message": message },
+        "attempts": attempts,
+        "failed_at": time::OffsetDateTime::now_utc().unix_timestamp(),
+        "worker": ctx.worker_id,
+    });
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", job_id.to_string().as_str());
+    let published = ctx
+        .jetstream
+        .publish_with_headers(
+            ctx.topology.dead_letter_subject(lane),
+            headers,
+            payload.to_string().into(),
+        )
+        .await;
+    let acked = match published {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    if let Err(err) = acked {
+        tracing::warn!(%job_id, error = %err, "could not copy a failed job to the dead-letter stream");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_and_honour_retry_after() {
+        let first = retry_delay(1, None);
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+        let fourth = retry_delay(4, None);
+        assert!(fourth >= Duration::from_millis(6400) && fourth <= Duration::from_millis(9600));
+        assert!(retry_delay(30, None) <= Duration::from_secs(72));
+        assert_eq!(
+            retry_delay(1, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            retry_delay(1, Some(Duration::from_secs(9999))),
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn credentials_problems_do_not_echo_the_provider() {
+        let error = ProviderError::Rejected {
+            status: 401,
+            message: "Incorrect API key provided: sk-abc".into(),
+        };
+        assert!(!public_message(&error).contains("sk-abc"));
+    }
+}

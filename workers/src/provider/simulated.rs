@@ -1,0 +1,116 @@
+//! The built-in simulated provider: deterministic replies with configurable latency, length and
+//! failure rate, and no network. It is the default, so a first `chatq serve` works with nothing
+//! else configured; it says so at start-up and in the `model` of every reply
+//! (`simulated/<model>`), so nobody mistakes it for a real model.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chatq_common::Settings;
+use chatq_common::chat::Usage;
+use futures::StreamExt;
+use rand::Rng;
+
+use super::{Provider, ProviderError, ProviderReply, ProviderRequest, ReplyStream, StreamItem};
+use crate::mock_llm::reply::{prompt_tokens, reply_tokens};
+
+/// The simulated provider.
+#[derive(Debug, Clone)]
+pub struct SimulatedProvider {
+    ttft: Duration,
+    token_delay: Duration,
+    tokens: u32,
+    failure_rate: f64,
+}
+
+impl SimulatedProvider {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            ttft: Duration::from_millis(settings.simulated_ttft_ms),
+            token_delay: Duration::from_millis(settings.simulated_token_delay_ms),
+            tokens: settings.simulated_tokens,
+            failure_rate: settings.simulated_failure_rate.clamp(0.0, 1.0),
+        }
+    }
+
+    fn plan(&self, request: &ProviderRequest) -> Result<Plan, ProviderError> {
+        if self.failure_rate > 0.0 && rand::rng().random_bool(self.failure_rate) {
+            return Err(ProviderError::Server {
+                status: 503,
+                message: "simulated failure (CHATQ_SIMULATED_FAILURE_RATE)".into(),
+                retry_after: None,
+            });
+        }
+        let wanted = request.params.max_tokens.unwrap_or(u32::MAX);
+        let count = self.tokens.min(wanted);
+        let finish_reason = if wanted < self.tokens {
+            "length"
+        } else {
+            "stop"
+        };
+        Ok(Plan {
+            tokens: reply_tokens(&request.messages, count as usize),
+            usage: Usage::new(prompt_tokens(&request.messages), count),
+            finish_reason: finish_reason.into(),
+            model: format!("simulated/{}", request.params.model),
+        })
+    }
+}
+
+struct Plan {
+    tokens: Vec<String>,
+    usage: Usage,
+    finish_reason: String,
+    model: String,
+}
+
+#[async_trait]
+impl Provider for SimulatedProvider {
+    fn describe(&self) -> String {
+        format!(
+            "SIMULATED provider ({} tokens, first after {} ms, then every {} ms): replies are not \
+             from a real model; set CHATQ_PROVIDER=openai and CHATQ_PROVIDER_BASE_URL to use one",
+            self.tokens,
+            self.ttft.as_millis(),
+            self.token_delay.as_millis()
+        )
+    }
+
+    async fn complete(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError> {
+        let plan = self.plan(request)?;
+        let delays =
+            self.token_delay * u32::try_from(plan.tokens.len().saturating_sub(1)).unwrap_or(0);
+        tokio::time::sleep(self.ttft + delays).await;
+        Ok(ProviderReply {
+            content: plan.tokens.concat(),
+            finish_reason: plan.finish_reason,
+            usage: Some(plan.usage),
+            model: plan.model,
+        })
+    }
+
+    async fn complete_stream(
+        &self,
+        request: &ProviderRequest,
+    ) -> Result<ReplyStream, ProviderError> {
+        let plan = self.plan(request)?;
+        let (ttft, delay) = (self.ttft, self.token_delay);
+        let done = StreamItem::Done {
+            finish_reason: plan.finish_reason,
+            usage: Some(plan.usage),
+            model: plan.model,
+        };
+        let deltas = futures::stream::iter(plan.tokens.into_iter().enumerate()).then(
+            move |(i, token)| async move {
+                let wait = if i == 0 { ttft } else { delay };
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(StreamItem::Delta(token))
+            },
+        );
+        Ok(deltas
+            .chain(futures::stream::once(async move { Ok(done) }))
+            .boxed())
+    }
+}

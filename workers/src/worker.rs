@@ -1,0 +1,290 @@
+//! The worker loop: pull jobs with bounded concurrency, interactive lane first, run each with
+//! [`process_one`], and settle its message by outcome.
+//!
+//! The loop only pulls as many jobs as it has free slots, so nothing waits in a local buffer while
+//! its ack deadline runs: an interactive job that arrives while batch jobs are queued is pulled at
+//! the next free slot, before any batch job that was not already running.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::PullConsumer;
+use chatq_common::Settings;
+use chatq_common::job::{JobEnvelope, Lane};
+use chatq_common::topology::Topology;
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::process::{JobContext, Outcome, process_one};
+use crate::provider::{self, Provider};
+use crate::reconciler::Reconciler;
+
+/// How long an idle worker waits on one pull request before looking at both lanes again.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Most jobs asked for in one pull request.
+const MAX_PULL: usize = 256;
+
+/// A worker process's job runner.
+pub struct Worker {
+    ctx: Arc<JobContext>,
+    consumers: Vec<(Lane, PullConsumer)>,
+    reconciler: Reconciler,
+}
+
+impl Worker {
+    /// Connects the provider and the lane consumers. Expects the topology to exist (every role
+    /// ensures it at start-up).
+    ///
+    /// # Errors
+    /// The provider settings are unusable or the consumers cannot be found.
+    pub async fn build(
+        settings: Arc<Settings>,
+        pool: PgPool,
+        nats: async_nats::Client,
+    ) -> anyhow::Result<Self> {
+        let provider: Arc<dyn Provider> = provider::from_settings(&settings)?;
+        Self::with_provider(settings, pool, nats, provider).await
+    }
+
+    /// Like [`Worker::build`], with a provider chosen by the caller.
+    ///
+    /// # Errors
+    /// The consumers cannot be found.
+    pub async fn with_provider(
+        settings: Arc<Settings>,
+        pool: PgPool,
+        nats: async_nats::Client,
+        provider: Arc<dyn Provider>,
+    ) -> anyhow::Result<Self> {
+        let jetstream = async_nats::jetstream::new(nats.clone());
+        let topology = Topology::new(&settings);
+        let mut consumers = Vec::new();
+        for lane in Lane::ALL {
+            let consumer = topology
+                .lane_consumer(&jetstream, lane)
+                .await
+                .map_err(|err| anyhow::anyhow!(err))
+                .with_context(|| format!("cannot open the {lane} consumer"))?;
+            consumers.push((lane, consumer));
+        }
+        let worker_id = format!(
+            "{}-{}",
+            hostname(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let ctx = Arc::new(JobContext {
+            worker_id,
+            pool,
+            nats,
+            jetstream,
+            topology,
+            provider,
+            settings,
+        });
+        let reconciler = Reconciler::new(ctx.clone());
+        Ok(Self {
+            ctx,
+            consumers,
+            reconciler,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.ctx.worker_id
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains (see the phases below).
+    ///
+    /// # Errors
+    /// Never in practice; pull errors are logged and retried.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let settings = &self.ctx.settings;
+        let concurrency = settings.worker_concurrency.max(1);
+        tracing::info!(
+            worker = %self.ctx.worker_id,
+            concurrency,
+            provider = %self.ctx.provider.describe(),
+            "worker pulling jobs"
+        );
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let jobs = TaskTracker::new();
+        // Cancelled when the grace period runs out: jobs still running hand themselves back.
+        let hand_back = CancellationToken::new();
+        let background = TaskTracker::new();
+        background.spawn(self.reconciler.clone().run_until_stopped(shutdown.clone()));
+
+        while let Some(first) = acquire(&slots, &shutdown).await {
+            let mut free = vec![first];
+            while free.len() < MAX_PULL {
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => free.push(permit),
+                    Err(_) => break,
+                }
+            }
+            if let Err(err) = self
+                .pull_into(&mut free, &jobs, &hand_back, &shutdown)
+                .await
+            {
+                tracing::warn!(error = %err, "cannot pull jobs from NATS; retrying in a second");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+        }
+
+        // Phase 1: stop pulling (done: the loop above has ended). Phase 2: let running jobs
+        // finish within the grace period. Phase 3: hand back what is still running; each job
+        // releases its claim and asks for redelivery, so another worker picks it up at once.
+        let grace = Duration::from_secs(settings.shutdown_grace_secs);
+        jobs.close();
+        tracing::info!(
+            running = jobs.len(),
+            grace_secs = grace.as_secs(),
+            "worker stopping: draining running jobs"
+        );
+        if tokio::time::timeout(grace, jobs.wait()).await.is_err() {
+            tracing::warn!(
+                running = jobs.len(),
+                "grace period over: handing the remaining jobs back"
+            );
+            hand_back.cancel();
+            jobs.wait().await;
+        }
+        background.close();
+        background.wait().await;
+        tracing::info!(worker = %self.ctx.worker_id, "worker stopped");
+        Ok(())
+    }
+
+    /// Fills free slots: interactive jobs first, then batch; if both lanes are empty, waits a
+    /// little on the interactive lane.
+    async fn pull_into(
+        &self,
+        free: &mut Vec<OwnedSemaphorePermit>,
+        jobs: &TaskTracker,
+        hand_back: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut started = 0;
+        for (_, consumer) in &self.consumers {
+            if free.is_empty() {
+                break;
+            }
+            let messages = consumer.fetch().max_messages(free.len()).messages().await?;
+            started += self
+                .dispatch(messages, free, jobs, hand_back, shutdown)
+                .await;
+        }
+        if started == 0 && !free.is_empty() {
+            let (_, interactive) = &self.consumers[0];
+            let messages = interactive
+                .batch()
+                .max_messages(free.len())
+                .expires(IDLE_POLL)
+                .messages()
+                .await?;
+            self.dispatch(messages, free, jobs, hand_back, shutdown)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Starts a job for each message, each holding one slot. Returns how many started.
+    async fn dispatch<S, E>(
+        &self,
+        mut messages: S,
+        free: &mut Vec<OwnedSemaphorePermit>,
+        jobs: &TaskTracker,
+        hand_back: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> usize
+    where
+        S: futures::Stream<Item = Result<async_nats::jetstream::Message, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut started = 0;
+        loop {
+            let next = tokio::select! {
+                next = messages.next() => next,
+                // A long poll is cut short by shutdown; anything it would still deliver is
+                // redelivered after its ack wait.
+                () = shutdown.cancelled() => None,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "pull request ended");
+                    break;
+                }
+                None => break,
+            };
+            let Some(slot) = free.pop() else {
+                // More than asked for cannot arrive; if it does, let JetStream redeliver it.
+                drop(message.ack_with(AckKind::Nak(None)).await);
+                continue;
+            };
+            started += 1;
+            jobs.spawn(run_job(self.ctx.clone(), message, slot, hand_back.clone()));
+        }
+        started
+    }
+}
+
+/// Runs one delivered job and settles its message.
+async fn run_job(
+    ctx: Arc<JobContext>,
+    message: async_nats::jetstream::Message,
+    slot: OwnedSemaphorePermit,
+    hand_back: CancellationToken,
+) {
+    let (message, delivery) = message.split();
+    let outcome = match serde_json::from_slice::<JobEnvelope>(&message.payload) {
+        Ok(envelope) => process_one(&ctx, &envelope, &delivery, &hand_back).await,
+        Err(err) => {
+            tracing::error!(subject = %message.subject, error = %err, "discarding a message that is not a job envelope");
+            Outcome::Term
+        }
+    };
+    let settled = match outcome {
+        // The ack is confirmed by the server, so a lost ack is noticed here and not mistaken
+        // for success; the redelivery then finds the job finished.
+        Outcome::Ack => delivery.double_ack().await,
+        Outcome::Nak(delay) => delivery.ack_with(AckKind::Nak(Some(delay))).await,
+        Outcome::Term => delivery.ack_with(AckKind::Term).await,
+        Outcome::Abandon => Ok(()),
+    };
+    if let Err(err) = settled {
+        tracing::warn!(?outcome, error = %err, "could not settle a job message; JetStream will redeliver it");
+    }
+    drop(slot);
+}
+
+async fn acquire(
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => None,
+        permit = slots.clone().acquire_owned() => permit.ok(),
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
