@@ -290,6 +290,8 @@ settings! {
     history_max_messages: usize = "50";
     /// Most estimated tokens of history sent to the provider with each turn (about 4 characters a token).
     history_max_tokens: usize = "16000";
+    /// Copies JetStream keeps of each chatq stream (1 for a single server; 3 on a 3-node cluster).
+    stream_replicas: usize = "1";
     /// Most jobs waiting in the queue; a full queue answers 503 with `Retry-After`.
     queue_max_jobs: i64 = "1000000";
     /// Most jobs the whole fleet holds at once (each lane consumer's `max_ack_pending`); keep it at least the sum of every worker's concurrency.

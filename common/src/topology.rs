@@ -40,6 +40,7 @@ pub struct Topology {
     ack_wait: Duration,
     max_deliver: i64,
     max_ack_pending: i64,
+    replicas: usize,
 }
 
 impl Topology {
@@ -52,6 +53,7 @@ impl Topology {
             // server-side backstop, with room for deliveries that were handed back, not attempted.
             max_deliver: i64::from(settings.job_max_attempts) * 2 + 3,
             max_ack_pending: settings.queue_max_in_flight,
+            replicas: settings.stream_replicas.max(1),
         }
     }
 
@@ -116,6 +118,7 @@ impl Topology {
             max_messages: self.queue_max_jobs,
             max_message_size: MAX_ENVELOPE_BYTES,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: self.replicas,
             ..Default::default()
         }
     }
@@ -131,6 +134,7 @@ impl Topology {
             max_age: DEAD_LETTER_MAX_AGE,
             max_messages: 1_000_000,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: self.replicas,
             ..Default::default()
         }
     }

@@ -1,0 +1,330 @@
+//! The test harness: [`spawn_app`] starts a real chatq (ingress and workers, in this process)
+//! against real Postgres and NATS, with its own database and its own namespace, and a mock LLM
+//! served over HTTP on 127.0.0.1. Tests then talk to it over HTTP like any client.
+//!
+//! Where the services are: `CQTEST_DATABASE_URL` (a URL whose user may create databases; the
+//! default is the local `postgres` database) and `CQTEST_NATS_URL` (default the local server).
+
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatq_common::Settings;
+use chatq_common::settings::{ProviderKind, SettingValue};
+use chatq_common::topology::Topology;
+use chatq_ingress::Application;
+use chatq_workers::Worker;
+use chatq_workers::mock_llm::{MockConfig, MockLlm};
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub fn admin_database_url() -> String {
+    std::env::var("CQTEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("CQTEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A URL for another database on the same server as the admin URL.
+pub fn database_url(name: &str) -> String {
+    let admin = admin_database_url();
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// A fresh name, unique across parallel tests and runs.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// How to start a test app.
+pub struct TestOptions {
+    pub workers: usize,
+    pub mock: MockConfig,
+    /// Changes to the settings, applied last.
+    pub settings: Box<dyn FnOnce(&mut Settings) + Send>,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            mock: MockConfig::default(),
+            settings: Box::new(|_| {}),
+        }
+    }
+}
+
+/// A running chatq with its own database and namespace.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub settings: Arc<Settings>,
+    pub topology: Topology,
+    /// An API key of the test's tenant.
+    pub key: String,
+    pub mock: MockLlm,
+    pub database: String,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: TestOptions) -> TestApp {
+    chatq_common::telemetry::init(
+        chatq_common::settings::LogFormat::Pretty,
+        &std::env::var("CQTEST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    let mock = MockLlm::start("127.0.0.1:0".parse().unwrap(), options.mock)
+        .await
+        .expect("mock LLM starts");
+    let database = unique("chatq_t_");
+    let mut settings = Settings {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: SecretString::from(database_url(&database)),
+        database_max_connections: 10,
+        nats_url: nats_url(),
+        namespace: SettingValue::parse_setting(&unique("cqt")).unwrap(),
+        provider: ProviderKind::OpenAi,
+        provider_base_url: Some(mock.base_url()),
+        model: Some("mock-model".into()),
+        worker_concurrency: 16,
+        ..Settings::default()
+    };
+    (options.settings)(&mut settings);
+    let settings = Arc::new(settings);
+
+    let pool = chatq_common::db::connect(&settings)
+        .await
+        .expect("test database is created");
+    chatq_common::db::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    let nats = chatq_common::nats::connect(&settings.nats_url, "test")
+        .await
+        .expect("NATS is reachable");
+    let jetstream = async_nats::jetstream::new(nats.clone());
+    let topology = Topology::new(&settings);
+    topology
+        .ensure(&jetstream)
+        .await
+        .expect("topology is created");
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let app = Application::build(settings.clone(), pool.clone(), nats.clone())
+        .await
+        .expect("ingress binds");
+    let addr = app.local_addr().unwrap();
+    tasks.spawn(app.run_until_stopped(shutdown.clone()));
+    for _ in 0..options.workers {
+        // Each worker gets its own connection, as separate processes would.
+        let client = chatq_common::nats::connect(&settings.nats_url, "test-worker")
+            .await
+            .unwrap();
+        let worker = Worker::build(settings.clone(), pool.clone(), client)
+            .await
+            .expect("worker starts");
+        tasks.spawn(worker.run_until_stopped(shutdown.clone()));
+    }
+    let key = chatq_common::db::keys::create_key(&pool, "tenant-a", false)
+        .await
+        .unwrap()
+        .plaintext;
+    TestApp {
+        addr,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+        pool,
+        nats,
+        topology,
+        key,
+        mock,
+        database,
+        settings,
+        shutdown,
+        tasks,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A request with this test's key.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.key)
+    }
+
+    pub fn request_as(&self, key: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(key)
+    }
+
+    /// A key for another tenant.
+    pub async fn other_tenant_key(&self, name: &str) -> String {
+        chatq_common::db::keys::create_key(&self.pool, name, false)
+            .await
+            .unwrap()
+            .plaintext
+    }
+
+    pub async fn create_conversation(&self, body: Value) -> Value {
+        let response = self
+            .request(Method::POST, "/v1/conversations")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    /// Sends a message; returns the 202 body `{job, message}`.
+    pub async fn send(&self, conversation: &str, content: &str) -> Value {
+        let response = self
+            .request(
+                Method::POST,
+                &format!("/v1/conversations/{conversation}/messages"),
+            )
+            .json(&json!({ "content": content }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body
+    }
+
+    /// Long-polls a job until it is finished (or panics after a minute).
+    pub async fn wait_for_job(&self, job: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let job: Value = self
+                .request(Method::GET, &format!("/v1/jobs/{job}?wait=10"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job did not finish: {job}"
+            );
+        }
+    }
+
+    pub async fn history(&self, conversation: &str) -> Vec<Value> {
+        let page: Value = self
+            .request(
+                Method::GET,
+                &format!("/v1/conversations/{conversation}/messages?limit=1000"),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["data"].as_array().unwrap().clone()
+    }
+
+    /// Row counts of the tables a request could write, to check a rejected request wrote nothing.
+    pub async fn row_counts(&self) -> (i64, i64, i64, i64) {
+        let count = |table: &'static str| {
+            let pool = self.pool.clone();
+            async move {
+                let sql = match table {
+                    "conversations" => "SELECT count(*) FROM conversations",
+                    "messages" => "SELECT count(*) FROM messages",
+                    "jobs" => "SELECT count(*) FROM jobs",
+                    _ => "SELECT count(*) FROM feedback",
+                };
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        (
+            count("conversations").await,
+            count("messages").await,
+            count("jobs").await,
+            count("feedback").await,
+        )
+    }
+
+    /// Stops chatq, deletes its streams and drops its database.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while let Some(result) = self.tasks.join_next().await {
+            result
+                .expect("task did not panic")
+                .expect("role stopped cleanly");
+        }
+        let jetstream = async_nats::jetstream::new(self.nats.clone());
+        for stream in [
+            self.topology.jobs_stream(),
+            self.topology.dead_letter_stream(),
+        ] {
+            drop(jetstream.delete_stream(&stream).await);
+        }
+        self.pool.close().await;
+        if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+            let drop_sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
+            drop(
+                sqlx::raw_sql(sqlx::AssertSqlSafe(drop_sql))
+                    .execute(&mut admin)
+                    .await,
+            );
+        }
+    }
+}
+
+/// Asserts an OpenAI-shaped error with this status and type; returns the error object.
+pub async fn assert_error(response: reqwest::Response, status: StatusCode, kind: &str) -> Value {
+    let actual = response.status();
+    let body: Value = response.json().await.expect("error bodies are JSON");
+    assert_eq!(actual, status, "unexpected status; body: {body}");
+    let error = &body["error"];
+    assert_eq!(error["type"], kind, "unexpected error type: {body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without a message: {body}"
+    );
+    assert!(
+        error.get("code").is_some() && error.get("param").is_some(),
+        "error without code/param: {body}"
+    );
+    error.clone()
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests of the HTTP API against real Postgres and NATS, with the LLM mocked over HTTP.
+//! Each test starts its own chatq (own database, own namespace), so they run in parallel.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "in tests, a step that fails is the test failing"
+)]
+
+mod helpers;
+
+mod chat;
