@@ -254,6 +254,8 @@ settings! {
     provider_api_key: Option<SecretString> = "";
     /// Model used when a request and its conversation name none.
     model: Option<String> = "";
+    /// Comma-separated model names clients may ask for (listed by `GET /v1/models` with `model`); empty accepts any name.
+    models: String = "";
     /// Seconds to wait for a TCP/TLS connection to the provider.
     provider_connect_timeout_secs: u64 = "5";
     /// Seconds the provider may stay silent (before the first byte, or between streamed chunks) before the attempt fails.
@@ -302,6 +304,14 @@ settings! {
     job_ack_wait_secs: u64 = "30";
     /// Seconds a job may wait and run in all before it ends `expired`.
     job_deadline_secs: u64 = "600";
+    /// Seconds a job's events stay replayable (`Last-Event-ID`, late subscribers) after they were emitted.
+    events_retention_secs: u64 = "600";
+    /// Most bytes the job-events stream keeps; the oldest events go first beyond it.
+    events_max_bytes: i64 = "1073741824";
+    /// Most event streams (SSE connections) one ingress holds open; beyond it new ones get 503.
+    max_event_streams: usize = "20000";
+    /// Seconds between keep-alive comments on an idle event stream.
+    sse_keepalive_secs: u64 = "15";
     /// Longest wait, in seconds, that `Prefer: wait=N` and `?wait=N` may ask for.
     max_wait_secs: u64 = "60";
     /// Seconds between reconciler passes, which republish jobs Postgres has as queued but NATS may not.

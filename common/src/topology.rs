@@ -9,7 +9,7 @@
 //! | job queue | stream `CHATQ_JOBS`, subjects `chatq.jobs.interactive`, `chatq.jobs.batch` | work-queue, file, `discard: new` |
 //! | lane consumers | `chatq_interactive`, `chatq_batch` on `CHATQ_JOBS` | durable pull, explicit ack |
 //! | dead letters | stream `CHATQ_DEAD`, subjects `chatq.dead.<lane>` | limits, file, kept 30 days |
-//! | job events | subjects `chatq.events.<job id>` | core NATS |
+//! | job events | stream `CHATQ_EVENTS`, subjects `chatq.events.<job id>` | limits, file, kept `events_retention_secs` |
 //!
 //! [`Topology::ensure`] creates or updates all of it and is safe to run from every process at
 //! start-up, concurrently. `nats/README.md` documents each value and why it was chosen.
@@ -41,6 +41,8 @@ pub struct Topology {
     max_deliver: i64,
     max_ack_pending: i64,
     replicas: usize,
+    events_max_age: Duration,
+    events_max_bytes: i64,
 }
 
 impl Topology {
@@ -54,6 +56,8 @@ impl Topology {
             max_deliver: i64::from(settings.job_max_attempts) * 2 + 3,
             max_ack_pending: settings.queue_max_in_flight,
             replicas: settings.stream_replicas.max(1),
+            events_max_age: Duration::from_secs(settings.events_retention_secs.max(1)),
+            events_max_bytes: settings.events_max_bytes,
         }
     }
 
@@ -76,6 +80,10 @@ impl Topology {
 
     pub fn dead_letter_stream(&self) -> String {
         format!("{}_DEAD", self.namespace.to_ascii_uppercase())
+    }
+
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.namespace.to_ascii_uppercase())
     }
 
     /// `chatq.jobs.interactive`.
@@ -139,6 +147,26 @@ impl Topology {
         }
     }
 
+    /// Job events are published with core NATS (a worker never waits on them) and captured by this
+    /// stream, so a late or reconnecting subscriber can replay a job's events for a while; Postgres
+    /// keeps the durable result.
+    pub fn events_stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.events_stream(),
+            description: Some("chatq job events, replayable for a while".into()),
+            subjects: vec![format!("{}.events.>", self.namespace)],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_age: self.events_max_age,
+            max_bytes: self.events_max_bytes,
+            // Events carry their own ids; there is nothing to deduplicate.
+            duplicate_window: Duration::from_secs(1),
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     pub fn consumer_config(&self, lane: Lane) -> pull::Config {
         pull::Config {
             durable_name: Some(self.consumer_name(lane)),
@@ -163,6 +191,7 @@ impl Topology {
     pub async fn ensure(&self, js: &Context) -> Result<(), TopologyError> {
         let jobs = ensure_stream(js, self.jobs_stream_config()).await?;
         ensure_stream(js, self.dead_letter_stream_config()).await?;
+        ensure_stream(js, self.events_stream_config()).await?;
         for lane in Lane::ALL {
             let config = self.consumer_config(lane);
             jobs.create_consumer(config)

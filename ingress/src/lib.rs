@@ -13,12 +13,17 @@
 //! - `validate`: request bodies and their limits.
 //! - `views`: the JSON shapes of the API.
 //! - `waiter`: waiting for a job to finish (`Prefer: wait=N`, `?wait=N`).
+//! - `hub`: per-job event hubs behind SSE: one subscription and replay per job, any number of
+//!   clients.
+//! - `openai`: the chat completions wire format and its validation.
 //! - `publish`: batching the "JetStream stored it" notes.
 //! - [`error`]: the one error type, in the OpenAI error shape.
 
 mod auth;
 pub mod error;
 mod extract;
+mod hub;
+mod openai;
 mod publish;
 mod routes;
 mod state;
@@ -41,6 +46,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::hub::EventHubs;
 pub use crate::publish::PublishedMarks;
 use crate::state::AppState;
 
@@ -55,6 +61,8 @@ pub struct Application {
     background: TaskTracker,
     /// Stops the background tasks once the server has finished its last request.
     background_stop: CancellationToken,
+    /// Ends open event streams when shutdown begins (they would otherwise never finish).
+    streams_stop: CancellationToken,
 }
 
 impl Application {
@@ -78,8 +86,27 @@ impl Application {
             (settings.provider == ProviderKind::Simulated)
                 .then(|| SIMULATED_DEFAULT_MODEL.to_owned())
         });
+        let streams_stop = CancellationToken::new();
+        let topology = Topology::new(&settings);
+        let models: Vec<String> = settings
+            .models
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned)
+            .collect();
         let state = AppState {
-            topology: Topology::new(&settings),
+            hubs: EventHubs::new(
+                nats.clone(),
+                topology.clone(),
+                pool.clone(),
+                background.clone(),
+            ),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(settings.max_event_streams)),
+            streams_stop: streams_stop.clone(),
+            models: models.into(),
+            started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+            topology,
             jetstream: async_nats::jetstream::new(nats.clone()),
             nats,
             keys: auth::key_cache(),
@@ -107,6 +134,7 @@ impl Application {
             router,
             background,
             background_stop,
+            streams_stop,
         })
     }
 
@@ -125,9 +153,14 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, "ingress listening on http://{addr}");
-        // Phase 1: stop accepting connections and let requests in flight finish.
+        // Phase 1: stop accepting connections, end event streams (clients reconnect elsewhere
+        // with Last-Event-ID), and let other requests in flight finish.
+        let streams_stop = self.streams_stop.clone();
         axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+                streams_stop.cancel();
+            })
             .await
             .context("the HTTP server failed")?;
         // Phase 2: flush the background batchers, now that no request can feed them.

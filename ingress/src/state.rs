@@ -6,7 +6,11 @@ use chatq_common::Settings;
 use chatq_common::topology::Topology;
 use sqlx::PgPool;
 
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
 use crate::auth::KeyCache;
+use crate::hub::EventHubs;
 use crate::publish::PublishedMarks;
 
 #[derive(Clone)]
@@ -21,4 +25,14 @@ pub struct AppState {
     pub published: PublishedMarks,
     /// The model used when neither the request nor the conversation names one.
     pub default_model: Option<Arc<str>>,
+    /// `CHATQ_MODELS`: the model names clients may ask for (empty: any).
+    pub models: Arc<[String]>,
+    /// Per-job event hubs shared by this process's SSE clients.
+    pub hubs: EventHubs,
+    /// Open SSE streams, bounded by `max_event_streams`.
+    pub event_streams: Arc<Semaphore>,
+    /// Cancelled when the server shuts down, to end SSE streams cleanly.
+    pub streams_stop: CancellationToken,
+    /// When this process started (Unix seconds), shown as the models' `created`.
+    pub started_at: i64,
 }

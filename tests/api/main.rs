@@ -8,5 +8,8 @@
 )]
 
 mod helpers;
+mod sse;
 
 mod chat;
+mod completions;
+mod events;

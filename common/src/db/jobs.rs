@@ -231,6 +231,17 @@ pub async fn get(
     .await
 }
 
+/// A job by id alone, whoever's it is: for internal readers (event hubs) that were handed a job
+/// id after the tenant check.
+///
+/// # Errors
+/// Database errors.
+pub async fn get_any(pool: &PgPool, id: JobId) -> Result<Option<JobRow>, sqlx::Error> {
+    select_job!("WHERE id = $1", id.as_uuid())
+        .fetch_optional(pool)
+        .await
+}
+
 /// The job first recorded with this idempotency key.
 ///
 /// # Errors

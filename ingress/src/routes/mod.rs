@@ -1,10 +1,13 @@
 //! The router: every route of the public API, and the fallbacks that keep unknown routes and
 //! methods in the OpenAI error shape.
 
+mod completions;
 mod conversations;
+pub(crate) mod events;
 mod health;
 mod jobs;
 mod messages;
+pub(crate) mod models;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -32,6 +35,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/messages/{id}/feedback", post(messages::feedback))
         .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/events", get(events::stream))
+        .route("/v1/chat/completions", post(completions::create))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .method_not_allowed_fallback(method_not_allowed)

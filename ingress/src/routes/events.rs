@@ -1,0 +1,123 @@
+//! `GET /v1/jobs/{id}/events`: a job's events as server-sent events.
+//!
+//! Every event has an `id`; `Last-Event-ID` (the header browsers send when they reconnect, or the
+//! `last_event_id` query parameter) resumes right after it, with no gap and no repeat. A client
+//! that arrives late first gets everything it missed; a finished job answers with its whole
+//! history (or, past the replay window, its reply and terminal event) at once. The stream ends
+//! after the terminal event. A `job.started` event with a higher `attempt` than the last one means
+//! the reply restarted: text shown so far should be discarded.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chatq_common::db::jobs;
+use chatq_common::ids::JobId;
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{IdPath, QueryParams};
+use crate::hub::{HubEvent, ResumingCursor};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    last_event_id: Option<String>,
+}
+
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(job): IdPath<JobId>,
+    headers: HeaderMap,
+    QueryParams(query): QueryParams<EventsQuery>,
+) -> ApiResult<Response> {
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .or(query.last_event_id)
+        .map(|text| {
+            text.trim().parse::<u64>().map_err(|_| {
+                ApiError::invalid_with_code(
+                    format!(
+                        "Invalid 'Last-Event-ID': {text:?} is not an event id from this stream."
+                    ),
+                    "last_event_id",
+                    "invalid_value",
+                )
+            })
+        })
+        .transpose()?;
+    let slot = open_stream_slot(&state)?;
+    if jobs::get(&state.pool, caller.tenant, job).await?.is_none() {
+        return Err(ApiError::not_found("job", job));
+    }
+    let cursor = state.hubs.follow(job).await.map_err(|err| {
+        tracing::warn!(%job, error = %err, "cannot follow a job's events");
+        ApiError::Overloaded {
+            message: "Job events are unavailable right now (the message bus cannot be reached). Poll GET /v1/jobs/{id} meanwhile.".into(),
+            retry_after: Duration::from_secs(2),
+        }
+    })?;
+    let cursor = cursor.resume(last_event_id);
+    let events = sse_events(cursor, slot, state.streams_stop.clone());
+    Ok(sse_response(events, &state))
+}
+
+/// Reserves one of the `max_event_streams` slots, or answers 503.
+pub fn open_stream_slot(state: &AppState) -> ApiResult<OwnedSemaphorePermit> {
+    state.event_streams.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded {
+        message: "This server holds as many event streams as it allows. Retry shortly, or poll GET /v1/jobs/{id}.".into(),
+        retry_after: Duration::from_secs(5),
+    })
+}
+
+fn sse_events(
+    cursor: ResumingCursor,
+    slot: OwnedSemaphorePermit,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(
+        (cursor, slot, stop),
+        |(mut cursor, slot, stop)| async move {
+            let event = tokio::select! {
+                event = cursor.next() => event?,
+                // The server is shutting down: end the stream cleanly; the client reconnects with
+                // Last-Event-ID to another replica.
+                () = stop.cancelled() => return None,
+            };
+            Some((Ok(to_sse(&event)), (cursor, slot, stop)))
+        },
+    )
+}
+
+fn to_sse(event: &Arc<HubEvent>) -> Event {
+    Event::default()
+        .id(event.id.to_string())
+        .event(event.kind.as_str())
+        .data(event.data.as_str())
+}
+
+/// An SSE response with keep-alives and the headers that stop proxies from buffering it.
+pub fn sse_response<S>(events: S, state: &AppState) -> Response
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    let keep_alive = KeepAlive::new().interval(Duration::from_secs(
+        state.settings.sse_keepalive_secs.max(1),
+    ));
+    let mut response = Sse::new(events).keep_alive(keep_alive).into_response();
+    let headers = response.headers_mut();
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}

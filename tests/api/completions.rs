@@ -1,0 +1,278 @@
+//! `POST /v1/chat/completions` and `GET /v1/models`, in the OpenAI shapes, and the official
+//! `openai` Python SDK pointed at chatq.
+
+use chatq_common::chat::{ChatMessage, Role};
+use chatq_workers::mock_llm::MockConfig;
+use chatq_workers::mock_llm::reply::{prompt_tokens, reply_tokens};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestOptions, assert_error, spawn_app, spawn_app_with};
+use crate::sse::SseReader;
+
+fn expected_reply(messages: &[ChatMessage], tokens: usize) -> String {
+    reply_tokens(messages, tokens).concat()
+}
+
+#[tokio::test]
+async fn a_completion_has_the_openai_shape_and_runs_as_a_job() {
+    let app = spawn_app().await;
+    let response = app
+        .request(Method::POST, "/v1/chat/completions")
+        .json(&json!({
+            "model": "mock-model",
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Say hi"}],
+            "temperature": 0,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let job_id = response.headers()["x-chatq-job-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+
+    let prompt = [
+        ChatMessage::new(Role::System, "be brief"),
+        ChatMessage::new(Role::User, "Say hi"),
+    ];
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["model"], "mock-model");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        expected_reply(&prompt, 16)
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["prompt_tokens"], prompt_tokens(&prompt));
+    assert_eq!(body["usage"]["completion_tokens"], 16);
+    assert_eq!(body["usage"]["total_tokens"], prompt_tokens(&prompt) + 16);
+
+    let job = app.wait_for_job(&job_id).await;
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["lane"], "interactive");
+    assert_eq!(job["conversation_id"], Value::Null);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamed_completion_sends_chunks_then_usage_then_done() {
+    let app = spawn_app_with(TestOptions {
+        mock: MockConfig {
+            tokens: 8,
+            token_delay_ms: 20,
+            ..MockConfig::default()
+        },
+        ..TestOptions::default()
+    })
+    .await;
+    let response = app
+        .request(Method::POST, "/v1/chat/completions")
+        .json(&json!({
+            "model": "mock-model",
+            "messages": [{"role": "user", "content": "Say hi"}],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "max_completion_tokens": 5,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    assert!(response.headers().contains_key("x-chatq-job-id"));
+    let events = SseReader::new(response).collect().await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| e.json())
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let prompt = [ChatMessage::new(Role::User, "Say hi")];
+    assert_eq!(
+        text,
+        expected_reply(&prompt, 5),
+        "max_completion_tokens caps the reply"
+    );
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| {
+            !c["choices"][0]["finish_reason"].is_null()
+                && c["choices"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .collect();
+    assert_eq!(finish, [&json!("length")]);
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+    assert!(
+        chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c["usage"].is_null())
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unsupported_parameters_are_refused_by_name_and_nothing_runs() {
+    let app = spawn_app().await;
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (
+            json!({"model": "mock-model", "messages": user, "tools": []}),
+            "tools",
+        ),
+        (
+            json!({"model": "mock-model", "messages": user, "n": 2}),
+            "n",
+        ),
+        (
+            json!({"model": "mock-model", "messages": user, "logprobs": true}),
+            "logprobs",
+        ),
+        (
+            json!({"model": "mock-model", "messages": user, "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            json!({"model": "mock-model", "messages": user, "stream_options": {"include_usage": true}}),
+            "stream_options",
+        ),
+        (json!({"messages": user}), "model"),
+        (json!({"model": "mock-model", "messages": []}), "messages"),
+        (
+            json!({"model": "mock-model", "messages": [{"role": "tool", "content": "x"}]}),
+            "messages[0].role",
+        ),
+        (
+            json!({"model": "mock-model", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            "messages[0].content[0]",
+        ),
+        (
+            json!({"model": "mock-model", "messages": user, "temperature": 3}),
+            "temperature",
+        ),
+        (
+            json!({"model": "mock-model", "messages": user, "max_completion_tokens": 0}),
+            "max_completion_tokens",
+        ),
+    ];
+    for (body, param) in cases {
+        let response = app
+            .request(Method::POST, "/v1/chat/completions")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let error = assert_error(response, StatusCode::BAD_REQUEST, "invalid_request_error").await;
+        assert_eq!(error["param"], param, "{body}");
+    }
+    assert_eq!(app.row_counts().await.2, 0, "no job was recorded");
+    assert!(
+        app.mock.requests().is_empty(),
+        "the provider was never called"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn models_are_listed_and_unknown_ones_refused_when_a_list_is_configured() {
+    let app = spawn_app_with(TestOptions {
+        settings: Box::new(|s| s.models = "mock-model, mock-large".into()),
+        ..TestOptions::default()
+    })
+    .await;
+    let models: Value = app
+        .request(Method::GET, "/v1/models")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["mock-model", "mock-large"]);
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["object"], "model");
+
+    let response = app
+        .request(Method::GET, "/v1/models/mock-large")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app
+        .request(Method::GET, "/v1/models/gpt-x")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, StatusCode::NOT_FOUND, "not_found_error").await;
+    let response = app
+        .request(Method::POST, "/v1/chat/completions")
+        .json(&json!({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, StatusCode::NOT_FOUND, "not_found_error").await;
+    app.stop().await;
+}
+
+/// The official `openai` package, unpatched, pointed at chatq with `base_url`.
+#[tokio::test]
+async fn the_openai_python_sdk_works_against_chatq() {
+    let python = std::env::var("CQTEST_PYTHON").unwrap_or_else(|_| {
+        panic!("CQTEST_PYTHON is not set: run the suite with scripts/test, which installs the openai SDK")
+    });
+    let app = spawn_app_with(TestOptions {
+        mock: MockConfig {
+            tokens: 12,
+            token_delay_ms: 5,
+            ..MockConfig::default()
+        },
+        ..TestOptions::default()
+    })
+    .await;
+    let prompt = [ChatMessage::new(Role::User, "Say hi from the SDK")];
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .env("OPENAI_BASE_URL", app.url("/v1"))
+        .env("OPENAI_API_KEY", &app.key)
+        .env("EXPECTED_REPLY", expected_reply(&prompt, 12))
+        .env("EXPECTED_PROMPT_TOKENS", prompt_tokens(&prompt).to_string())
+        .output()
+        .await
+        .expect("python runs");
+    let report = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "the SDK script failed\n{report}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("all SDK checks passed"),
+        "{report}"
+    );
+    app.stop().await;
+}
