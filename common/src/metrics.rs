@@ -1,0 +1,90 @@
+//! Prometheus metrics: every name chatq exports, described in one place, and the process-wide
+//! recorder that `/metrics` renders.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `chatq_http_requests_total` | counter | `route`, `status` |
+//! | `chatq_http_request_duration_seconds` | histogram | `route` |
+//! | `chatq_queue_pending_jobs` | gauge | `lane` |
+//! | `chatq_queue_in_flight_jobs` | gauge | `lane` |
+//! | `chatq_queue_redelivered_jobs` | gauge | `lane` |
+//! | `chatq_jobs_rejected_total` | counter | `reason` (`queue_full`, `key_rate_limited`) |
+//! | `chatq_event_streams_open` | gauge | |
+//! | `chatq_worker_in_flight_jobs` | gauge | |
+//! | `chatq_worker_slots` | gauge | |
+//! | `chatq_fleet_workers` | gauge | |
+//! | `chatq_jobs_finished_total` | counter | `lane`, `status` |
+//! | `chatq_job_queue_wait_seconds` | histogram | `lane` |
+//! | `chatq_provider_ttft_seconds` | histogram | |
+//! | `chatq_provider_duration_seconds` | histogram | |
+//! | `chatq_provider_rate_limited_total` | counter | |
+//! | `chatq_rate_limiter_wait_seconds` | histogram | |
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "chatq_http_requests_total";
+pub const HTTP_DURATION: &str = "chatq_http_request_duration_seconds";
+pub const QUEUE_PENDING: &str = "chatq_queue_pending_jobs";
+pub const QUEUE_IN_FLIGHT: &str = "chatq_queue_in_flight_jobs";
+pub const QUEUE_REDELIVERED: &str = "chatq_queue_redelivered_jobs";
+pub const JOBS_REJECTED: &str = "chatq_jobs_rejected_total";
+pub const EVENT_STREAMS_OPEN: &str = "chatq_event_streams_open";
+pub const WORKER_IN_FLIGHT: &str = "chatq_worker_in_flight_jobs";
+pub const WORKER_SLOTS: &str = "chatq_worker_slots";
+pub const FLEET_WORKERS: &str = "chatq_fleet_workers";
+pub const JOBS_FINISHED: &str = "chatq_jobs_finished_total";
+pub const QUEUE_WAIT: &str = "chatq_job_queue_wait_seconds";
+pub const PROVIDER_TTFT: &str = "chatq_provider_ttft_seconds";
+pub const PROVIDER_DURATION: &str = "chatq_provider_duration_seconds";
+pub const PROVIDER_RATE_LIMITED: &str = "chatq_provider_rate_limited_total";
+pub const RATE_LIMITER_WAIT: &str = "chatq_rate_limiter_wait_seconds";
+
+/// Latency buckets, in seconds: from a millisecond to ten minutes.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same handle). `None` if
+/// another recorder was installed first, in which case `/metrics` answers empty.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .ok()?;
+            let handle = builder.install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+/// The text exposition of every metric.
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.run_upkeep();
+    handle.render()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route and status.");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "Time to answer an HTTP request (to the first byte of a stream).");
+    describe_gauge!(QUEUE_PENDING, "Jobs waiting in the queue, not yet delivered to a worker.");
+    describe_gauge!(QUEUE_IN_FLIGHT, "Jobs delivered to a worker and not yet acknowledged.");
+    describe_gauge!(QUEUE_REDELIVERED, "Jobs in flight that were delivered more than once.");
+    describe_counter!(JOBS_REJECTED, "Requests refused at the door: full queue (503) or key rate limit (429).");
+    describe_gauge!(EVENT_STREAMS_OPEN, "Server-sent event streams this ingress holds open.");
+    describe_gauge!(WORKER_IN_FLIGHT, "Jobs this worker is running.");
+    describe_gauge!(WORKER_SLOTS, "Jobs this worker may run at once now (after fleet shares and 429s).");
+    describe_gauge!(FLEET_WORKERS, "Live workers, as this worker sees the fleet.");
+    describe_counter!(JOBS_FINISHED, "Jobs this worker finished, by lane and final status.");
+    describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Time from a job's creation to a worker starting it.");
+    describe_histogram!(PROVIDER_TTFT, Unit::Seconds, "Time from calling the provider to its first token.");
+    describe_histogram!(PROVIDER_DURATION, Unit::Seconds, "Time from calling the provider to the end of its reply.");
+    describe_counter!(PROVIDER_RATE_LIMITED, "Provider answers with HTTP 429.");
+    describe_histogram!(RATE_LIMITER_WAIT, Unit::Seconds, "Time a call waited for the provider limits before it started.");
+}

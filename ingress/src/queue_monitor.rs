@@ -1,0 +1,126 @@
+//! Watches the job queue: its depth per lane (for `/metrics` and `GET /v1/admin/queue`) and how
+//! fast the workers drain it, which is what `Retry-After` on a 503 "queue full" is estimated from.
+//!
+//! Every [`SAMPLE_EVERY`] it reads the jobs stream and both lane consumers. The drain rate is the
+//! number of jobs that left the stream (acknowledged) per second, smoothed; a full queue's
+//! `Retry-After` is the time the workers take to free 5 % of it at that rate, between 1 and 60 s.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chatq_common::job::Lane;
+use chatq_common::metrics as names;
+use chatq_common::topology::Topology;
+use tokio_util::sync::CancellationToken;
+
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Weight of the newest sample in the smoothed drain rate.
+const SMOOTHING: f64 = 0.3;
+
+/// One lane's consumer, as last sampled.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct LaneDepth {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub redelivered: u64,
+    pub waiting_pulls: u64,
+}
+
+#[derive(Debug, Default)]
+struct Sample {
+    at: Option<Instant>,
+    last_sequence: u64,
+    messages: u64,
+    drain_per_sec: f64,
+    lanes: [LaneDepth; 2],
+}
+
+/// Shared view of the queue.
+#[derive(Clone, Default)]
+pub struct QueueMonitor {
+    sample: Arc<Mutex<Sample>>,
+}
+
+impl QueueMonitor {
+    /// Jobs per second the workers take out of the queue, smoothed.
+    pub fn drain_per_sec(&self) -> f64 {
+        self.sample.lock().unwrap_or_else(PoisonError::into_inner).drain_per_sec
+    }
+
+    pub fn lane(&self, lane: Lane) -> LaneDepth {
+        let sample = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+        sample.lanes[lane_index(lane)]
+    }
+
+    /// How long a client refused with "queue full" should wait.
+    pub fn retry_after(&self, queue_max_jobs: i64) -> Duration {
+        let drain = self.drain_per_sec();
+        if drain <= 0.01 {
+            return Duration::from_secs(60);
+        }
+        let secs = (queue_max_jobs.max(1) as f64 * 0.05) / drain;
+        Duration::from_secs_f64(secs.clamp(1.0, 60.0))
+    }
+
+    /// Samples until `shutdown`.
+    pub async fn run_until_stopped(self, jetstream: async_nats::jetstream::Context, topology: Topology, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(SAMPLE_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Err(err) = self.sample_once(&jetstream, &topology).await {
+                tracing::debug!(error = %err, "cannot sample the job queue");
+            }
+        }
+    }
+
+    /// Reads the queue now.
+    ///
+    /// # Errors
+    /// NATS is unreachable or the stream is missing.
+    pub async fn sample_once(&self, jetstream: &async_nats::jetstream::Context, topology: &Topology) -> Result<(), async_nats::Error> {
+        let mut stream = jetstream.get_stream(topology.jobs_stream()).await?;
+        let state = stream.info().await?.state.clone();
+        let mut lanes = [LaneDepth::default(); 2];
+        for lane in Lane::ALL {
+            let mut consumer = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&topology.consumer_name(lane))
+                .await?;
+            let info = consumer.info().await?;
+            let depth = LaneDepth {
+                pending: info.num_pending,
+                in_flight: info.num_ack_pending as u64,
+                redelivered: info.num_redelivered as u64,
+                waiting_pulls: info.num_waiting as u64,
+            };
+            metrics::gauge!(names::QUEUE_PENDING, "lane" => lane.as_str()).set(depth.pending as f64);
+            metrics::gauge!(names::QUEUE_IN_FLIGHT, "lane" => lane.as_str()).set(depth.in_flight as f64);
+            metrics::gauge!(names::QUEUE_REDELIVERED, "lane" => lane.as_str()).set(depth.redelivered as f64);
+            lanes[lane_index(lane)] = depth;
+        }
+        let now = Instant::now();
+        let mut sample = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = sample.at {
+            let elapsed = now.duration_since(at).as_secs_f64().max(1e-3);
+            let published = state.last_sequence.saturating_sub(sample.last_sequence) as f64;
+            let grown = state.messages as f64 - sample.messages as f64;
+            let drained = (published - grown).max(0.0) / elapsed;
+            sample.drain_per_sec = SMOOTHING * drained + (1.0 - SMOOTHING) * sample.drain_per_sec;
+        }
+        sample.at = Some(now);
+        sample.last_sequence = state.last_sequence;
+        sample.messages = state.messages;
+        sample.lanes = lanes;
+        Ok(())
+    }
+}
+
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::Interactive => 0,
+        Lane::Batch => 1,
+    }
+}

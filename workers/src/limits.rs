@@ -1,0 +1,366 @@
+//! The provider's limits, held for the whole fleet, and the worker's reaction to 429s.
+//!
+//! Three configured limits apply to the fleet as a whole: requests per minute
+//! (`provider_rpm`), tokens per minute (`provider_tpm`) and requests in flight
+//! (`provider_max_concurrency`). Each worker enforces its share ([`crate::fleet::Membership`]):
+//! rates are divided evenly, concurrency in whole requests. Adding a worker shrinks every share, so
+//! the fleet's total stays the configured one.
+//!
+//! - Requests: a GCRA limiter (`governor`) at `rpm / 60 / n` per second with a burst of one, so
+//!   over any one-second window the fleet makes at most `rpm / 60 + n` requests.
+//! - Tokens: a GCRA limiter at `tpm / 60 / n` tokens per second. A call takes its estimate
+//!   (prompt tokens + `max_tokens`, or [`DEFAULT_COMPLETION_ESTIMATE`]) before it starts; what the
+//!   provider reports beyond the estimate is taken from the next calls.
+//! - Concurrency: the worker's job slots ([`Slots`]) are the smallest of `worker_concurrency`, its
+//!   share of `provider_max_concurrency`, and the adaptive limit below.
+//!
+//! Adaptive limits: when the provider answers 429 anyway (a limit nobody configured, or shared
+//! with other clients), the worker cuts its request rate to 70 % of what it achieved over the last
+//! two seconds and halves its concurrency, at most once a second. After two quiet seconds it raises
+//! both again, 5 % (at least half a request per second) and one slot per second, until they are
+//! back at the configured values. The fleet then settles just under the provider's real limit.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chatq_common::Settings;
+use chatq_common::chat::estimate_tokens;
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::fleet::Membership;
+use crate::provider::{Provider, ProviderError, ProviderReply, ProviderRequest, ReplyStream, StreamItem};
+use crate::slots::Slots;
+
+/// Completion tokens assumed for a request that names no `max_tokens`.
+pub const DEFAULT_COMPLETION_ESTIMATE: u32 = 256;
+/// After a 429, the rate becomes this fraction of the achieved one.
+const DECREASE: f64 = 0.7;
+/// Quiet time before a limit is raised again, and between raises.
+const RECOVER_AFTER: Duration = Duration::from_secs(2);
+const RAISE_EVERY: Duration = Duration::from_secs(1);
+
+/// A rate limiter that can be replaced while calls wait on the old one.
+type SharedLimiter = RwLock<Option<Arc<DefaultDirectRateLimiter>>>;
+
+fn limiter(per_second: f64, burst: u32) -> Option<Arc<DefaultDirectRateLimiter>> {
+    if !per_second.is_finite() || per_second <= 0.0 {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
+    let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?);
+    Some(Arc::new(RateLimiter::direct(quota)))
+}
+
+fn current(limiter: &SharedLimiter) -> Option<Arc<DefaultDirectRateLimiter>> {
+    limiter.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+fn replace(limiter: &SharedLimiter, next: Option<Arc<DefaultDirectRateLimiter>>) {
+    *limiter.write().unwrap_or_else(PoisonError::into_inner) = next;
+}
+
+/// What the worker has learnt from 429s.
+#[derive(Debug)]
+struct Adaptive {
+    /// Requests per second this worker allows itself; `None` when no 429 asked for less.
+    rate: Option<f64>,
+    /// Jobs this worker allows itself; `None` when no 429 asked for less.
+    concurrency: Option<usize>,
+    last_decrease: Option<Instant>,
+    last_raise: Instant,
+    /// When recent calls started, for the achieved rate.
+    starts: VecDeque<Instant>,
+}
+
+/// One worker's view of the provider limits.
+pub struct ProviderLimits {
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+    max_concurrency: Option<u32>,
+    worker_concurrency: usize,
+    membership: Mutex<Membership>,
+    requests: SharedLimiter,
+    tokens: SharedLimiter,
+    /// Largest token count one call can take at once (the token limiter's burst).
+    token_burst: Mutex<u32>,
+    /// Tokens used beyond estimates, taken from the next call.
+    token_debt: Mutex<u32>,
+    adaptive_pace: SharedLimiter,
+    adaptive: Mutex<Adaptive>,
+    slots: Slots,
+}
+
+impl ProviderLimits {
+    pub fn new(settings: &Settings, worker_id: &str) -> Arc<Self> {
+        let limits = Arc::new(Self {
+            rpm: settings.provider_rpm,
+            tpm: settings.provider_tpm,
+            max_concurrency: settings.provider_max_concurrency,
+            worker_concurrency: settings.worker_concurrency.max(1),
+            membership: Mutex::new(Membership::alone(worker_id)),
+            requests: RwLock::new(None),
+            tokens: RwLock::new(None),
+            token_burst: Mutex::new(u32::MAX),
+            token_debt: Mutex::new(0),
+            adaptive_pace: RwLock::new(None),
+            adaptive: Mutex::new(Adaptive {
+                rate: None,
+                concurrency: None,
+                last_decrease: None,
+                last_raise: Instant::now(),
+                starts: VecDeque::new(),
+            }),
+            slots: Slots::new(settings.worker_concurrency.max(1)),
+        });
+        limits.rebalance(Membership::alone(worker_id));
+        limits
+    }
+
+    /// The job slots of this worker, sized by these limits.
+    pub fn slots(&self) -> &Slots {
+        &self.slots
+    }
+
+    /// Recomputes this worker's shares for a new fleet.
+    pub fn rebalance(&self, membership: Membership) {
+        if let Some(rpm) = self.rpm {
+            replace(&self.requests, limiter(membership.share(f64::from(rpm)) / 60.0, 1));
+        }
+        if let Some(tpm) = self.tpm {
+            // A burst of a second's worth of the share, at least one default request, so that a
+            // single call can always go through eventually.
+            let per_second = membership.share(f64::from(tpm)) / 60.0;
+            let burst = (per_second.ceil() as u32).max(DEFAULT_COMPLETION_ESTIMATE);
+            *self.token_burst.lock().unwrap_or_else(PoisonError::into_inner) = burst;
+            replace(&self.tokens, limiter(per_second, burst));
+        }
+        *self.membership.lock().unwrap_or_else(PoisonError::into_inner) = membership;
+        self.resize_slots();
+    }
+
+    fn resize_slots(&self) {
+        let membership = self.membership.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let share = self
+            .max_concurrency
+            .map_or(usize::MAX, |total| membership.integer_share(total) as usize);
+        let adaptive = self.lock_adaptive().concurrency.unwrap_or(usize::MAX);
+        self.slots.set_limit(self.worker_concurrency.min(share).min(adaptive));
+    }
+
+    fn lock_adaptive(&self) -> std::sync::MutexGuard<'_, Adaptive> {
+        self.adaptive.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until a call estimated at `tokens` may start. Returns how long it waited.
+    pub async fn admit(&self, tokens: u32) -> Duration {
+        let started = Instant::now();
+        self.maybe_raise();
+        if let Some(requests) = current(&self.requests) {
+            requests.until_ready().await;
+        }
+        if let Some(pace) = current(&self.adaptive_pace) {
+            pace.until_ready().await;
+        }
+        if let Some(limiter) = current(&self.tokens) {
+            let debt = std::mem::take(&mut *self.token_debt.lock().unwrap_or_else(PoisonError::into_inner));
+            let burst = *self.token_burst.lock().unwrap_or_else(PoisonError::into_inner);
+            let wanted = tokens.saturating_add(debt).clamp(1, burst);
+            if let Some(n) = NonZeroU32::new(wanted) {
+                // Cannot fail: `wanted` is within the burst.
+                drop(limiter.until_n_ready(n).await);
+            }
+        }
+        let mut adaptive = self.lock_adaptive();
+        let now = Instant::now();
+        adaptive.starts.push_back(now);
+        while adaptive.starts.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(2)) {
+            adaptive.starts.pop_front();
+        }
+        started.elapsed()
+    }
+
+    /// Takes tokens the provider reported beyond the estimate from later calls.
+    pub fn settle_tokens(&self, estimated: u32, used: u32) {
+        if self.tpm.is_some() && used > estimated {
+            let mut debt = self.token_debt.lock().unwrap_or_else(PoisonError::into_inner);
+            *debt = debt.saturating_add(used - estimated);
+        }
+    }
+
+    /// The provider answered 429: slow down.
+    pub fn rate_limited(&self) {
+        let mut adaptive = self.lock_adaptive();
+        let now = Instant::now();
+        if adaptive.last_decrease.is_some_and(|t| now.duration_since(t) < RAISE_EVERY) {
+            return;
+        }
+        let achieved = adaptive.starts.len() as f64 / 2.0;
+        let base = match adaptive.rate {
+            Some(rate) if achieved > 0.0 => rate.min(achieved),
+            Some(rate) => rate,
+            None => achieved.max(1.0),
+        };
+        let rate = (base * DECREASE).max(0.1);
+        let in_use = self.slots.in_use().max(1);
+        let concurrency = adaptive.concurrency.unwrap_or(in_use).min(in_use).div_ceil(2).max(1);
+        adaptive.rate = Some(rate);
+        adaptive.concurrency = Some(concurrency);
+        adaptive.last_decrease = Some(now);
+        adaptive.last_raise = now;
+        drop(adaptive);
+        tracing::info!(rate_per_sec = rate, concurrency, "provider answered 429: lowering this worker's limits");
+        replace(&self.adaptive_pace, limiter(rate, 1));
+        self.resize_slots();
+    }
+
+    /// After quiet time, raises the adaptive limits a step (called before each call).
+    fn maybe_raise(&self) {
+        let mut adaptive = self.lock_adaptive();
+        if adaptive.rate.is_none() && adaptive.concurrency.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let quiet = adaptive.last_decrease.is_none_or(|t| now.duration_since(t) >= RECOVER_AFTER);
+        if !quiet || now.duration_since(adaptive.last_raise) < RAISE_EVERY {
+            return;
+        }
+        adaptive.last_raise = now;
+        let ceiling = self.rate_ceiling();
+        adaptive.rate = adaptive.rate.map(|rate| rate + (rate * 0.05).max(0.5)).filter(|rate| *rate < ceiling);
+        adaptive.concurrency = adaptive.concurrency.map(|c| c + 1).filter(|c| *c < self.worker_concurrency);
+        let rate = adaptive.rate;
+        drop(adaptive);
+        replace(&self.adaptive_pace, rate.and_then(|rate| limiter(rate, 1)));
+        self.resize_slots();
+    }
+
+    /// The configured share of the request rate, or "none" as a very large number.
+    fn rate_ceiling(&self) -> f64 {
+        let membership = self.membership.lock().unwrap_or_else(PoisonError::into_inner);
+        self.rpm.map_or(f64::MAX, |rpm| membership.share(f64::from(rpm)) / 60.0)
+    }
+
+    /// The adaptive limits now, for heartbeats and logs: (requests per second, concurrency).
+    pub fn adaptive(&self) -> (Option<f64>, Option<usize>) {
+        let adaptive = self.lock_adaptive();
+        (adaptive.rate, adaptive.concurrency)
+    }
+}
+
+/// A provider behind this worker's share of the limits.
+pub struct LimitedProvider {
+    inner: Arc<dyn Provider>,
+    limits: Arc<ProviderLimits>,
+}
+
+impl LimitedProvider {
+    pub fn new(inner: Arc<dyn Provider>, limits: Arc<ProviderLimits>) -> Self {
+        Self { inner, limits }
+    }
+
+    fn estimate(request: &ProviderRequest) -> u32 {
+        let prompt: usize = request.messages.iter().map(|m| estimate_tokens(&m.content) + 4).sum();
+        let prompt = u32::try_from(prompt).unwrap_or(u32::MAX);
+        prompt.saturating_add(request.params.max_tokens.unwrap_or(DEFAULT_COMPLETION_ESTIMATE))
+    }
+
+    fn observe<T>(&self, result: &Result<T, ProviderError>) {
+        if let Err(ProviderError::RateLimited { .. }) = result {
+            self.limits.rate_limited();
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for LimitedProvider {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn complete(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError> {
+        let estimate = Self::estimate(request);
+        self.limits.admit(estimate).await;
+        let result = self.inner.complete(request).await;
+        self.observe(&result);
+        if let Ok(reply) = &result
+            && let Some(usage) = reply.usage
+        {
+            self.limits.settle_tokens(estimate, usage.total_tokens);
+        }
+        result
+    }
+
+    async fn complete_stream(&self, request: &ProviderRequest) -> Result<ReplyStream, ProviderError> {
+        let estimate = Self::estimate(request);
+        self.limits.admit(estimate).await;
+        let result = self.inner.complete_stream(request).await;
+        self.observe(&result);
+        let stream = result?;
+        let limits = self.limits.clone();
+        Ok(stream
+            .inspect(move |item| match item {
+                Ok(StreamItem::Done { usage: Some(usage), .. }) => limits.settle_tokens(estimate, usage.total_tokens),
+                Err(ProviderError::RateLimited { .. }) => limits.rate_limited(),
+                _ => {}
+            })
+            .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(rpm: Option<u32>, max_concurrency: Option<u32>) -> Settings {
+        Settings {
+            provider_rpm: rpm,
+            provider_max_concurrency: max_concurrency,
+            worker_concurrency: 8,
+            ..Settings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrency_shares_follow_the_fleet() {
+        let limits = ProviderLimits::new(&settings(None, Some(10)), "a");
+        assert_eq!(limits.slots().limit(), 8, "alone: the worker's own bound is smaller");
+        limits.rebalance(Membership { members: vec!["a".into(), "b".into(), "c".into()], index: 0 });
+        assert_eq!(limits.slots().limit(), 4);
+        limits.rebalance(Membership { members: vec!["a".into(), "b".into(), "c".into()], index: 2 });
+        assert_eq!(limits.slots().limit(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_request_rate_is_the_fleet_share() {
+        // 1200 rpm over two workers: 10 requests a second each.
+        let limits = ProviderLimits::new(&settings(Some(1200), None), "a");
+        limits.rebalance(Membership { members: vec!["a".into(), "b".into()], index: 0 });
+        let started = Instant::now();
+        for _ in 0..11 {
+            limits.admit(1).await;
+        }
+        // A burst of one, then one every 100 ms: the eleventh starts a second in.
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(950), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_429_lowers_limits_and_quiet_raises_them() {
+        let limits = ProviderLimits::new(&settings(None, None), "a");
+        let held: Vec<_> = (0..6).map(|_| limits.slots().try_acquire().unwrap()).collect();
+        for _ in 0..20 {
+            limits.admit(1).await;
+        }
+        limits.rate_limited();
+        let (rate, concurrency) = limits.adaptive();
+        assert_eq!(concurrency, Some(3), "half the jobs in flight");
+        assert!(rate.is_some_and(|r| r > 0.0 && r <= 10.0 * DECREASE + 1e-9), "{rate:?}");
+        assert_eq!(limits.slots().limit(), 3);
+        drop(held);
+    }
+}
