@@ -3,11 +3,18 @@
 //! Every job is published with `Nats-Msg-Id` set to its id and the publish acknowledgement is
 //! awaited, so a job counts as queued only once JetStream has stored it, and publishing it again
 //! (a retried request, a reconciler pass) inside the duplicate window stores nothing new.
+//!
+//! When chatq knows or suspects that a job's copy in JetStream is gone while the duplicate window
+//! may still remember it (a claim abandoned by a dead worker, a retry from the dead letters), it
+//! publishes a new copy with a new id: [`message_id`] of the job's next `publication`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 
+use crate::Settings;
 use crate::ids::JobId;
 use crate::job::{JobEnvelope, Lane};
 use crate::topology::Topology;
@@ -25,7 +32,17 @@ pub enum PublishJobError {
     Unavailable(#[source] PublishError),
 }
 
-/// Publishes a job and waits for JetStream to store it. Returns whether JetStream saw it as a
+/// The `Nats-Msg-Id` of a job's copy: the job id for the first publication (0), then
+/// `<job id>.<publication>`.
+pub fn message_id(job_id: JobId, publication: i32) -> String {
+    if publication == 0 {
+        job_id.to_string()
+    } else {
+        format!("{job_id}.{publication}")
+    }
+}
+
+/// Publishes a new job and waits for JetStream to store it. Returns whether JetStream saw it as a
 /// duplicate of one already stored.
 ///
 /// # Errors
@@ -37,10 +54,24 @@ pub async fn publish_job(
     job_id: JobId,
     lane: Lane,
 ) -> Result<bool, PublishJobError> {
+    publish_copy(js, topology, job_id, lane, 0).await
+}
+
+/// Publishes one copy of a job (see [`message_id`]), as [`publish_job`] does the first.
+///
+/// # Errors
+/// As [`publish_job`].
+pub async fn publish_copy(
+    js: &Context,
+    topology: &Topology,
+    job_id: JobId,
+    lane: Lane,
+    publication: i32,
+) -> Result<bool, PublishJobError> {
     let envelope = JobEnvelope { job_id, lane };
     let payload = serde_json::to_vec(&envelope).unwrap_or_default();
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", job_id.to_string().as_str());
+    headers.insert("Nats-Msg-Id", message_id(job_id, publication).as_str());
     let ack = js
         .publish_with_headers(topology.job_subject(lane), headers, payload.into())
         .await
@@ -49,6 +80,24 @@ pub async fn publish_job(
         .map_err(classify)?;
     Ok(ack.duplicate)
 }
+
+/// Recorded jobs seen by [`fault_exit_before_publish`], in this process.
+static RECORDED_FOR_FAULT: AtomicU64 = AtomicU64::new(0);
+
+/// For fault testing only (`CHATQ_FAULT_EXIT_BEFORE_PUBLISH`): called by the ingress between
+/// recording a job and publishing it, it ends the process there, on the given job, as a crash
+/// would. The reconciler must then publish the recorded job. Does nothing when the setting is 0.
+pub fn fault_exit_before_publish(settings: &Settings, job_id: JobId) {
+    let after = settings.fault_exit_before_publish;
+    if after == 0 || RECORDED_FOR_FAULT.fetch_add(1, Ordering::SeqCst) + 1 < after {
+        return;
+    }
+    tracing::error!(%job_id, "CHATQ_FAULT_EXIT_BEFORE_PUBLISH: exiting before publishing this job");
+    std::process::exit(FAULT_EXIT_CODE);
+}
+
+/// The exit status of a process ended by [`fault_exit_before_publish`].
+pub const FAULT_EXIT_CODE: i32 = 86;
 
 fn classify(err: PublishError) -> PublishJobError {
     if err.kind() == PublishErrorKind::Other && is_store_full(&err) {

@@ -316,10 +316,12 @@ settings! {
     max_wait_secs: u64 = "60";
     /// Seconds between reconciler passes, which republish jobs Postgres has as queued but NATS may not.
     reconcile_interval_secs: u64 = "5";
-    /// Seconds a queued job may stay unpublished before the reconciler publishes it.
+    /// Seconds a queued job may stay unpublished, or a dead worker's job unclaimed past its lease, before the reconciler publishes it again.
     reconcile_after_secs: u64 = "10";
     /// Seconds a stopping worker has to finish what it holds before handing the rest back.
     shutdown_grace_secs: u64 = "30";
+    /// For fault testing only: the ingress exits right after recording this many jobs, before publishing the last (0: never).
+    fault_exit_before_publish: u64 = "0";
     /// Log format: `pretty` or `json`.
     log_format: LogFormat = "pretty";
     /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `chatq=debug,info`).

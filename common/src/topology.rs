@@ -10,6 +10,7 @@
 //! | lane consumers | `chatq_interactive`, `chatq_batch` on `CHATQ_JOBS` | durable pull, explicit ack |
 //! | dead letters | stream `CHATQ_DEAD`, subjects `chatq.dead.<lane>` | limits, file, kept 30 days |
 //! | job events | stream `CHATQ_EVENTS`, subjects `chatq.events.<job id>` | limits, file, kept `events_retention_secs` |
+//! | cancel requests | subjects `chatq.control.cancel.<job id>` | core NATS, every worker listens |
 //!
 //! [`Topology::ensure`] creates or updates all of it and is safe to run from every process at
 //! start-up, concurrently. `nats/README.md` documents each value and why it was chosen.
@@ -104,6 +105,21 @@ impl Topology {
     /// `chatq.events.job_…`: where a job's events are published.
     pub fn events_subject(&self, job: JobId) -> String {
         format!("{}.events.{job}", self.namespace)
+    }
+
+    /// `chatq.control.cancel.job_…`: tells whichever worker runs the job to stop it.
+    pub fn cancel_subject(&self, job: JobId) -> String {
+        format!("{}.control.cancel.{job}", self.namespace)
+    }
+
+    /// `chatq.control.cancel.*`: every worker subscribes to all cancel requests.
+    pub fn cancel_subjects(&self) -> String {
+        format!("{}.control.cancel.*", self.namespace)
+    }
+
+    /// Deliveries of one job message before JetStream stops delivering it.
+    pub fn max_deliver(&self) -> i64 {
+        self.max_deliver
     }
 
     pub fn ack_wait(&self) -> Duration {

@@ -9,13 +9,18 @@
 //! - [`worker`]: the loop: pull (interactive lane first), bound concurrency, settle by outcome,
 //!   drain on shutdown.
 //! - [`process`]: one delivery of one job: claim, call, commit; returns an [`process::Outcome`].
+//! - [`failure`]: after a failed attempt: back-off, the error clients see, dead letters.
+//! - [`cancel`]: cancelling a running job at its worker.
 //! - [`prompt`]: the system prompt and a bounded history window.
 //! - [`events`]: publishing a job's events while it runs.
-//! - [`reconciler`]: republishing jobs Postgres has as queued but JetStream never acknowledged.
+//! - [`reconciler`]: rebuilding the JetStream queue from Postgres (unpublished jobs, a lost
+//!   stream, jobs of dead workers).
 //! - [`provider`]: the `Provider` trait and its implementations (OpenAI-compatible, simulated).
 //! - [`mock_llm`]: `chatq mock-llm`, an OpenAI-compatible server for tests and benchmarks.
 
+pub mod cancel;
 pub mod events;
+pub mod failure;
 pub mod mock_llm;
 pub mod process;
 pub mod prompt;

@@ -11,6 +11,11 @@
 //! 3. **Commit** the reply and the result in one statement, fenced by the claim token.
 //! 4. **Ack** (in the loop), only after the commit. A crash between 3 and 4 leads to a
 //!    redelivery that finds the job finished and acks it without calling the provider.
+//!
+//! The call is dropped, and the job ended by this worker, when the job is cancelled (see
+//! [`crate::cancel`]) or its deadline passes; it is handed back when the worker stops and its
+//! grace period runs out. A job whose cancel was requested while no live claim held it (its
+//! worker died) is ended `cancelled` by the next delivery, without calling the provider.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,25 +24,23 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
 use chatq_common::Settings;
 use chatq_common::chat::{ChatMessage, Usage, estimate_tokens};
-use chatq_common::db::jobs::{self, ClaimedJob, Completion, NotClaimed};
+use chatq_common::db::jobs::{self, CANCELLED_MESSAGE, ClaimedJob, Completion, NotClaimed};
 use chatq_common::db::messages;
-use chatq_common::events::EventKind;
+use chatq_common::events::{EventIds, EventKind, JobEvent};
 use chatq_common::ids::{JobId, MessageId};
 use chatq_common::job::{JobEnvelope, JobRequest, JobStatus, Lane};
 use chatq_common::topology::Topology;
 use futures::{FutureExt, StreamExt};
-use rand::Rng;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::cancel::{CancelSwitch, CancelSwitches};
 use crate::events::AttemptEvents;
+use crate::failure::{database_retry, dead_letter, public_message, retry_delay};
 use crate::prompt::build_prompt;
 use crate::provider::{Provider, ProviderError, ProviderRequest, StreamItem};
-
-/// How long to wait before trying again when Postgres itself is unavailable.
-const DATABASE_RETRY: Duration = Duration::from_secs(2);
 
 /// Everything a worker process shares between the jobs it runs.
 pub struct JobContext {
@@ -49,6 +52,8 @@ pub struct JobContext {
     pub topology: Topology,
     pub provider: Arc<dyn Provider>,
     pub settings: Arc<Settings>,
+    /// The cancel switches of the jobs this worker holds.
+    pub cancels: Arc<CancelSwitches>,
 }
 
 impl JobContext {
@@ -77,12 +82,16 @@ pub enum Outcome {
 }
 
 /// Runs one delivery of a job. See the module documentation for the order of steps.
+/// `delivered` is how many times JetStream has delivered this message (1 the first time).
 pub async fn process_one(
     ctx: &JobContext,
     envelope: &JobEnvelope,
     delivery: &Acker,
+    delivered: i64,
     hand_back: &CancellationToken,
 ) -> Outcome {
+    // Before the claim, so a cancel notice that arrives once the job is ours is not missed.
+    let switch = ctx.cancels.register(envelope.job_id);
     let token = Uuid::new_v4();
     let claimed = match jobs::claim(
         &ctx.pool,
@@ -98,10 +107,12 @@ pub async fn process_one(
         Ok(Err(NotClaimed::HeldElsewhere { lease_left })) => {
             return Outcome::Nak(lease_left + Duration::from_secs(1));
         }
-        Ok(Err(NotClaimed::CancelRequested)) => return Outcome::Ack,
+        Ok(Err(NotClaimed::CancelRequested)) => {
+            return end_cancelled(ctx, envelope.job_id, delivered).await;
+        }
         Err(err) => {
             chatq_common::telemetry::log_error_chain("cannot claim a job; will retry", &err);
-            return Outcome::Nak(DATABASE_RETRY);
+            return Outcome::Nak(database_retry(delivered));
         }
     };
     let attempt = Attempt {
@@ -109,8 +120,45 @@ pub async fn process_one(
         lane: envelope.lane,
         token,
         job: claimed,
+        delivered,
     };
-    attempt.run(delivery, hand_back).await
+    attempt.run(delivery, &switch, hand_back).await
+}
+
+/// Ends a job whose cancel was requested while no worker held it, with its terminal event.
+async fn end_cancelled(ctx: &JobContext, job_id: JobId, delivered: i64) -> Outcome {
+    match jobs::finish_cancelled(&ctx.pool, job_id).await {
+        Ok(Some(attempts)) => {
+            tracing::info!(%job_id, "job cancelled before it could run again");
+            let event = JobEvent {
+                id: EventIds::after_attempts(attempts),
+                event: EventKind::JobCancelled,
+                data: json!({
+                    "job_id": job_id,
+                    "status": JobStatus::Cancelled,
+                    "error": { "type": "cancelled", "message": CANCELLED_MESSAGE },
+                }),
+            };
+            if let Ok(payload) = event.to_bytes()
+                && let Err(err) = ctx
+                    .nats
+                    .publish(ctx.topology.events_subject(job_id), payload)
+                    .await
+            {
+                tracing::warn!(%job_id, error = %err, "could not publish a job event");
+            }
+            Outcome::Ack
+        }
+        // Finished or claimed meanwhile: the delivery that holds it settles it.
+        Ok(None) => Outcome::Ack,
+        Err(err) => {
+            chatq_common::telemetry::log_error_chain(
+                "cannot end a cancelled job; will retry",
+                &err,
+            );
+            Outcome::Nak(database_retry(delivered))
+        }
+    }
 }
 
 /// One claimed attempt at a job.
@@ -119,6 +167,8 @@ struct Attempt<'a> {
     lane: Lane,
     token: Uuid,
     job: ClaimedJob,
+    /// Deliveries of this job's message so far.
+    delivered: i64,
 }
 
 /// A reply read from the provider.
@@ -140,6 +190,10 @@ enum Failure {
     ClaimLost,
     /// The grace period of a shutdown ran out.
     HandedBack,
+    /// The job was cancelled.
+    Cancelled,
+    /// The job's deadline passed during the call.
+    Expired,
 }
 
 impl Attempt<'_> {
@@ -151,13 +205,19 @@ impl Attempt<'_> {
         u32::try_from(self.job.attempts).unwrap_or(0)
     }
 
-    async fn run(self, delivery: &Acker, hand_back: &CancellationToken) -> Outcome {
+    async fn run(
+        self,
+        delivery: &Acker,
+        switch: &CancelSwitch,
+        hand_back: &CancellationToken,
+    ) -> Outcome {
         let settings = &self.ctx.settings;
+        // Event ids count every attempt the job has had, including those before a retry.
         let mut events = AttemptEvents::new(
             self.ctx.nats.clone(),
             &self.ctx.topology,
             self.id(),
-            self.attempt_number(),
+            u32::try_from(self.job.earlier_attempts + self.job.attempts).unwrap_or(0),
         );
         if self.attempt_number() > settings.job_max_attempts {
             let message = format!(
@@ -191,8 +251,9 @@ impl Attempt<'_> {
                     "cannot read the conversation history",
                     &err,
                 );
+                let delay = database_retry(self.delivered);
                 return self
-                    .release(false, "database_unavailable", "retrying", DATABASE_RETRY)
+                    .release(false, "database_unavailable", "retrying", delay)
                     .await;
             }
         };
@@ -208,16 +269,45 @@ impl Attempt<'_> {
             messages: prompt,
             params,
         };
+        let deadline = (self.job.deadline_at - time::OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        let started = Instant::now();
+        // Whichever ends first: the call drops the others, the others drop the call.
         let result = tokio::select! {
             result = self.call_provider(&provider_request, &mut events) => result,
-            lost = self.heartbeat(delivery) => Err(lost),
+            stop = self.heartbeat(delivery) => Err(stop),
             () = hand_back.cancelled() => Err(Failure::HandedBack),
+            () = switch.tripped() => Err(Failure::Cancelled),
+            () = tokio::time::sleep(deadline) => Err(Failure::Expired),
         };
+        let upstream_ms = Some(i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX));
         match result {
             Ok(reply) => self.succeed(reply, &mut events).await,
             Err(Failure::ClaimLost) => {
                 tracing::warn!(job_id = %self.id(), "lost the claim on a job mid-call; leaving it to its new owner");
                 Outcome::Abandon
+            }
+            Err(Failure::Cancelled) => {
+                self.finish(
+                    JobStatus::Cancelled,
+                    "cancelled",
+                    CANCELLED_MESSAGE,
+                    upstream_ms,
+                    &mut events,
+                )
+                .await
+            }
+            Err(Failure::Expired) => {
+                let message = "the job's deadline passed while the provider was answering";
+                self.finish(
+                    JobStatus::Expired,
+                    "expired",
+                    message,
+                    upstream_ms,
+                    &mut events,
+                )
+                .await
             }
             Err(Failure::HandedBack) => {
                 self.release(
@@ -335,8 +425,8 @@ impl Attempt<'_> {
         }
     }
 
-    /// Extends the JetStream ack deadline and the Postgres lease until the claim is lost. Returns
-    /// only then; the call it runs beside is dropped.
+    /// Extends the JetStream ack deadline and the Postgres lease until the claim is lost or the
+    /// job's cancel is found in Postgres. Returns only then; the call it runs beside is dropped.
     async fn heartbeat(&self, delivery: &Acker) -> Failure {
         let lease = Duration::from_secs_f64(self.ctx.lease_secs());
         let mut last_renewed = Instant::now();
@@ -351,8 +441,9 @@ impl Attempt<'_> {
             match jobs::renew_leases(&self.ctx.pool, &ids, &[self.token], self.ctx.lease_secs())
                 .await
             {
-                Ok(lost) if lost.is_empty() => last_renewed = Instant::now(),
-                Ok(_) => return Failure::ClaimLost,
+                Ok(renewal) if !renewal.lost.is_empty() => return Failure::ClaimLost,
+                Ok(renewal) if !renewal.cancel_requested.is_empty() => return Failure::Cancelled,
+                Ok(_) => last_renewed = Instant::now(),
                 Err(err) => {
                     tracing::warn!(job_id = %self.id(), error = %err, "could not extend the job's lease");
                     // Past our lease another worker may claim the job: stop before that can happen.
@@ -472,15 +563,7 @@ impl Attempt<'_> {
             .finish(JobStatus::Failed, error_type, message, upstream_ms, events)
             .await;
         if outcome == Outcome::Ack {
-            dead_letter(
-                self.ctx,
-                self.id(),
-                self.lane,
-                error_type,
-                message,
-                self.attempt_number(),
-            )
-            .await;
+            dead_letter(self.ctx, &self.job, self.lane, error_type, message).await;
         }
         outcome
     }
@@ -528,96 +611,5 @@ impl Attempt<'_> {
                 Outcome::Nak(Duration::from_secs_f64(self.ctx.lease_secs()))
             }
         }
-    }
-}
-
-/// The job error a client sees: the provider's own words where they help, never chatq's
-/// credentials or internals.
-fn public_message(error: &ProviderError) -> String {
-    match error {
-        ProviderError::Rejected { status: 401 | 403, .. } => {
-            "the provider refused chatq's credentials; the operator should check CHATQ_PROVIDER_API_KEY".into()
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Exponential backoff with jitter, starting at one second and capped at a minute, unless the
-/// provider said how long to wait (honoured up to five minutes).
-pub fn retry_delay(attempt: u32, retry_after: Option<Duration>) -> Duration {
-    if let Some(wait) = retry_after {
-        return wait.min(Duration::from_secs(300));
-    }
-    let base = Duration::from_secs(1).saturating_mul(1 << attempt.saturating_sub(1).min(6));
-    let base = base.min(Duration::from_secs(60));
-    let jitter = rand::rng().random_range(0.8..1.2);
-    base.mul_f64(jitter)
-}
-
-/// Keeps a copy of a job that failed for good in the dead-letter stream, for inspection. The
-/// failure is already recorded in Postgres, so a failed publish is logged, not retried.
-pub async fn dead_letter(
-    ctx: &JobContext,
-    job_id: JobId,
-    lane: Lane,
-    error_type: &str,
-    message: &str,
-    attempts: u32,
-) {
-    let payload = json!({
-        "job_id": job_id,
-        "lane": lane,
-        "error": { "type": error_type, "message": message },
-        "attempts": attempts,
-        "failed_at": time::OffsetDateTime::now_utc().unix_timestamp(),
-        "worker": ctx.worker_id,
-    });
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", job_id.to_string().as_str());
-    let published = ctx
-        .jetstream
-        .publish_with_headers(
-            ctx.topology.dead_letter_subject(lane),
-            headers,
-            payload.to_string().into(),
-        )
-        .await;
-    let acked = match published {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|err| err.to_string()),
-        Err(err) => Err(err.to_string()),
-    };
-    if let Err(err) = acked {
-        tracing::warn!(%job_id, error = %err, "could not copy a failed job to the dead-letter stream");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_back_off_exponentially_and_honour_retry_after() {
-        let first = retry_delay(1, None);
-        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
-        let fourth = retry_delay(4, None);
-        assert!(fourth >= Duration::from_millis(6400) && fourth <= Duration::from_millis(9600));
-        assert!(retry_delay(30, None) <= Duration::from_secs(72));
-        assert_eq!(
-            retry_delay(1, Some(Duration::from_secs(7))),
-            Duration::from_secs(7)
-        );
-        assert_eq!(
-            retry_delay(1, Some(Duration::from_secs(9999))),
-            Duration::from_secs(300)
-        );
-    }
-
-    #[test]
-    fn credentials_problems_do_not_echo_the_provider() {
-        let error = ProviderError::Rejected {
-            status: 401,
-            message: "Incorrect API key provided: sk-abc".into(),
-        };
-        assert!(!public_message(&error).contains("sk-abc"));
     }
 }

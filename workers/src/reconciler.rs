@@ -1,25 +1,77 @@
-//! The reconciler: Postgres is the source of truth, so whatever it records as queued must be in
-//! the JetStream queue. Each pass publishes queued jobs that JetStream never acknowledged (an
-//! ingress that crashed between recording and publishing, or a publish that failed), with the
-//! same `Nats-Msg-Id`, so a job that did reach the stream is not stored twice.
+//! The reconciler: Postgres is the source of truth, so every job it records as queued must be in
+//! the JetStream queue, whatever happened to NATS, an ingress or a worker in the meantime. Every
+//! worker runs one. Each pass, every `CHATQ_RECONCILE_INTERVAL_SECS` (I):
 //!
-//! Every worker runs one. Passes lock the rows they publish (`FOR UPDATE SKIP LOCKED`), so
-//! several reconcilers share the work instead of repeating it.
+//! 1. **A lost stream.** It reads the jobs stream's creation time; a missing stream is created
+//!    again, with its consumers ([`Topology::ensure`]). A creation time other than the one
+//!    recorded in `jetstream_streams` means the stream was recreated and whatever it held is gone
+//!    (NATS lost its store), so every queued job is marked unpublished, in the transaction that
+//!    records the new time. Of several reconcilers racing, exactly one does this.
+//! 2. **Dead workers.** A running job whose lease ran out more than `CHATQ_RECONCILE_AFTER_SECS`
+//!    (A) ago goes back to `queued`, unpublished, under a new publication: its worker died, and
+//!    JetStream, which redelivers after the ack wait, did not hand it to another worker in that
+//!    time, so its copy may be gone.
+//! 3. **Publishing.** Every queued job without an acknowledged copy that was recorded more than A
+//!    ago (younger ones are still being published by their ingress) is published, with the
+//!    `Nats-Msg-Id` of its current publication ([`message_id`]): a copy JetStream still holds is
+//!    not stored twice. Rows are locked for the pass (`FOR UPDATE SKIP LOCKED`), so reconcilers
+//!    share the work instead of repeating it.
+//!
+//! # Timing bounds
+//!
+//! With W the ack wait (`CHATQ_JOB_ACK_WAIT_SECS`, also the length of a lease):
+//!
+//! - a job recorded but not published (an ingress crashed in between, or NATS refused the
+//!   publish) is published within A + I of being recorded, once NATS answers;
+//! - after NATS comes back with an empty store, the loss is noticed within I and the queued jobs
+//!   are published in the same pass (those recorded less than A before, within A + I);
+//! - a job whose worker died is redelivered by JetStream after W; should its copy be gone, it is
+//!   published again within W + A + I of the worker's last heartbeat.
+//!
+//! A publication noted late (an ingress notes them in batches, within milliseconds) cannot race a
+//! lost stream: NATS restarting and a reconciler noticing take seconds. A job published twice is
+//! harmless: the claim in Postgres runs it once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatq_common::db::jobs;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::GetStreamErrorKind;
+use chatq_common::db::jobs::{self, reconcile};
 use chatq_common::job::Lane;
-use chatq_common::queue::{PublishJobError, publish_job};
+use chatq_common::queue::{PublishJobError, message_id, publish_copy};
+use chatq_common::topology::TopologyError;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::JobContext;
 
-/// Most jobs one pass publishes.
-const PASS_LIMIT: i64 = 1000;
+/// Most jobs one transaction publishes; a pass repeats until none are left.
+const BATCH: i64 = 1000;
+/// Publishes awaiting their acknowledgement at once.
+const PUBLISHES_IN_FLIGHT: usize = 64;
 
-/// Republishes jobs Postgres has as queued but JetStream may not.
+/// Why a pass stopped early. NATS being unreachable is not one: the pass skips what needs NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Postgres is unavailable")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot create the lost jobs stream again")]
+    Topology(#[from] TopologyError),
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Queued jobs marked unpublished because the stream was recreated.
+    pub stream_lost: u64,
+    /// Running jobs of dead workers put back in the queue.
+    pub abandoned: u64,
+    /// Jobs published.
+    pub published: u64,
+}
+
+/// Rebuilds the JetStream queue from Postgres. See the module documentation.
 #[derive(Clone)]
 pub struct Reconciler {
     ctx: Arc<JobContext>,
@@ -39,46 +91,131 @@ impl Reconciler {
                 () = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            match self.pass().await {
-                Ok(0) => {}
-                Ok(published) => tracing::info!(
-                    published,
-                    "reconciler published jobs JetStream had not acknowledged"
+            let pass = tokio::select! {
+                () = shutdown.cancelled() => return,
+                pass = self.pass() => pass,
+            };
+            match pass {
+                Ok(report) if report == PassReport::default() => {}
+                Ok(report) => tracing::info!(
+                    stream_lost = report.stream_lost,
+                    abandoned = report.abandoned,
+                    published = report.published,
+                    "reconciler put jobs back in the queue"
                 ),
                 Err(err) => {
-                    chatq_common::telemetry::log_error_chain("reconciler pass failed", err.as_ref())
+                    chatq_common::telemetry::log_error_chain("reconciler pass failed", &err)
                 }
             }
         }
     }
 
-    /// One pass. Returns how many jobs it published.
+    /// One pass: the three steps of the module documentation, in order.
     ///
     /// # Errors
-    /// Postgres is unavailable. A NATS failure ends the pass early and is not an error: the jobs
-    /// stay unpublished for the next pass.
-    pub async fn pass(&self) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    /// Postgres is unavailable, or a lost stream cannot be created again.
+    pub async fn pass(&self) -> Result<PassReport, ReconcileError> {
+        let stream_lost = self.check_stream().await?;
+        let after = self.ctx.settings.reconcile_after_secs as f64;
+        let abandoned = reconcile::requeue_abandoned(&self.ctx.pool, after).await?;
+        let mut published = 0;
+        loop {
+            let (found, stored) = self.publish_batch(after).await?;
+            published += stored;
+            if found < BATCH as usize || stored < found as u64 {
+                break;
+            }
+        }
+        Ok(PassReport {
+            stream_lost,
+            abandoned,
+            published,
+        })
+    }
+
+    /// Step 1. Returns how many queued jobs were marked unpublished (0 when the stream is the
+    /// one recorded, or NATS cannot be asked).
+    async fn check_stream(&self) -> Result<u64, ReconcileError> {
+        let ctx = &self.ctx;
+        let name = ctx.topology.jobs_stream();
+        let created = match ctx.jetstream.get_stream(&name).await {
+            Ok(stream) => stream.cached_info().created,
+            Err(err)
+                if matches!(err.kind(), GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                tracing::warn!(stream = %name, "the jobs stream is missing (NATS lost its store?); creating it again");
+                ctx.topology.ensure(&ctx.jetstream).await?;
+                match ctx.jetstream.get_stream(&name).await {
+                    Ok(stream) => stream.cached_info().created,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot read the recreated jobs stream; checking again next pass");
+                        return Ok(0);
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the jobs stream; checking again next pass");
+                return Ok(0);
+            }
+        };
+        let mut tx = ctx.pool.begin().await?;
+        if !reconcile::note_stream_created(&mut tx, &name, created).await? {
+            return Ok(0);
+        }
+        let forgotten = reconcile::forget_publications(&mut tx).await?;
+        tx.commit().await?;
+        if forgotten > 0 {
+            tracing::warn!(
+                stream = %name, created = %created, jobs = forgotten,
+                "the jobs stream was recreated; publishing every queued job again"
+            );
+        }
+        Ok(forgotten)
+    }
+
+    /// Step 3, for one batch. Returns how many jobs were found and how many JetStream stored.
+    async fn publish_batch(&self, after: f64) -> Result<(usize, u64), ReconcileError> {
         let ctx = &self.ctx;
         let mut tx = ctx.pool.begin().await?;
-        let older_than = ctx.settings.reconcile_after_secs as f64;
-        let pending = jobs::unpublished(&mut tx, older_than, PASS_LIMIT).await?;
-        let mut published = Vec::with_capacity(pending.len());
-        for (job_id, lane) in pending {
-            let lane: Lane = lane.parse().unwrap_or(Lane::Interactive);
-            match publish_job(&ctx.jetstream, &ctx.topology, job_id, lane).await {
-                Ok(_) => published.push(job_id.as_uuid()),
+        let pending = reconcile::unpublished(&mut tx, after, BATCH).await?;
+        let found = pending.len();
+        let mut publishes = futures::stream::iter(pending)
+            .map(|copy| async move {
+                let lane: Lane = copy.lane.parse().unwrap_or(Lane::Interactive);
+                let stored = publish_copy(
+                    &ctx.jetstream,
+                    &ctx.topology,
+                    copy.id,
+                    lane,
+                    copy.publication,
+                )
+                .await;
+                (copy, stored)
+            })
+            .buffered(PUBLISHES_IN_FLIGHT);
+        let mut stored = Vec::with_capacity(found);
+        // The first failure ends the batch (dropping the publishes in flight): the jobs stay
+        // unpublished for the next pass.
+        while let Some((copy, result)) = publishes.next().await {
+            match result {
+                Ok(_) => stored.push(copy.id.as_uuid()),
                 Err(PublishJobError::QueueFull) => {
                     tracing::warn!("the job queue is full; the reconciler will try again later");
                     break;
                 }
                 Err(PublishJobError::Unavailable(err)) => {
-                    tracing::warn!(error = %err, "JetStream unavailable; the reconciler will try again later");
+                    tracing::warn!(
+                        job = %message_id(copy.id, copy.publication), error = %err,
+                        "JetStream unavailable; the reconciler will try again later"
+                    );
                     break;
                 }
             }
         }
-        jobs::mark_published(&mut *tx, &published).await?;
+        drop(publishes);
+        jobs::mark_published(&mut *tx, &stored).await?;
         tx.commit().await?;
-        Ok(published.len())
+        Ok((found, stored.len() as u64))
     }
 }

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use chatq_common::Settings;
+use chatq_common::db::jobs::reconcile;
 use chatq_common::job::{JobEnvelope, Lane};
 use chatq_common::topology::Topology;
 use futures::StreamExt;
@@ -20,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cancel::{self, CancelSwitches};
 use crate::process::{JobContext, Outcome, process_one};
 use crate::provider::{self, Provider};
 use crate::reconciler::Reconciler;
@@ -85,6 +87,7 @@ impl Worker {
             topology,
             provider,
             settings,
+            cancels: Arc::new(CancelSwitches::default()),
         });
         let reconciler = Reconciler::new(ctx.clone());
         Ok(Self {
@@ -101,7 +104,7 @@ impl Worker {
     /// Runs until `shutdown` is cancelled, then drains (see the phases below).
     ///
     /// # Errors
-    /// Never in practice; pull errors are logged and retried.
+    /// NATS refuses the subscription to cancel requests; pull errors are logged and retried.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let settings = &self.ctx.settings;
         let concurrency = settings.worker_concurrency.max(1);
@@ -115,8 +118,26 @@ impl Worker {
         let jobs = TaskTracker::new();
         // Cancelled when the grace period runs out: jobs still running hand themselves back.
         let hand_back = CancellationToken::new();
+        // Background tasks serve the jobs until the last one has ended.
+        let background_stop = CancellationToken::new();
         let background = TaskTracker::new();
-        background.spawn(self.reconciler.clone().run_until_stopped(shutdown.clone()));
+        // Listen for cancels before the first job is pulled, so none is missed.
+        let cancel_notices = self
+            .ctx
+            .nats
+            .subscribe(self.ctx.topology.cancel_subjects())
+            .await
+            .context("cannot subscribe to cancel requests")?;
+        background.spawn(cancel::listen(
+            cancel_notices,
+            self.ctx.cancels.clone(),
+            background_stop.clone(),
+        ));
+        background.spawn(
+            self.reconciler
+                .clone()
+                .run_until_stopped(background_stop.clone()),
+        );
 
         while let Some(first) = acquire(&slots, &shutdown).await {
             let mut free = vec![first];
@@ -156,6 +177,8 @@ impl Worker {
             hand_back.cancel();
             jobs.wait().await;
         }
+        // Phase 4: stop listening for cancels and reconciling.
+        background_stop.cancel();
         background.close();
         background.wait().await;
         tracing::info!(worker = %self.ctx.worker_id, "worker stopped");
@@ -243,9 +266,17 @@ async fn run_job(
     slot: OwnedSemaphorePermit,
     hand_back: CancellationToken,
 ) {
+    let delivered = message.info().map_or(1, |info| info.delivered);
     let (message, delivery) = message.split();
     let outcome = match serde_json::from_slice::<JobEnvelope>(&message.payload) {
-        Ok(envelope) => process_one(&ctx, &envelope, &delivery, &hand_back).await,
+        Ok(envelope) => {
+            let outcome = process_one(&ctx, &envelope, &delivery, delivered, &hand_back).await;
+            if matches!(outcome, Outcome::Nak(_)) && delivered >= ctx.topology.max_deliver() {
+                last_delivery(&ctx, &envelope, outcome).await
+            } else {
+                outcome
+            }
+        }
         Err(err) => {
             tracing::error!(subject = %message.subject, error = %err, "discarding a message that is not a job envelope");
             Outcome::Term
@@ -263,6 +294,29 @@ async fn run_job(
         tracing::warn!(?outcome, error = %err, "could not settle a job message; JetStream will redeliver it");
     }
     drop(slot);
+}
+
+/// JetStream will not deliver this message again (`max_deliver`), yet the job still needs it.
+/// Notes in Postgres that the job has no deliverable copy, so the reconciler publishes a new one
+/// once the job is queued (now, or when the worker holding it hands it back), and removes this
+/// copy. If Postgres cannot be told, the copy stays (and `outcome` stands).
+async fn last_delivery(ctx: &JobContext, envelope: &JobEnvelope, outcome: Outcome) -> Outcome {
+    let job_id = envelope.job_id;
+    match reconcile::requeue_undeliverable(&ctx.pool, job_id).await {
+        Ok(requeued) => {
+            if requeued {
+                tracing::warn!(%job_id, "job message delivered too often; the reconciler will publish a new copy");
+            }
+            Outcome::Term
+        }
+        Err(err) => {
+            chatq_common::telemetry::log_error_chain(
+                "cannot ask for a new copy of a job whose message is used up",
+                &err,
+            );
+            outcome
+        }
+    }
 }
 
 async fn acquire(

@@ -9,6 +9,16 @@
 //! 4. The worker [`complete`]s it (reply message and result in one statement), or [`release`]s it for
 //!    a later attempt, or [`finish_unsuccessfully`]. Each of these needs the claim token, so a worker
 //!    whose claim was taken over cannot write.
+//!
+//! A client may [`request_cancel`] at any point: a queued job ends `cancelled` at once; a running
+//! one is marked, its worker notices (told over NATS, or by its next lease renewal) and ends it; a
+//! job whose worker died is ended by the next delivery ([`finish_cancelled`]).
+//!
+//! [`reconcile`] holds what the reconciler needs to rebuild the queue from this table, and
+//! [`dead_letters`] the operator's view of jobs that failed for good.
+
+pub mod dead_letters;
+pub mod reconcile;
 
 use serde_json::Value;
 use sqlx::PgPool;
@@ -288,6 +298,10 @@ pub struct ClaimedJob {
     /// The resolved model; it overrides whatever the stored request says.
     pub model: String,
     pub attempts: i32,
+    /// Attempts made before an operator retried the job; event ids count from their sum.
+    pub earlier_attempts: i32,
+    /// Which copy of the job the queue holds (see [`crate::queue::message_id`]).
+    pub publication: i32,
     pub deadline_at: OffsetDateTime,
     pub created_at: OffsetDateTime,
     pub system_prompt: Option<String>,
@@ -304,7 +318,7 @@ pub enum NotClaimed {
     Finished(JobStatus),
     /// Another worker holds a live claim; try again once its lease could have run out.
     HeldElsewhere { lease_left: std::time::Duration },
-    /// A cancel was requested before it started.
+    /// A cancel was requested and no live claim holds the job: end it with [`finish_cancelled`].
     CancelRequested,
 }
 
@@ -329,11 +343,13 @@ pub async fn claim(
                       queued_ms = coalesce(queued_ms, (extract(epoch FROM now() - created_at) * 1000)::integer)
                 WHERE id = $1 AND cancel_requested_at IS NULL
                   AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))
-            RETURNING id, tenant_id, conversation_id, request, model, attempts, deadline_at, created_at, user_message_id
+            RETURNING id, tenant_id, conversation_id, request, model, attempts, earlier_attempts,
+                      publication, deadline_at, created_at, user_message_id
            )
            SELECT claimed.id AS "id!: JobId", claimed.tenant_id AS "tenant_id!: TenantId",
                   claimed.conversation_id AS "conversation_id?: ConversationId",
                   claimed.request AS "request!", claimed.model AS "model!", claimed.attempts AS "attempts!",
+                  claimed.earlier_attempts AS "earlier_attempts!", claimed.publication AS "publication!",
                   claimed.deadline_at AS "deadline_at!", claimed.created_at AS "created_at!",
                   c.system_prompt AS "system_prompt?", m.seq AS "user_seq?"
              FROM claimed
@@ -354,6 +370,8 @@ pub async fn claim(
             request: row.request,
             model: row.model,
             attempts: row.attempts,
+            earlier_attempts: row.earlier_attempts,
+            publication: row.publication,
             deadline_at: row.deadline_at,
             created_at: row.created_at,
             system_prompt: row.system_prompt,
@@ -372,20 +390,33 @@ pub async fn claim(
         return Ok(Err(NotClaimed::Missing));
     };
     let status: JobStatus = current.status.parse().unwrap_or(JobStatus::Failed);
+    let lease_left = current.lease_left_secs.unwrap_or(0.0).max(0.0);
     Ok(Err(if status.is_terminal() {
         NotClaimed::Finished(status)
-    } else if current.cancel_requested_at.is_some() {
+    } else if current.cancel_requested_at.is_some()
+        && (status == JobStatus::Queued || lease_left == 0.0)
+    {
         NotClaimed::CancelRequested
     } else {
-        let secs = current.lease_left_secs.unwrap_or(0.0).max(0.0);
+        // A live claim, or (a row that changed between the two statements) none: look again
+        // once the lease could have run out.
         NotClaimed::HeldElsewhere {
-            lease_left: std::time::Duration::from_secs_f64(secs),
+            lease_left: std::time::Duration::from_secs_f64(lease_left),
         }
     }))
 }
 
-/// Extends the leases of jobs a worker still holds. Returns the ids whose claim is gone (taken
-/// over or finished elsewhere), which the worker must abandon.
+/// What a lease renewal found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renewal {
+    /// Jobs whose claim is gone (taken over or finished elsewhere): the worker must abandon them.
+    pub lost: Vec<Uuid>,
+    /// Jobs still held whose cancel was requested: the worker must stop and end them `cancelled`.
+    /// This is how a worker learns of a cancel whose NATS notice it missed.
+    pub cancel_requested: Vec<Uuid>,
+}
+
+/// Extends the leases of jobs a worker still holds, and reports the ones it must let go.
 ///
 /// # Errors
 /// Database errors.
@@ -394,23 +425,30 @@ pub async fn renew_leases(
     ids: &[Uuid],
     tokens: &[Uuid],
     lease_secs: f64,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    let renewed = sqlx::query_scalar!(
+) -> Result<Renewal, sqlx::Error> {
+    let renewed = sqlx::query!(
         r#"UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
              FROM unnest($1::uuid[], $2::uuid[]) AS held(id, token)
             WHERE jobs.id = held.id AND jobs.claim_token = held.token AND jobs.status = 'running'
-        RETURNING jobs.id"#,
+        RETURNING jobs.id, jobs.cancel_requested_at IS NOT NULL AS "cancel_requested!""#,
         ids,
         tokens,
         lease_secs,
     )
     .fetch_all(pool)
     .await?;
-    Ok(ids
-        .iter()
-        .copied()
-        .filter(|id| !renewed.contains(id))
-        .collect())
+    Ok(Renewal {
+        lost: ids
+            .iter()
+            .copied()
+            .filter(|id| !renewed.iter().any(|row| row.id == *id))
+            .collect(),
+        cancel_requested: renewed
+            .iter()
+            .filter(|row| row.cancel_requested)
+            .map(|row| row.id)
+            .collect(),
+    })
 }
 
 /// The result of a successful attempt.
@@ -530,29 +568,83 @@ pub async fn finish_unsuccessfully(
     Ok(result.rows_affected() == 1)
 }
 
-/// Queued jobs JetStream never acknowledged, older than `older_than_secs`, locked for this
-/// reconciler pass (other replicas skip them).
+/// The error message of a job cancelled before or while it ran.
+pub const CANCELLED_MESSAGE: &str = "the job was cancelled at the client's request";
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was queued and is now `cancelled`. `event_attempts` numbers its `job.cancelled`
+    /// event ([`crate::events::EventIds::after_attempts`]).
+    Cancelled { event_attempts: u32 },
+    /// The job is running: the cancel is recorded for its worker to act on.
+    Requested,
+    /// The job had already finished with this status.
+    Finished(JobStatus),
+    /// No such job for this tenant.
+    NotFound,
+}
+
+/// Cancels a job: a queued one at once (in the same statement, so no worker can claim it in
+/// between); a running one is marked, and its worker ends it.
 ///
 /// # Errors
 /// Database errors.
-pub async fn unpublished(
-    tx: &mut sqlx::PgConnection,
-    older_than_secs: f64,
-    limit: i64,
-) -> Result<Vec<(JobId, String)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT id AS "id: JobId", lane FROM jobs
-            WHERE status = 'queued' AND published_at IS NULL
-              AND created_at < now() - make_interval(secs => $1)
-            ORDER BY created_at
-            LIMIT $2
-              FOR UPDATE SKIP LOCKED"#,
-        older_than_secs,
-        limit,
+pub async fn request_cancel(
+    pool: &PgPool,
+    tenant: TenantId,
+    id: JobId,
+) -> Result<CancelOutcome, sqlx::Error> {
+    // On the right of SET, `status` is the old value; RETURNING gives the new one.
+    let updated = sqlx::query!(
+        r#"UPDATE jobs
+              SET cancel_requested_at = coalesce(cancel_requested_at, now()),
+                  status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+                  finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+                  error_type = CASE WHEN status = 'queued' THEN 'cancelled' ELSE error_type END,
+                  error_message = CASE WHEN status = 'queued' THEN $3 ELSE error_message END
+            WHERE id = $1 AND tenant_id = $2 AND status IN ('queued', 'running')
+        RETURNING status, earlier_attempts + attempts AS "event_attempts!""#,
+        id.as_uuid(),
+        tenant.as_uuid(),
+        CANCELLED_MESSAGE,
     )
-    .fetch_all(&mut *tx)
+    .fetch_optional(pool)
     .await?;
-    Ok(rows.into_iter().map(|row| (row.id, row.lane)).collect())
+    if let Some(row) = updated {
+        return Ok(if row.status == JobStatus::Cancelled.as_str() {
+            CancelOutcome::Cancelled {
+                event_attempts: u32::try_from(row.event_attempts).unwrap_or(0),
+            }
+        } else {
+            CancelOutcome::Requested
+        });
+    }
+    Ok(match get(pool, tenant, id).await? {
+        Some(job) => CancelOutcome::Finished(job.status()),
+        None => CancelOutcome::NotFound,
+    })
+}
+
+/// Ends a job whose cancel was requested and that no live claim holds (it was queued, or its
+/// worker died): `cancelled`, without calling the provider. Returns the attempts that number its
+/// `job.cancelled` event, or `None` when there was nothing to end (already finished, or held).
+///
+/// # Errors
+/// Database errors.
+pub async fn finish_cancelled(pool: &PgPool, id: JobId) -> Result<Option<u32>, sqlx::Error> {
+    let attempts = sqlx::query_scalar!(
+        r#"UPDATE jobs SET status = 'cancelled', finished_at = now(), claim_token = NULL,
+                           lease_expires_at = NULL, error_type = 'cancelled', error_message = $2
+            WHERE id = $1 AND cancel_requested_at IS NOT NULL
+              AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))
+        RETURNING earlier_attempts + attempts AS "event_attempts!""#,
+        id.as_uuid(),
+        CANCELLED_MESSAGE,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(attempts.map(|a| u32::try_from(a).unwrap_or(0)))
 }
 
 /// Takes back a job the queue refused (full): deletes the job and its user message, so a

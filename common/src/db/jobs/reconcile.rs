@@ -1,0 +1,123 @@
+//! What the reconciler reads and writes to keep the JetStream queue in line with Postgres.
+//!
+//! `published_at` says JetStream acknowledged a copy of a queued job; the reconciler publishes
+//! every queued job without it. The functions here clear it whenever that copy may be gone, and
+//! bump `publication` (which names the copy, see [`crate::queue::message_id`]) when the old copy may
+//! still be remembered by JetStream's duplicate window, so the new one is not dropped.
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+use crate::ids::JobId;
+
+/// A queued job JetStream may not hold, to publish again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedCopy {
+    pub id: JobId,
+    pub lane: String,
+    pub publication: i32,
+}
+
+/// Records the creation time of a JetStream stream. Returns `true` when it differs from the one
+/// recorded before (the stream was recreated, so whatever it held is gone) or none was recorded.
+///
+/// Safe to race: of several reconcilers noticing the same new stream, exactly one gets `true`
+/// (the others wait on the row, then find the value already recorded).
+///
+/// # Errors
+/// Database errors.
+pub async fn note_stream_created(
+    conn: &mut sqlx::PgConnection,
+    stream: &str,
+    created_at: OffsetDateTime,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query_scalar!(
+        r#"INSERT INTO jetstream_streams (name, created_at) VALUES ($1, $2)
+           ON CONFLICT (name) DO UPDATE SET created_at = excluded.created_at, noticed_at = now()
+            WHERE jetstream_streams.created_at IS DISTINCT FROM excluded.created_at
+        RETURNING name"#,
+        stream,
+        created_at,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(changed.is_some())
+}
+
+/// Marks every queued job as not in JetStream, after the stream was recreated. Returns how many.
+/// Their `Nats-Msg-Id`s stay the same: the new stream's duplicate window is empty.
+///
+/// # Errors
+/// Database errors.
+pub async fn forget_publications(conn: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query!(
+        "UPDATE jobs SET published_at = NULL WHERE status = 'queued' AND published_at IS NOT NULL"
+    )
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Puts back in the queue running jobs whose lease ran out more than `after_secs` ago: their
+/// worker died, and JetStream did not hand the job to another worker in that time (its copy may
+/// be gone). Returns how many. Their next claim counts a new attempt.
+///
+/// # Errors
+/// Database errors.
+pub async fn requeue_abandoned(pool: &PgPool, after_secs: f64) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query!(
+        r#"UPDATE jobs
+              SET status = 'queued', claim_token = NULL, claimed_by = NULL, lease_expires_at = NULL,
+                  published_at = NULL, publication = publication + 1,
+                  error_type = 'worker_lost',
+                  error_message = 'the worker running this job stopped; it will run again'
+            WHERE status = 'running' AND lease_expires_at < now() - make_interval(secs => $1)"#,
+        after_secs,
+    )
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Notes that JetStream will not deliver a job's copy again (it reached the consumer's
+/// `max_deliver`): a queued job gets a new copy at the next reconciler pass, a running one once
+/// its worker hands it back. Returns whether the job was unfinished.
+///
+/// # Errors
+/// Database errors.
+pub async fn requeue_undeliverable(pool: &PgPool, id: JobId) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query!(
+        r#"UPDATE jobs SET published_at = NULL, publication = publication + 1
+            WHERE id = $1 AND status IN ('queued', 'running')"#,
+        id.as_uuid(),
+    )
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Queued jobs without an acknowledged copy in JetStream, recorded more than `older_than_secs`
+/// ago (younger ones are still being published by the ingress), oldest first, locked for this
+/// reconciler pass (other reconcilers skip them).
+///
+/// # Errors
+/// Database errors.
+pub async fn unpublished(
+    tx: &mut sqlx::PgConnection,
+    older_than_secs: f64,
+    limit: i64,
+) -> Result<Vec<QueuedCopy>, sqlx::Error> {
+    sqlx::query_as!(
+        QueuedCopy,
+        r#"SELECT id AS "id: JobId", lane, publication FROM jobs
+            WHERE status = 'queued' AND published_at IS NULL
+              AND created_at < now() - make_interval(secs => $1)
+            ORDER BY created_at
+            LIMIT $2
+              FOR UPDATE SKIP LOCKED"#,
+        older_than_secs,
+        limit,
+    )
+    .fetch_all(&mut *tx)
+    .await
+}
