@@ -34,16 +34,11 @@ pub fn key_cache() -> KeyCache {
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     pub tenant: TenantId,
-    #[expect(dead_code, reason = "the operator endpoints read the key's scope")]
     pub owner: KeyOwner,
 }
 
 /// A caller whose key has the admin scope.
 #[derive(Debug, Clone, Copy)]
-#[expect(
-    dead_code,
-    reason = "the operator endpoints (queue, workers, dead letters) take it"
-)]
 pub struct Admin(pub Caller);
 
 impl FromRequestParts<AppState> for Caller {

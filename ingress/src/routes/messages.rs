@@ -122,6 +122,8 @@ pub async fn send(
             .map(|w| (w, secs)),
         _ => None,
     };
+    // Fault testing only (CHATQ_FAULT_EXIT_BEFORE_PUBLISH): crash between recording and publishing.
+    chatq_common::queue::fault_exit_before_publish(settings, job_id);
     match publish_job(&state.jetstream, &state.topology, job_id, Lane::Interactive).await {
         Ok(_) => state.published.mark(job_id),
         Err(PublishJobError::QueueFull) => {

@@ -1,6 +1,7 @@
 //! The router: every route of the public API, and the fallbacks that keep unknown routes and
 //! methods in the OpenAI error shape.
 
+mod admin;
 mod completions;
 mod conversations;
 pub(crate) mod events;
@@ -35,6 +36,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/messages/{id}/feedback", post(messages::feedback))
         .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/admin/dead-letters", get(admin::dead_letters))
+        .route(
+            "/v1/admin/dead-letters/{job_id}/retry",
+            post(admin::retry_dead_letter),
+        )
         .route("/v1/jobs/{id}/events", get(events::stream))
         .route("/v1/chat/completions", post(completions::create))
         .route("/v1/models", get(models::list))

@@ -1,0 +1,152 @@
+//! Operator endpoints (admin-scope keys): dead letters, across every tenant.
+//!
+//! A dead letter is a job that ended `failed`: it used up its attempts, or hit an error that can
+//! never succeed. Postgres has the record these endpoints read; the dead-letter stream in
+//! JetStream keeps a copy of each for inspection with NATS tools.
+
+use axum::Json;
+use axum::extract::State;
+use chatq_common::db::jobs;
+use chatq_common::db::jobs::dead_letters::{self, DeadLetterRow, RetryOutcome};
+use chatq_common::ids::{ConversationId, JobId, TenantId};
+use chatq_common::job::Lane;
+use chatq_common::queue::{PublishJobError, publish_copy};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Admin;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{IdPath, QueryParams};
+use crate::state::AppState;
+use crate::views::{JobErrorView, JobView, ListView};
+
+/// Default and largest page sizes.
+const DEFAULT_PAGE: i64 = 20;
+const MAX_PAGE: i64 = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    /// A job id from the previous page: the list goes on after it.
+    after: Option<String>,
+}
+
+/// One dead letter.
+#[derive(Debug, Serialize)]
+pub struct DeadLetterView {
+    pub object: &'static str,
+    pub job_id: JobId,
+    pub tenant_id: TenantId,
+    pub conversation_id: Option<ConversationId>,
+    pub lane: String,
+    pub model: String,
+    pub attempts: i32,
+    pub error: JobErrorView,
+    pub created_at: i64,
+    pub failed_at: i64,
+}
+
+impl From<DeadLetterRow> for DeadLetterView {
+    fn from(row: DeadLetterRow) -> Self {
+        Self {
+            object: "dead_letter",
+            job_id: row.id,
+            tenant_id: row.tenant_id,
+            conversation_id: row.conversation_id,
+            lane: row.lane,
+            model: row.model,
+            attempts: row.attempts,
+            error: JobErrorView {
+                kind: row.error_type.unwrap_or_else(|| "failed".into()),
+                message: row.error_message.unwrap_or_default(),
+            },
+            created_at: row.created_at.unix_timestamp(),
+            failed_at: row.failed_at.unix_timestamp(),
+        }
+    }
+}
+
+/// `GET /v1/admin/dead-letters?limit&after`: failed jobs, most recent failure first.
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    _admin: Admin,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<ListView<DeadLetterView>>> {
+    let limit = match query.limit {
+        None => DEFAULT_PAGE,
+        Some(limit) if (1..=MAX_PAGE).contains(&limit) => limit,
+        Some(limit) => {
+            return Err(ApiError::invalid_with_code(
+                format!("Invalid 'limit': {limit} is not between 1 and {MAX_PAGE}."),
+                "limit",
+                "invalid_value",
+            ));
+        }
+    };
+    let after = query
+        .after
+        .map(|after| {
+            after.parse::<JobId>().map_err(|err| {
+                ApiError::invalid_with_code(
+                    format!("Invalid 'after': {err}."),
+                    "after",
+                    "invalid_id",
+                )
+            })
+        })
+        .transpose()?;
+    let mut rows = dead_letters::list(&state.pool, limit + 1, after).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let views = rows.into_iter().map(DeadLetterView::from).collect();
+    Ok(Json(ListView::new(
+        views,
+        has_more,
+        |dead: &DeadLetterView| dead.job_id.to_string(),
+    )))
+}
+
+/// `POST /v1/admin/dead-letters/{job_id}/retry`: sends a failed job back to the queue with its
+/// attempts reset and a fresh deadline, and publishes it (if NATS refuses, the reconciler will).
+/// 200 with the job; 409 if the job is not failed, or its conversation has another reply in
+/// progress.
+pub async fn retry_dead_letter(
+    State(state): State<AppState>,
+    Admin(operator): Admin,
+    IdPath(id): IdPath<JobId>,
+) -> ApiResult<Json<JobView>> {
+    let deadline_secs = state.settings.job_deadline_secs as f64;
+    let (lane, publication) = match dead_letters::retry(&state.pool, id, deadline_secs).await? {
+        RetryOutcome::Requeued { lane, publication } => (lane, publication),
+        RetryOutcome::NotFound => return Err(ApiError::not_found("job", id)),
+        RetryOutcome::NotFailed(status) => {
+            return Err(ApiError::Conflict {
+                code: "job_not_failed",
+                message: format!(
+                    "This job is {status}, not failed; only failed jobs (dead letters) can be retried."
+                ),
+            });
+        }
+        RetryOutcome::ConversationBusy => {
+            return Err(ApiError::Conflict {
+                code: "conversation_busy",
+                message: "Another reply is being generated in this job's conversation; retry once it has finished.".into(),
+            });
+        }
+    };
+    tracing::info!(job_id = %id, operator_tenant = %operator.tenant, "dead letter sent back to the queue");
+    let lane: Lane = lane.parse().unwrap_or(Lane::Interactive);
+    match publish_copy(&state.jetstream, &state.topology, id, lane, publication).await {
+        Ok(_) => jobs::mark_published(&state.pool, &[id.as_uuid()]).await?,
+        Err(PublishJobError::QueueFull) => {
+            tracing::warn!(job_id = %id, "queue full; the reconciler will queue the retried job");
+        }
+        Err(PublishJobError::Unavailable(err)) => {
+            tracing::warn!(job_id = %id, error = %err, "publish failed; the reconciler will queue the retried job");
+        }
+    }
+    let job = jobs::get_any(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", id))?;
+    Ok(Json(job.into()))
+}
