@@ -22,11 +22,32 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| body_rejection(rejection, state.settings.max_request_bytes))?;
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// A JSON body for a request whose fields are all optional: an empty body stands for `{}`.
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        parse_json(&bytes).map(OptionalJsonBody)
+    }
+}
+
+/// The whole body, within `max_request_bytes` (413 in the OpenAI shape above it).
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|rejection| body_rejection(rejection, state.settings.max_request_bytes))
 }
 
 /// Parses JSON, reporting the path of a field of the wrong type as `param`.
@@ -126,17 +147,27 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for QueryPa
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(value)| QueryParams(value))
-            .map_err(|rejection: QueryRejection| ApiError::InvalidRequest {
-                message: format!(
-                    "Invalid query string: {}.",
-                    rejection
-                        .body_text()
-                        .trim_start_matches("Failed to deserialize query string: ")
-                ),
-                param: None,
-                code: Some("invalid_value"),
+            .map_err(|rejection: QueryRejection| {
+                let text = rejection.body_text();
+                let problem = text.trim_start_matches("Failed to deserialize query string: ");
+                ApiError::InvalidRequest {
+                    message: format!("Invalid query string: {problem}."),
+                    param: query_param_named_in(problem),
+                    code: Some("invalid_value"),
+                }
             })
     }
+}
+
+/// The parameter a query-string error is about. axum reports the path of the field that failed
+/// ahead of the problem (`limit: invalid digit found in string`), as `serde_path_to_error` words it.
+fn query_param_named_in(problem: &str) -> Option<String> {
+    let (path, _) = problem.split_once(": ")?;
+    let is_name = !path.is_empty()
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    (is_name && path != ".").then(|| path.to_owned())
 }
 
 /// A typed id from the path (`/v1/conversations/{id}`), with a 400 for a malformed one, so a typo

@@ -1,7 +1,6 @@
 //! Conversations: create, list, get, delete, history, clear history.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chatq_common::db::conversations::{self, ClearOutcome, NewConversation};
@@ -11,7 +10,7 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{IdPath, QueryParams, parse_json};
+use crate::extract::{IdPath, OptionalJsonBody, QueryParams};
 use crate::state::AppState;
 use crate::validate::CreateConversation;
 use crate::views::{ConversationView, ListView, MessageView};
@@ -22,17 +21,12 @@ const MAX_PAGE: i64 = 100;
 const DEFAULT_HISTORY_PAGE: i64 = 100;
 const MAX_HISTORY_PAGE: i64 = 1000;
 
+/// `POST /v1/conversations`. An empty body creates a conversation with every field unset.
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    OptionalJsonBody(request): OptionalJsonBody<CreateConversation>,
 ) -> ApiResult<(StatusCode, Json<ConversationView>)> {
-    // An empty body creates a conversation with every field unset.
-    let request: CreateConversation = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateConversation::default()
-    } else {
-        parse_json(&body)?
-    };
     request.validate(&state.settings)?;
     let new = NewConversation {
         title: request.title,
