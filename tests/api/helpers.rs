@@ -20,6 +20,7 @@ use chatq_common::topology::Topology;
 use chatq_ingress::Application;
 use chatq_workers::Worker;
 use chatq_workers::mock_llm::{MockConfig, MockLlm};
+use futures::TryStreamExt;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -110,6 +111,8 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         provider_base_url: Some(mock.base_url()),
         model: Some("mock-model".into()),
         worker_concurrency: 16,
+        // JetStream reserves a stream's max_bytes up front; many tests at once must fit.
+        events_max_bytes: 16 * 1024 * 1024,
         ..Settings::default()
     };
     (options.settings)(&mut settings);
@@ -194,6 +197,29 @@ impl TestApp {
             .plaintext
     }
 
+    /// A GET with this test's key.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.request(Method::GET, path).send().await.unwrap()
+    }
+
+    /// A GET that must answer 200; returns the body.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    /// A POST of a JSON body with this test's key.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn create_conversation(&self, body: Value) -> Value {
         let response = self
             .request(Method::POST, "/v1/conversations")
@@ -208,10 +234,7 @@ impl TestApp {
     /// Sends a message; returns the 202 body `{job, message}`.
     pub async fn send(&self, conversation: &str, content: &str) -> Value {
         let response = self
-            .request(
-                Method::POST,
-                &format!("/v1/conversations/{conversation}/messages"),
-            )
+            .request(Method::POST, &messages_path(conversation))
             .json(&json!({ "content": content }))
             .send()
             .await
@@ -224,10 +247,15 @@ impl TestApp {
 
     /// Long-polls a job until it is finished (or panics after a minute).
     pub async fn wait_for_job(&self, job: &str) -> Value {
+        self.wait_for_job_as(&self.key, job).await
+    }
+
+    /// [`TestApp::wait_for_job`] with another tenant's key.
+    pub async fn wait_for_job_as(&self, key: &str, job: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let job: Value = self
-                .request(Method::GET, &format!("/v1/jobs/{job}?wait=10"))
+                .request_as(key, Method::GET, &format!("/v1/jobs/{job}?wait=10"))
                 .send()
                 .await
                 .unwrap()
@@ -244,11 +272,18 @@ impl TestApp {
         }
     }
 
+    /// One turn: sends a message and waits for its job; returns the finished job.
+    pub async fn turn(&self, conversation: &str, content: &str) -> Value {
+        let accepted = self.send(conversation, content).await;
+        self.wait_for_job(accepted["job"]["id"].as_str().unwrap())
+            .await
+    }
+
     pub async fn history(&self, conversation: &str) -> Vec<Value> {
         let page: Value = self
             .request(
                 Method::GET,
-                &format!("/v1/conversations/{conversation}/messages?limit=1000"),
+                &format!("{}?limit=1000", messages_path(conversation)),
             )
             .send()
             .await
@@ -292,13 +327,7 @@ impl TestApp {
                 .expect("task did not panic")
                 .expect("role stopped cleanly");
         }
-        let jetstream = async_nats::jetstream::new(self.nats.clone());
-        for stream in [
-            self.topology.jobs_stream(),
-            self.topology.dead_letter_stream(),
-        ] {
-            drop(jetstream.delete_stream(&stream).await);
-        }
+        self.delete_streams().await;
         self.pool.close().await;
         if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
             let drop_sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
@@ -309,6 +338,42 @@ impl TestApp {
             );
         }
     }
+
+    /// Deletes every stream of this test's namespace: its jobs, dead letters and events, and the
+    /// streams behind its KV buckets and object stores (`KV_<namespace>_…`).
+    async fn delete_streams(&self) {
+        let jetstream = async_nats::jetstream::new(self.nats.clone());
+        let jobs = self.topology.jobs_stream();
+        let namespace = jobs.trim_end_matches("_JOBS").to_ascii_lowercase();
+        let names: Vec<String> = match jetstream.stream_names().try_collect().await {
+            Ok(names) => names,
+            // Without a listing, at least the streams every namespace has.
+            Err(_) => vec![
+                jobs.clone(),
+                self.topology.dead_letter_stream(),
+                self.topology.events_stream(),
+            ],
+        };
+        for name in names
+            .iter()
+            .filter(|name| name.to_ascii_lowercase().contains(&namespace))
+        {
+            drop(jetstream.delete_stream(name).await);
+        }
+    }
+}
+
+/// The path of a conversation's messages (history, send, clear).
+pub fn messages_path(conversation: &str) -> String {
+    format!("/v1/conversations/{conversation}/messages")
+}
+
+/// The `id` of an API object.
+pub fn id_of(object: &Value) -> String {
+    object["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {object}"))
+        .to_owned()
 }
 
 /// Asserts an OpenAI-shaped error with this status and type; returns the error object.
