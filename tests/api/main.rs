@@ -12,4 +12,5 @@ mod sse;
 
 mod chat;
 mod completions;
+mod concurrency;
 mod events;
