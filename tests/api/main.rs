@@ -14,3 +14,6 @@ mod chat;
 mod completions;
 mod concurrency;
 mod events;
+mod feedback;
+mod idempotency;
+mod lifecycle;
