@@ -10,6 +10,7 @@
 mod helpers;
 mod sse;
 
+mod bad_input;
 mod chat;
 mod completions;
 mod concurrency;
@@ -17,3 +18,4 @@ mod events;
 mod feedback;
 mod idempotency;
 mod lifecycle;
+mod tenancy;
