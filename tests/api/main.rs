@@ -17,5 +17,7 @@ mod concurrency;
 mod events;
 mod feedback;
 mod idempotency;
+mod jobs;
 mod lifecycle;
+mod listing;
 mod tenancy;
