@@ -65,7 +65,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
     match result {
-        Ok(value) => Ok(value),
+        // Anything after the value makes the body malformed, not a value with extras ignored.
+        Ok(value) => match deserializer.end() {
+            Ok(()) => Ok(value),
+            Err(trailing) => Err(ApiError::InvalidRequest {
+                message: format!(
+                    "The request body is not valid JSON: {}.",
+                    strip_position(&trailing.to_string())
+                ),
+                param: None,
+                code: Some("invalid_json"),
+            }),
+        },
         Err(err) => {
             let path = err.path().to_string();
             let inner = err.into_inner();
@@ -99,11 +110,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
 }
 
-/// The field a "missing field `x`" or "unknown field `x`" message is about.
+/// The field a "missing field `x`", "unknown field `x`" or "duplicate field `x`" message is about.
 fn field_named_in(message: &str) -> Option<String> {
     let rest = message
         .strip_prefix("missing field `")
-        .or_else(|| message.strip_prefix("unknown field `"))?;
+        .or_else(|| message.strip_prefix("unknown field `"))
+        .or_else(|| message.strip_prefix("duplicate field `"))?;
     rest.split('`').next().map(str::to_owned)
 }
 
