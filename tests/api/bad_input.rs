@@ -28,12 +28,13 @@ struct Case {
     method: Method,
     path: String,
     body: Option<Vec<u8>>,
+    header: Option<(&'static str, String)>,
     status: StatusCode,
     kind: &'static str,
     /// The expected `code`, when one is documented.
     code: Option<&'static str>,
-    /// The expected `param`: `Some(None)` for an explicit null, `None` to not check it.
-    param: Option<Option<&'static str>>,
+    /// The expected `param`, when one applies.
+    param: Option<&'static str>,
 }
 
 impl Case {
@@ -43,6 +44,7 @@ impl Case {
             method,
             path: path.into(),
             body: None,
+            header: None,
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
             code: None,
@@ -72,7 +74,12 @@ impl Case {
     }
 
     fn param(mut self, param: &'static str) -> Self {
-        self.param = Some(Some(param));
+        self.param = Some(param);
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.header = Some((name, value.into()));
         self
     }
 }
@@ -88,6 +95,9 @@ async fn check(app: &TestApp, cases: Vec<Case>) {
             .header("content-type", "application/json");
         if let Some(body) = case.body {
             request = request.body(body);
+        }
+        if let Some((name, value)) = &case.header {
+            request = request.header(*name, value);
         }
         let response = request.send().await.unwrap();
         let status = response.status();
@@ -114,7 +124,7 @@ async fn check(app: &TestApp, cases: Vec<Case>) {
             wrong.push(format!("code, expected {code}"));
         }
         if let Some(param) = case.param
-            && error["param"] != json!(param)
+            && error["param"] != param
         {
             wrong.push(format!("param, expected {param:?}"));
         }
@@ -142,6 +152,12 @@ async fn bad_messages_are_refused_with_the_parameter_named() {
                 .raw(r#"{"content": "hi""#)
                 .code("invalid_json"),
             Case::new("not JSON at all", post.clone(), send()).raw("content=hi"),
+            Case::new("JSON followed by more", post.clone(), send())
+                .raw(r#"{"content": "hi"} {"content": "again"}"#)
+                .code("invalid_json"),
+            Case::new("a field given twice", post.clone(), send())
+                .raw(r#"{"content": "hi", "content": "again"}"#)
+                .param("content"),
             Case::new("an empty body", post.clone(), send()).raw(""),
             Case::new("a JSON array", post.clone(), send()).json(json!(["hi"])),
             Case::new("content of the wrong type", post.clone(), send())
@@ -193,6 +209,18 @@ async fn bad_messages_are_refused_with_the_parameter_named() {
             Case::new("a body over max_request_bytes", post.clone(), send())
                 .json(json!({ "content": "x".repeat(MAX_REQUEST_BYTES) }))
                 .status(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
+            Case::new("an empty Idempotency-Key", post.clone(), send())
+                .json(json!({ "content": "hi" }))
+                .header("idempotency-key", "")
+                .param("Idempotency-Key"),
+            Case::new("an Idempotency-Key too long", post.clone(), send())
+                .json(json!({ "content": "hi" }))
+                .header("idempotency-key", "k".repeat(256))
+                .param("Idempotency-Key"),
+            Case::new("an Idempotency-Key with a tab", post.clone(), send())
+                .json(json!({ "content": "hi" }))
+                .header("idempotency-key", "a\tb")
+                .param("Idempotency-Key"),
         ],
     )
     .await;
