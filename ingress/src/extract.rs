@@ -172,14 +172,18 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for QueryPa
 }
 
 /// The parameter a query-string error is about. axum reports the path of the field that failed
-/// ahead of the problem (`limit: invalid digit found in string`), as `serde_path_to_error` words it.
+/// ahead of the problem (`limit: invalid digit found in string`), as `serde_path_to_error` words
+/// it; a problem with the whole query (`duplicate field `limit``) names the field itself.
 fn query_param_named_in(problem: &str) -> Option<String> {
-    let (path, _) = problem.split_once(": ")?;
-    let is_name = !path.is_empty()
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
-    (is_name && path != ".").then(|| path.to_owned())
+    let from_path = problem.split_once(": ").and_then(|(path, _)| {
+        let is_name = !path.is_empty()
+            && path != "."
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        is_name.then(|| path.to_owned())
+    });
+    from_path.or_else(|| field_named_in(problem))
 }
 
 /// A typed id from the path (`/v1/conversations/{id}`), with a 400 for a malformed one, so a typo
