@@ -429,6 +429,7 @@ async fn bad_conversations_and_listing_parameters_are_refused() {
             .code("invalid_id")
             .param("after"),
             Case::new("an unknown query parameter", get.clone(), list("order=asc")).param("order"),
+            Case::new("limit given twice", get.clone(), list("limit=2&limit=3")).param("limit"),
             Case::new("history limit 0", get.clone(), history("limit=0")).param("limit"),
             Case::new(
                 "history limit not a number",
