@@ -105,7 +105,7 @@ async fn assert_key_reuse_refused(app: &TestApp, conversation: &str, key: &str, 
 async fn the_same_key_with_another_body_is_refused_and_writes_nothing() {
     let app = spawn_app_with(TestOptions {
         mock: MockConfig {
-            ttft_ms: 1500,
+            ttft_ms: 2500,
             ..MockConfig::default()
         },
         ..TestOptions::default()
