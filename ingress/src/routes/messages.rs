@@ -175,7 +175,7 @@ pub async fn send(
         job_id: Some(job_id),
         created_at: message_created_at.unix_timestamp(),
     };
-    Ok(accepted(&job, &message, false))
+    Ok(accepted(&job, Some(&message), false))
 }
 
 /// Answers a retried request with the job its idempotency key first created.
@@ -242,8 +242,8 @@ fn respond(
 ) -> Response {
     let finished = job.status().is_terminal();
     let job = JobView::from(job);
-    match (finished, wait, message) {
-        (true, Some(secs), message) => {
+    match (finished, wait) {
+        (true, Some(secs)) => {
             let mut response = Json(json!({ "job": job, "message": message })).into_response();
             if let Ok(value) = HeaderValue::from_str(&format!("wait={secs}")) {
                 response.headers_mut().insert("preference-applied", value);
@@ -251,20 +251,13 @@ fn respond(
             mark_replayed(&mut response, replayed);
             response
         }
-        (_, _, Some(message)) => accepted(&job, &message, replayed),
-        (_, _, None) => {
-            let mut response = (
-                StatusCode::ACCEPTED,
-                Json(json!({ "job": job, "message": null })),
-            )
-                .into_response();
-            mark_replayed(&mut response, replayed);
-            response
-        }
+        _ => accepted(&job, message.as_ref(), replayed),
     }
 }
 
-fn accepted(job: &JobView, message: &MessageView, replayed: bool) -> Response {
+/// 202 with `Location: /v1/jobs/{id}`. The message is null when a replayed request's message was
+/// cleared from the history since; the job is still there to poll.
+fn accepted(job: &JobView, message: Option<&MessageView>, replayed: bool) -> Response {
     let location = format!("/v1/jobs/{}", job.id);
     let mut response = (
         StatusCode::ACCEPTED,
