@@ -182,3 +182,40 @@ async fn two_requests_sent_at_once_with_one_key_make_one_job() {
     assert_eq!(app.mock.requests().len(), 5);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_retry_after_the_history_was_cleared_still_names_its_job() {
+    let app = spawn_app().await;
+    let id = id_of(&app.create_conversation(json!({})).await);
+    let body = json!({ "content": "soon forgotten" });
+    let first: Value = send_with_key(&app, &id, "retry-3", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let job = id_of(&first["job"]);
+    app.wait_for_job(&job).await;
+    let cleared = app
+        .request(Method::DELETE, &messages_path(&id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), StatusCode::NO_CONTENT);
+
+    // The message is gone, but the job the key stands for is still there to poll.
+    let before = app.row_counts().await;
+    let again = send_with_key(&app, &id, "retry-3", &body).await;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert!(replayed(&again));
+    assert_eq!(
+        again.headers().get("location").map(|v| v.to_str().unwrap()),
+        Some(format!("/v1/jobs/{job}").as_str())
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["job"]["id"], job.as_str());
+    assert_eq!(again["job"]["status"], "succeeded");
+    assert_eq!(again["message"], Value::Null);
+    assert_eq!(app.row_counts().await, before);
+    assert!(app.history(&id).await.is_empty());
+    app.stop().await;
+}
