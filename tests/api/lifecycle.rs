@@ -1,6 +1,8 @@
 //! A conversation's life: one reply at a time (409 `conversation_busy`), clearing its history,
 //! deleting it.
 
+use std::time::{Duration, Instant};
+
 use chatq_workers::mock_llm::MockConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -154,5 +156,51 @@ async fn a_deleted_conversation_is_gone_with_its_messages_and_jobs() {
     assert_eq!(app.row_counts().await, (1, 2, 1, 0));
     assert_eq!(app.history(&kept).await.len(), 2);
     app.get_ok(&format!("/v1/jobs/{}", id_of(&kept_job))).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_conversation_deleted_while_its_reply_is_generated_stays_deleted() {
+    let app = spawn_app_with(slow_provider()).await;
+    let id = id_of(&app.create_conversation(json!({})).await);
+    let job = id_of(&app.send(&id, "are you there?").await["job"]);
+    // Wait until the provider is working on it (nothing to wait on but the mock's counter).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.mock.stats().in_flight == 0 {
+        assert!(Instant::now() < deadline, "the provider was never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let deleted = app
+        .request(Method::DELETE, &format!("/v1/conversations/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    // The reply arrives after the deletion and must not bring anything back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.mock.stats().succeeded == 0 {
+        assert!(Instant::now() < deadline, "the provider never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_error(
+        app.get(&format!("/v1/jobs/{job}")).await,
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+    )
+    .await;
+    assert_error(
+        app.get(&messages_path(&id)).await,
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+    )
+    .await;
+
+    // The worker carries on with other conversations.
+    app.mock.set_config(MockConfig::default());
+    let other = id_of(&app.create_conversation(json!({})).await);
+    let next = app.turn(&other, "still working?").await;
+    assert_eq!(next["status"], "succeeded");
+    assert_eq!(app.row_counts().await, (1, 2, 1, 0));
     app.stop().await;
 }
