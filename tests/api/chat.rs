@@ -1,8 +1,9 @@
 //! The chat pipeline: send → queue → worker → provider → history.
 
-use serde_json::json;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
 
-use crate::helpers::{TestOptions, id_of, spawn_app, spawn_app_with};
+use crate::helpers::{TestOptions, id_of, messages_path, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_sent_message_is_answered_once_and_stored_in_sequence() {
@@ -185,5 +186,39 @@ async fn the_provider_gets_the_system_prompt_and_the_newest_history_within_the_w
         requests.iter().any(|r| r.messages.len() == 2),
         "one turn was sent alone"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_model_and_sampling_parameters_of_a_turn_reach_the_provider() {
+    let app = spawn_app().await;
+    let id = id_of(
+        &app.create_conversation(json!({ "model": "conversation-model" }))
+            .await,
+    );
+    let first = app.turn(&id, "which model?").await;
+    assert_eq!(first["model"], "conversation-model");
+
+    let response = app
+        .post_json(
+            &messages_path(&id),
+            &json!({ "content": "short, please", "model": "turn-model", "temperature": 0.3, "max_tokens": 5 }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.unwrap();
+    let second = app.wait_for_job(&id_of(&accepted["job"])).await;
+    assert_eq!(second["status"], "succeeded", "{second}");
+    assert_eq!(second["model"], "turn-model");
+    assert_eq!(second["reply"]["usage"]["completion_tokens"], 5);
+    assert_eq!(second["reply"]["finish_reason"], "length");
+
+    let requests = app.mock.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].model.as_deref(), Some("conversation-model"));
+    assert_eq!(requests[0].temperature, None);
+    assert_eq!(requests[1].model.as_deref(), Some("turn-model"));
+    assert_eq!(requests[1].temperature, Some(0.3));
+    assert_eq!(requests[1].max_tokens, Some(5));
     app.stop().await;
 }
