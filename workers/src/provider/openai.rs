@@ -104,19 +104,7 @@ impl Provider for OpenAiProvider {
     async fn complete(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError> {
         let response = self.send(&WireRequest::new(request, false)).await?;
         let body = read_capped(response, self.max_response_bytes).await?;
-        let parsed: WireResponse = serde_json::from_slice(&body)
-            .map_err(|err| ProviderError::Malformed(format!("not a chat completion: {err}")))?;
-        let choice = parsed
-            .choices
-            .into_iter()
-            .next()
-            .ok_or_else(|| ProviderError::Malformed("the reply has no choices".into()))?;
-        Ok(ProviderReply {
-            content: choice.message.content.unwrap_or_default(),
-            finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".into()),
-            usage: parsed.usage.map(WireUsage::into_usage),
-            model: parsed.model.unwrap_or_else(|| request.params.model.clone()),
-        })
+        parse_completion(&body, &request.params.model)
     }
 
     async fn complete_stream(
@@ -124,6 +112,21 @@ impl Provider for OpenAiProvider {
         request: &ProviderRequest,
     ) -> Result<ReplyStream, ProviderError> {
         let response = self.send(&WireRequest::new(request, true)).await?;
+        if answers_json(&response) {
+            // Not an event stream: a server that ignores `stream: true` sends the whole
+            // completion, anything else is not a reply (and says so, rather than "cut short").
+            let body = read_capped(response, self.max_response_bytes).await?;
+            let reply = parse_completion(&body, &request.params.model)?;
+            let items = [
+                Ok(StreamItem::Delta(reply.content)),
+                Ok(StreamItem::Done {
+                    finish_reason: reply.finish_reason,
+                    usage: reply.usage,
+                    model: reply.model,
+                }),
+            ];
+            return Ok(futures::stream::iter(items).boxed());
+        }
         let chunks = response
             .bytes_stream()
             .map(|chunk| chunk.map_err(transport_error));
@@ -134,6 +137,32 @@ impl Provider for OpenAiProvider {
         )
         .boxed())
     }
+}
+
+/// Whether a response says it is JSON (not `text/event-stream`).
+fn answers_json(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"))
+}
+
+/// A whole (non-streamed) chat completion.
+fn parse_completion(body: &[u8], requested_model: &str) -> Result<ProviderReply, ProviderError> {
+    let parsed: WireResponse = serde_json::from_slice(body)
+        .map_err(|err| ProviderError::Malformed(format!("not a chat completion: {err}")))?;
+    let choice = parsed
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| ProviderError::Malformed("the reply has no choices".into()))?;
+    Ok(ProviderReply {
+        content: choice.message.content.unwrap_or_default(),
+        finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".into()),
+        usage: parsed.usage.map(WireUsage::into_usage),
+        model: parsed.model.unwrap_or_else(|| requested_model.to_owned()),
+    })
 }
 
 /// Turns the raw body of a streamed completion into [`StreamItem`]s.
