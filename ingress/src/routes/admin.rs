@@ -135,6 +135,10 @@ pub async fn retry_dead_letter(
         }
     };
     tracing::info!(job_id = %id, operator_tenant = %operator.tenant, "dead letter sent back to the queue");
+    // Read before publishing: the answer shows the job back in the queue, as the retry left it.
+    let job = jobs::get_any(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", id))?;
     let lane: Lane = lane.parse().unwrap_or(Lane::Interactive);
     match publish_copy(&state.jetstream, &state.topology, id, lane, publication).await {
         Ok(_) => jobs::mark_published(&state.pool, &[id.as_uuid()]).await?,
@@ -145,8 +149,5 @@ pub async fn retry_dead_letter(
             tracing::warn!(job_id = %id, error = %err, "publish failed; the reconciler will queue the retried job");
         }
     }
-    let job = jobs::get_any(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job", id))?;
     Ok(Json(job.into()))
 }
