@@ -322,6 +322,8 @@ settings! {
     shutdown_grace_secs: u64 = "30";
     /// For fault testing only: the ingress exits right after recording this many jobs, before publishing the last (0: never).
     fault_exit_before_publish: u64 = "0";
+    /// For fault testing only: a worker exits right after committing this many results, before acknowledging the last (0: never).
+    fault_exit_after_commit: u64 = "0";
     /// Log format: `pretty` or `json`.
     log_format: LogFormat = "pretty";
     /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `chatq=debug,info`).

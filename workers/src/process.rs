@@ -18,6 +18,7 @@
 //! worker died) is ended `cancelled` by the next delivery, without calling the provider.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
@@ -470,6 +471,8 @@ impl Attempt<'_> {
         };
         match jobs::complete(&self.ctx.pool, &completion).await {
             Ok(true) => {
+                // Fault testing only (CHATQ_FAULT_EXIT_AFTER_COMMIT): crash between commit and ack.
+                fault_exit_after_commit(&self.ctx.settings, self.id());
                 tracing::debug!(job_id = %self.id(), upstream_ms = reply.upstream_ms, "job succeeded");
                 let data = json!({
                     "job_id": self.id(),
@@ -612,4 +615,19 @@ impl Attempt<'_> {
             }
         }
     }
+}
+
+/// Results committed by this process, counted by [`fault_exit_after_commit`].
+static COMMITTED_FOR_FAULT: AtomicU64 = AtomicU64::new(0);
+
+/// For fault testing only (`CHATQ_FAULT_EXIT_AFTER_COMMIT`): ends the process right after a
+/// job's result is committed and before its message is acknowledged, as a crash would. The
+/// redelivery must then find the job finished. Does nothing when the setting is 0.
+fn fault_exit_after_commit(settings: &Settings, job_id: JobId) {
+    let after = settings.fault_exit_after_commit;
+    if after == 0 || COMMITTED_FOR_FAULT.fetch_add(1, Ordering::SeqCst) + 1 < after {
+        return;
+    }
+    tracing::error!(%job_id, "CHATQ_FAULT_EXIT_AFTER_COMMIT: exiting before acknowledging this job");
+    std::process::exit(chatq_common::queue::FAULT_EXIT_CODE);
 }
