@@ -1,0 +1,271 @@
+//! A chatq deployment in miniature, for one scenario: its own nats-server, its own Postgres
+//! cluster, an ingress and workers as separate `chatq` processes, and the mock LLM served over
+//! HTTP from this test process, so the scenario can change its behaviour and count what it saw.
+//!
+//! Servers of its own, not the shared ones, because a scenario kills and restarts them, and
+//! because its timings (leases of a few seconds) must not depend on what else a shared server is
+//! doing at the time.
+
+pub mod client;
+pub mod processes;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chatq_workers::mock_llm::{MockConfig, MockLlm};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+pub use self::client::Client;
+pub use self::processes::{ChatqProcess, NatsServer, PgCluster, spare_port};
+
+/// Settings every scenario shares: short timings, so faults heal in seconds.
+const FAST_SETTINGS: &[(&str, &str)] = &[
+    ("CHATQ_JOB_ACK_WAIT_SECS", "3"),
+    ("CHATQ_RECONCILE_INTERVAL_SECS", "1"),
+    ("CHATQ_RECONCILE_AFTER_SECS", "2"),
+    ("CHATQ_SHUTDOWN_GRACE_SECS", "5"),
+    ("CHATQ_PROVIDER_IDLE_TIMEOUT_SECS", "10"),
+    ("CHATQ_DATABASE_MAX_CONNECTIONS", "8"),
+];
+
+/// How to start a stack.
+pub struct StackOptions {
+    pub workers: usize,
+    pub worker_concurrency: usize,
+    pub mock: MockConfig,
+    /// `CHATQ_*` settings for every chatq process, applied over the fast defaults.
+    pub settings: Vec<(&'static str, String)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            worker_concurrency: 16,
+            mock: MockConfig::default(),
+            settings: Vec::new(),
+        }
+    }
+}
+
+/// One scenario's deployment.
+pub struct Stack {
+    pub name: String,
+    /// Logs and the NATS store.
+    pub dir: PathBuf,
+    pub nats: NatsServer,
+    pub postgres: PgCluster,
+    /// This stack's database, for checking the ledger.
+    pub pool: PgPool,
+    pub jetstream: async_nats::jetstream::Context,
+    pub namespace: String,
+    pub mock: MockLlm,
+    pub ingress: Option<ChatqProcess>,
+    pub workers: Vec<ChatqProcess>,
+    pub client: Client,
+    /// A key with the admin scope, of another tenant.
+    pub admin_key: String,
+    http_port: u16,
+    env: Vec<(String, String)>,
+}
+
+impl Stack {
+    /// Starts NATS, the database, the ingress and `options.workers` workers.
+    pub async fn start(name: &str, options: StackOptions) -> Self {
+        let unique = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("faults")
+            .join(format!("{name}-{unique}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let nats = NatsServer::start(&dir).await;
+        let postgres = PgCluster::start(&format!("cqfault-pg-{unique}")).await;
+        let database_url = postgres.url("chatq");
+        let mock = MockLlm::start("127.0.0.1:0".parse().unwrap(), options.mock)
+            .await
+            .expect("the mock LLM starts");
+        let namespace = format!("cqt{unique}");
+        let http_port = spare_port();
+        let mut env: Vec<(String, String)> = FAST_SETTINGS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.extend([
+            ("CHATQ_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
+            ("CHATQ_DATABASE_URL".into(), database_url.clone()),
+            ("CHATQ_NATS_URL".into(), nats.url()),
+            ("CHATQ_NAMESPACE".into(), namespace.clone()),
+            ("CHATQ_PROVIDER".into(), "openai".into()),
+            ("CHATQ_PROVIDER_BASE_URL".into(), mock.base_url()),
+            ("CHATQ_MODEL".into(), "mock-model".into()),
+            (
+                "CHATQ_WORKER_CONCURRENCY".into(),
+                options.worker_concurrency.to_string(),
+            ),
+            (
+                "CHATQ_LOG".into(),
+                std::env::var("CQTEST_LOG").unwrap_or_else(|_| "info,async_nats=warn".into()),
+            ),
+        ]);
+        for (key, value) in options.settings {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_owned(), value));
+        }
+
+        // The schema first, so the test can create keys before any role runs.
+        let mut migrate = ChatqProcess::spawn("migrate", "migrate", &env, &dir);
+        let status = migrate
+            .wait_exit(Duration::from_secs(60))
+            .await
+            .expect("chatq migrate finishes");
+        assert!(
+            status.success(),
+            "chatq migrate failed; see {}",
+            migrate.log.display()
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&database_url)
+            .await
+            .expect("the test database is reachable");
+        let key = chatq_common::db::keys::create_key(&pool, "fault-tenant", false)
+            .await
+            .unwrap()
+            .plaintext;
+        let admin_key = chatq_common::db::keys::create_key(&pool, "operators", true)
+            .await
+            .unwrap()
+            .plaintext;
+        let nats_client = async_nats::connect(nats.url())
+            .await
+            .expect("the test connects to its nats-server");
+        let mut stack = Self {
+            name: name.to_owned(),
+            client: Client::new(&format!("http://127.0.0.1:{http_port}"), &key),
+            dir,
+            nats,
+            postgres,
+            pool,
+            jetstream: async_nats::jetstream::new(nats_client),
+            namespace,
+            mock,
+            ingress: None,
+            workers: Vec::new(),
+            admin_key,
+            http_port,
+            env,
+        };
+        stack.start_ingress(&[]).await;
+        for i in 0..options.workers {
+            stack.start_worker(&format!("worker-{i}"), &[]).await;
+        }
+        stack
+    }
+
+    /// The environment of a chatq process, with `extra` settings on top.
+    fn env_with(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        for (key, value) in extra {
+            env.retain(|(k, _)| k != key);
+            env.push(((*key).to_owned(), (*value).to_owned()));
+        }
+        env
+    }
+
+    /// Starts an ingress (replacing a stopped one) and waits until it answers.
+    pub async fn start_ingress(&mut self, extra: &[(&str, &str)]) {
+        let name = format!(
+            "ingress-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..4]
+        );
+        let ingress = ChatqProcess::spawn(&name, "ingress", &self.env_with(extra), &self.dir);
+        let addr = ([127, 0, 0, 1], self.http_port).into();
+        processes::wait_for_port(addr, "the ingress", &ingress.log).await;
+        self.ingress = Some(ingress);
+    }
+
+    /// Starts a worker named `name` (its claims show `name-…` as `claimed_by`). Returns its index
+    /// in `workers`.
+    pub async fn start_worker(&mut self, name: &str, extra: &[(&str, &str)]) -> usize {
+        let worker = ChatqProcess::spawn(name, "worker", &self.env_with(extra), &self.dir);
+        self.workers.push(worker);
+        self.workers.len() - 1
+    }
+
+    /// The ingress, which must be running.
+    pub fn ingress(&mut self) -> &mut ChatqProcess {
+        self.ingress.as_mut().expect("the ingress was started")
+    }
+
+    /// Jobs running on workers named `worker`.
+    pub async fn running_on(&self, worker: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM jobs WHERE status = 'running' AND claimed_by LIKE $1",
+        )
+        .bind(format!("{worker}-%"))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(0)
+    }
+
+    /// Jobs with this status.
+    pub async fn count_status(&self, status: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE status = $1")
+            .bind(status)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Waits until `check` holds, polling observable state, or fails after `timeout`.
+    pub async fn wait_until<F, Fut>(&self, what: &str, timeout: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: timed out after {timeout:?} waiting until {what}; logs in {}",
+                self.name,
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn jobs_stream(&self) -> String {
+        format!("{}_JOBS", self.namespace.to_ascii_uppercase())
+    }
+
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_DEAD", self.namespace.to_ascii_uppercase())
+    }
+
+    /// Messages in a stream (`None` while NATS cannot say).
+    pub async fn stream_messages(&self, stream: &str) -> Option<u64> {
+        let mut stream = self.jetstream.get_stream(stream).await.ok()?;
+        stream.info().await.ok().map(|info| info.state.messages)
+    }
+
+    /// Stops every process and removes what the stack created. (A failed test leaves its
+    /// directory, with the logs; the processes and the cluster stop when the stack is dropped.)
+    pub async fn stop(mut self) {
+        for worker in &mut self.workers {
+            if worker.is_running() {
+                worker.sigkill().await;
+            }
+        }
+        if let Some(ingress) = self.ingress.as_mut()
+            && ingress.is_running()
+        {
+            ingress.sigkill().await;
+        }
+        self.nats.kill().await;
+        self.pool.close().await;
+        // Dropping the cluster stops it and removes its files.
+        drop(self.postgres);
+        drop(std::fs::remove_dir_all(&self.dir));
+    }
+}

@@ -1,0 +1,32 @@
+//! Fault tests: chatq's delivery guarantees, each proven by breaking something on purpose.
+//!
+//! Every scenario runs chatq as separate processes of the binary under test (an ingress and
+//! workers), against a nats-server of its own (a modern one: `CQTEST_NATS_SERVER`, which
+//! `scripts/test` installs), a Postgres cluster of its own (initdb, run as the `postgres` user when
+//! the tests run as root) and a mock LLM served over HTTP from the test. It submits a few hundred
+//! messages, injects its fault while they run, and ends with a ledger ([`ledger`]): every
+//! accepted job reaches exactly one terminal state, with at most one reply, and none is lost.
+//!
+//! - [`workers`]: a worker killed mid-job, stopped with SIGTERM, crashing between commit and ack;
+//!   long calls kept alive by in-progress acks.
+//! - [`nats`]: nats-server killed and restarted, with its store kept or wiped.
+//! - [`postgres`]: Postgres crashing and restarting.
+//! - [`ingress`]: an ingress crashing between recording and publishing; draining on SIGTERM.
+//! - [`provider`]: 429/500 storms, `Retry-After`, dead letters, an untrusted provider.
+//! - [`lifecycle`]: cancellation and deadlines.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "in tests, a step that fails is the test failing"
+)]
+
+mod harness;
+mod ledger;
+
+mod ingress;
+mod lifecycle;
+mod nats;
+mod postgres;
+mod provider;
+mod workers;

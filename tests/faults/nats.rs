@@ -1,0 +1,129 @@
+//! nats-server killed while jobs run: restarted with its store, or with its store wiped (then
+//! only Postgres remembers the queue, and the reconciler must publish it all again).
+
+use std::time::{Duration, Instant};
+
+use chatq_workers::mock_llm::MockConfig;
+
+use crate::harness::{Stack, StackOptions};
+use crate::ledger::{self, settle};
+
+const JOBS: usize = 300;
+
+fn options(worker_concurrency: usize) -> StackOptions {
+    StackOptions {
+        workers: 2,
+        worker_concurrency,
+        mock: MockConfig {
+            ttft_ms: 200,
+            tokens: 8,
+            token_delay_ms: 40,
+            ..MockConfig::default()
+        },
+        ..StackOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_loses_nothing() {
+    let mut stack = Stack::start("nats_restart", options(16)).await;
+    let conversations = stack.client.create_conversations(JOBS).await;
+    let client = stack.client.clone();
+    // Sending goes on through the outage: the ingress records what it cannot publish.
+    let load = tokio::spawn(async move { client.send_to_each(&conversations, 16).await });
+
+    stack
+        .wait_until("jobs are flowing", Duration::from_secs(60), || async {
+            stack.count_status("succeeded").await >= 40
+        })
+        .await;
+    stack.nats.kill().await;
+    // The outage.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.nats.restart().await;
+    let restarted_at = Instant::now();
+
+    let accepted = load.await.unwrap();
+    let report = settle(&stack, &accepted, 1, restarted_at, Duration::from_secs(90)).await;
+    report.assert_clean();
+    assert_eq!(report.with_status("succeeded"), JOBS, "{report:#?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_nats_store_is_rebuilt_from_postgres() {
+    // Few slots and short jobs, so most jobs wait in the stream when it is lost.
+    let mut stack = Stack::start(
+        "nats_store_wiped",
+        StackOptions {
+            mock: MockConfig {
+                ttft_ms: 100,
+                tokens: 4,
+                token_delay_ms: 25,
+                ..MockConfig::default()
+            },
+            ..options(4)
+        },
+    )
+    .await;
+    let conversations = stack.client.create_conversations(JOBS).await;
+    let accepted = stack.client.send_to_each(&conversations, 32).await;
+    stack
+        .wait_until("jobs are flowing", Duration::from_secs(60), || async {
+            stack.count_status("succeeded").await >= 10
+        })
+        .await;
+    let waiting = stack.stream_messages(&stack.jobs_stream()).await.unwrap();
+    assert!(
+        waiting > 100,
+        "only {waiting} jobs were waiting in the stream"
+    );
+    let first_stream = recorded_stream(&stack).await;
+    assert!(
+        first_stream.is_some(),
+        "the reconciler did not record the stream"
+    );
+
+    stack.nats.kill().await;
+    stack.nats.wipe_store();
+    stack.nats.restart().await;
+    let restarted_at = Instant::now();
+    // The reconcilers notice the new stream and publish every queued job again.
+    stack
+        .wait_until("the queue is rebuilt", Duration::from_secs(30), || async {
+            let unpublished: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE status = 'queued' AND published_at IS NULL",
+            )
+            .fetch_one(&stack.pool)
+            .await
+            .unwrap_or(i64::MAX);
+            unpublished == 0 && recorded_stream(&stack).await != first_stream
+        })
+        .await;
+    ledger::note(
+        &stack,
+        &format!(
+            "queue rebuilt {:.1} s after restart",
+            restarted_at.elapsed().as_secs_f64()
+        ),
+    );
+
+    let report = settle(&stack, &accepted, 1, restarted_at, Duration::from_secs(120)).await;
+    report.assert_clean();
+    assert_eq!(report.with_status("succeeded"), JOBS, "{report:#?}");
+    let second_stream = recorded_stream(&stack).await;
+    assert_ne!(
+        first_stream, second_stream,
+        "the reconciler did not notice the new stream"
+    );
+    stack.stop().await;
+}
+
+/// The creation time of the jobs stream, as the reconcilers recorded it.
+async fn recorded_stream(stack: &Stack) -> Option<time::OffsetDateTime> {
+    sqlx::query_scalar("SELECT created_at FROM jetstream_streams WHERE name = $1")
+        .bind(stack.jobs_stream())
+        .fetch_optional(&stack.pool)
+        .await
+        .unwrap()
+}
