@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use chatq_common::db::jobs::reconcile::{StreamSighting, note_stream_created};
 use chatq_workers::mock_llm::MockConfig;
 
 use crate::harness::{Stack, StackOptions};
@@ -126,4 +127,48 @@ async fn recorded_stream(stack: &Stack) -> Option<time::OffsetDateTime> {
         .fetch_optional(&stack.pool)
         .await
         .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_reconcilers_racing_over_a_new_stream_exactly_one_republishes() {
+    let stack = Stack::start(
+        "reconcilers_racing",
+        StackOptions {
+            workers: 0,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let stream = "RACE_JOBS";
+    let sightings = |created: time::OffsetDateTime| {
+        let pool = stack.pool.clone();
+        async move {
+            let racers = (0..8).map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let mut conn = pool.acquire().await.unwrap();
+                    note_stream_created(&mut conn, stream, created)
+                        .await
+                        .unwrap()
+                })
+            });
+            let mut seen = Vec::new();
+            for racer in racers.collect::<Vec<_>>() {
+                seen.push(racer.await.unwrap());
+            }
+            seen
+        }
+    };
+    let first = time::OffsetDateTime::now_utc();
+    let seen = sightings(first).await;
+    assert_eq!(count(&seen, StreamSighting::First), 1, "{seen:?}");
+    assert_eq!(count(&seen, StreamSighting::Known), 7, "{seen:?}");
+    let seen = sightings(first + Duration::from_secs(60)).await;
+    assert_eq!(count(&seen, StreamSighting::Recreated), 1, "{seen:?}");
+    assert_eq!(count(&seen, StreamSighting::Known), 7, "{seen:?}");
+    stack.stop().await;
+}
+
+fn count(seen: &[StreamSighting], which: StreamSighting) -> usize {
+    seen.iter().filter(|s| **s == which).count()
 }

@@ -6,7 +6,8 @@
 //!    again, with its consumers ([`Topology::ensure`]). A creation time other than the one
 //!    recorded in `jetstream_streams` means the stream was recreated and whatever it held is gone
 //!    (NATS lost its store), so every queued job is marked unpublished, in the transaction that
-//!    records the new time. Of several reconcilers racing, exactly one does this.
+//!    records the new time. Of several reconcilers racing, exactly one does this. The first time
+//!    is only recorded: a deployment's first stream, or the one it had before this record.
 //! 2. **Dead workers.** A running job whose lease ran out more than `CHATQ_RECONCILE_AFTER_SECS`
 //!    (A) ago goes back to `queued`, unpublished, under a new publication: its worker died, and
 //!    JetStream, which redelivers after the ack wait, did not hand it to another worker in that
@@ -37,7 +38,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::GetStreamErrorKind;
-use chatq_common::db::jobs::{self, reconcile};
+use chatq_common::db::jobs;
+use chatq_common::db::jobs::reconcile::{self, StreamSighting};
 use chatq_common::job::Lane;
 use chatq_common::queue::{PublishJobError, message_id, publish_copy};
 use chatq_common::topology::TopologyError;
@@ -160,8 +162,13 @@ impl Reconciler {
             }
         };
         let mut tx = ctx.pool.begin().await?;
-        if !reconcile::note_stream_created(&mut tx, &name, created).await? {
-            return Ok(0);
+        match reconcile::note_stream_created(&mut tx, &name, created).await? {
+            StreamSighting::Recreated => {}
+            StreamSighting::Known => return Ok(0),
+            StreamSighting::First => {
+                tx.commit().await?;
+                return Ok(0);
+            }
         }
         let forgotten = reconcile::forget_publications(&mut tx).await?;
         tx.commit().await?;

@@ -18,11 +18,23 @@ pub struct QueuedCopy {
     pub publication: i32,
 }
 
-/// Records the creation time of a JetStream stream. Returns `true` when it differs from the one
-/// recorded before (the stream was recreated, so whatever it held is gone) or none was recorded.
+/// How a stream's creation time compares with the one recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamSighting {
+    /// None was recorded: this one is now (a new deployment, or one from before this record).
+    First,
+    /// The same: the stream is the one JetStream had before.
+    Known,
+    /// Another: the stream was recreated, so whatever the old one held is gone.
+    Recreated,
+}
+
+/// Records the creation time of a JetStream stream and says how it compares with the one
+/// recorded before.
 ///
-/// Safe to race: of several reconcilers noticing the same new stream, exactly one gets `true`
-/// (the others wait on the row, then find the value already recorded).
+/// Safe to race: of several reconcilers noticing the same new stream, exactly one is told
+/// [`StreamSighting::Recreated`] (the others wait on the row, then find the time already
+/// recorded).
 ///
 /// # Errors
 /// Database errors.
@@ -30,18 +42,23 @@ pub async fn note_stream_created(
     conn: &mut sqlx::PgConnection,
     stream: &str,
     created_at: OffsetDateTime,
-) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query_scalar!(
+) -> Result<StreamSighting, sqlx::Error> {
+    // `xmax = 0` tells a row this statement inserted from one it updated.
+    let written = sqlx::query_scalar!(
         r#"INSERT INTO jetstream_streams (name, created_at) VALUES ($1, $2)
            ON CONFLICT (name) DO UPDATE SET created_at = excluded.created_at, noticed_at = now()
             WHERE jetstream_streams.created_at IS DISTINCT FROM excluded.created_at
-        RETURNING name"#,
+        RETURNING (xmax = 0) AS "inserted!""#,
         stream,
         created_at,
     )
     .fetch_optional(conn)
     .await?;
-    Ok(changed.is_some())
+    Ok(match written {
+        None => StreamSighting::Known,
+        Some(true) => StreamSighting::First,
+        Some(false) => StreamSighting::Recreated,
+    })
 }
 
 /// Marks every queued job as not in JetStream, after the stream was recreated. Returns how many.
