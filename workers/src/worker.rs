@@ -30,6 +30,11 @@ use crate::reconciler::Reconciler;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Most jobs asked for in one pull request.
 const MAX_PULL: usize = 256;
+/// Longest wait for the next answer to a pull request. The server answers a fetch at once and a
+/// long poll within [`IDLE_POLL`]; an answer lost while NATS restarts would otherwise keep the
+/// loop waiting forever (a fetch has no expiry of its own). Anything delivered after the loop
+/// gave up is redelivered after its ack wait.
+const PULL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A worker process's job runner.
 pub struct Worker {
@@ -234,7 +239,12 @@ impl Worker {
         let mut started = 0;
         loop {
             let next = tokio::select! {
-                next = messages.next() => next,
+                next = tokio::time::timeout(PULL_ANSWER_TIMEOUT, messages.next()) => {
+                    next.unwrap_or_else(|_| {
+                        tracing::debug!("a pull request went unanswered; pulling again");
+                        None
+                    })
+                }
                 // A long poll is cut short by shutdown; anything it would still deliver is
                 // redelivered after its ack wait.
                 () = shutdown.cancelled() => None,
