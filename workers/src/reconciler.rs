@@ -15,8 +15,8 @@
 //! 3. **Publishing.** Every queued job without an acknowledged copy that was recorded more than A
 //!    ago (younger ones are still being published by their ingress) is published, with the
 //!    `Nats-Msg-Id` of its current publication ([`message_id`]): a copy JetStream still holds is
-//!    not stored twice. Rows are locked for the pass (`FOR UPDATE SKIP LOCKED`), so reconcilers
-//!    share the work instead of repeating it.
+//!    not stored twice. The rows of a batch stay locked while it is published (`FOR UPDATE SKIP
+//!    LOCKED`), so reconcilers share the work instead of repeating it.
 //!
 //! # Timing bounds
 //!
@@ -32,6 +32,12 @@
 //! A publication noted late (an ingress notes them in batches, within milliseconds) cannot race a
 //! lost stream: NATS restarting and a reconciler noticing take seconds. A job published twice is
 //! harmless: the claim in Postgres runs it once.
+//!
+//! One case is left to an operator: a queued job whose message JetStream stopped delivering
+//! (`max_deliver`) while Postgres was unreachable throughout (about ten minutes of deliveries,
+//! see `failure::database_retry`), so that nobody could note that it needs a new copy.
+//!
+//! [`Topology::ensure`]: chatq_common::topology::Topology::ensure
 
 use std::sync::Arc;
 use std::time::Duration;
