@@ -13,7 +13,9 @@
 //! - [`chat`]: prompts, sampling parameters and usage, independent of any provider.
 //! - [`job`]: lanes, statuses, the stored request and the envelope published to JetStream.
 //! - [`events`]: the events a job emits while it runs, and how they travel over NATS.
+//! - [`heartbeat`]: worker heartbeats in the KV bucket, written by workers, read by operators.
 //! - [`topology`]: every stream, subject and consumer, created idempotently at start-up.
+//! - [`metrics`]: every Prometheus metric, described once, and the recorder behind `/metrics`.
 //! - [`nats`]: connecting to NATS with start-up logging.
 //! - [`queue`]: publishing a job to JetStream, with its id as `Nats-Msg-Id`.
 //! - [`db`]: the Postgres pool, migrations, and one module of queries per table.
@@ -22,8 +24,10 @@ pub mod api_key;
 pub mod chat;
 pub mod db;
 pub mod events;
+pub mod heartbeat;
 pub mod ids;
 pub mod job;
+pub mod metrics;
 pub mod nats;
 pub mod queue;
 pub mod settings;

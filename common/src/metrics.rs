@@ -43,7 +43,8 @@ pub const RATE_LIMITER_WAIT: &str = "chatq_rate_limiter_wait_seconds";
 
 /// Latency buckets, in seconds: from a millisecond to ten minutes.
 const BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -71,20 +72,67 @@ pub fn render(handle: &PrometheusHandle) -> String {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route and status.");
-    describe_histogram!(HTTP_DURATION, Unit::Seconds, "Time to answer an HTTP request (to the first byte of a stream).");
-    describe_gauge!(QUEUE_PENDING, "Jobs waiting in the queue, not yet delivered to a worker.");
-    describe_gauge!(QUEUE_IN_FLIGHT, "Jobs delivered to a worker and not yet acknowledged.");
-    describe_gauge!(QUEUE_REDELIVERED, "Jobs in flight that were delivered more than once.");
-    describe_counter!(JOBS_REJECTED, "Requests refused at the door: full queue (503) or key rate limit (429).");
-    describe_gauge!(EVENT_STREAMS_OPEN, "Server-sent event streams this ingress holds open.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Time to answer an HTTP request (to the first byte of a stream)."
+    );
+    describe_gauge!(
+        QUEUE_PENDING,
+        "Jobs waiting in the queue, not yet delivered to a worker."
+    );
+    describe_gauge!(
+        QUEUE_IN_FLIGHT,
+        "Jobs delivered to a worker and not yet acknowledged."
+    );
+    describe_gauge!(
+        QUEUE_REDELIVERED,
+        "Jobs in flight that were delivered more than once."
+    );
+    describe_counter!(
+        JOBS_REJECTED,
+        "Requests refused at the door: full queue (503) or key rate limit (429)."
+    );
+    describe_gauge!(
+        EVENT_STREAMS_OPEN,
+        "Server-sent event streams this ingress holds open."
+    );
     describe_gauge!(WORKER_IN_FLIGHT, "Jobs this worker is running.");
-    describe_gauge!(WORKER_SLOTS, "Jobs this worker may run at once now (after fleet shares and 429s).");
-    describe_gauge!(FLEET_WORKERS, "Live workers, as this worker sees the fleet.");
-    describe_counter!(JOBS_FINISHED, "Jobs this worker finished, by lane and final status.");
-    describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Time from a job's creation to a worker starting it.");
-    describe_histogram!(PROVIDER_TTFT, Unit::Seconds, "Time from calling the provider to its first token.");
-    describe_histogram!(PROVIDER_DURATION, Unit::Seconds, "Time from calling the provider to the end of its reply.");
+    describe_gauge!(
+        WORKER_SLOTS,
+        "Jobs this worker may run at once now (after fleet shares and 429s)."
+    );
+    describe_gauge!(
+        FLEET_WORKERS,
+        "Live workers, as this worker sees the fleet."
+    );
+    describe_counter!(
+        JOBS_FINISHED,
+        "Jobs this worker finished, by lane and final status."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time from a job's creation to a worker starting it."
+    );
+    describe_histogram!(
+        PROVIDER_TTFT,
+        Unit::Seconds,
+        "Time from calling the provider to its first token."
+    );
+    describe_histogram!(
+        PROVIDER_DURATION,
+        Unit::Seconds,
+        "Time from calling the provider to the end of its reply."
+    );
     describe_counter!(PROVIDER_RATE_LIMITED, "Provider answers with HTTP 429.");
-    describe_histogram!(RATE_LIMITER_WAIT, Unit::Seconds, "Time a call waited for the provider limits before it started.");
+    describe_histogram!(
+        RATE_LIMITER_WAIT,
+        Unit::Seconds,
+        "Time a call waited for the provider limits before it started."
+    );
 }

@@ -272,6 +272,10 @@ settings! {
     provider_tpm: Option<u32> = "unlimited";
     /// Provider requests in flight, for the whole fleet of workers.
     provider_max_concurrency: Option<u32> = "unlimited";
+    /// Seconds between worker heartbeats; the fleet forgets a worker three heartbeats after its last.
+    worker_heartbeat_secs: u64 = "2";
+    /// Where a `chatq worker` serves `/metrics` and `/healthz` (e.g. `0.0.0.0:9091`); unset serves none. The ingress serves them on its own address.
+    worker_metrics_addr: Option<SocketAddr> = "";
     /// Simulated provider: milliseconds before the first token.
     simulated_ttft_ms: u64 = "150";
     /// Simulated provider: milliseconds between tokens.
@@ -280,6 +284,10 @@ settings! {
     simulated_tokens: u32 = "24";
     /// Simulated provider: fraction of calls (0 to 1) that fail with a retryable error.
     simulated_failure_rate: f64 = "0";
+    /// Requests per second one API key may make to one ingress (429 with `Retry-After` above it).
+    key_rate_limit_per_sec: Option<u32> = "200";
+    /// Requests one API key may make in a burst above its rate.
+    key_rate_limit_burst: u32 = "1000";
     /// Largest request body the ingress reads, in bytes (413 above it).
     max_request_bytes: usize = "1048576";
     /// Longest message content, in characters (400 above it).

@@ -11,6 +11,7 @@
 //! | dead letters | stream `CHATQ_DEAD`, subjects `chatq.dead.<lane>` | limits, file, kept 30 days |
 //! | job events | stream `CHATQ_EVENTS`, subjects `chatq.events.<job id>` | limits, file, kept `events_retention_secs` |
 //! | cancel requests | subjects `chatq.control.cancel.<job id>` | core NATS, every worker listens |
+//! | worker heartbeats | KV bucket `chatq_workers` | memory, keys expire after 3 heartbeats |
 //!
 //! [`Topology::ensure`] creates or updates all of it and is safe to run from every process at
 //! start-up, concurrently. `nats/README.md` documents each value and why it was chosen.
@@ -44,6 +45,7 @@ pub struct Topology {
     replicas: usize,
     events_max_age: Duration,
     events_max_bytes: i64,
+    heartbeat: Duration,
 }
 
 impl Topology {
@@ -59,6 +61,7 @@ impl Topology {
             replicas: settings.stream_replicas.max(1),
             events_max_age: Duration::from_secs(settings.events_retention_secs.max(1)),
             events_max_bytes: settings.events_max_bytes,
+            heartbeat: Duration::from_secs(settings.worker_heartbeat_secs.max(1)),
         }
     }
 
@@ -183,6 +186,40 @@ impl Topology {
         }
     }
 
+    /// `chatq_workers`: the KV bucket of worker heartbeats.
+    pub fn workers_bucket(&self) -> String {
+        format!("{}_workers", self.namespace)
+    }
+
+    /// The stream behind the workers bucket, in the KV layout (`KV_<bucket>`, subjects
+    /// `$KV.<bucket>.>`, one value per key). Created as a plain stream because the client's KV
+    /// creation first reads account details that NATS 2.9 does not send. Heartbeats live in
+    /// memory (they are rebuilt within a heartbeat after a restart) and expire three heartbeats
+    /// after a worker's last, which is how a dead worker leaves the fleet.
+    pub fn workers_bucket_stream_config(&self) -> stream::Config {
+        let bucket = self.workers_bucket();
+        let max_age = self.heartbeat * 3;
+        stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("chatq worker heartbeats".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: StorageType::Memory,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: DiscardPolicy::New,
+            duplicate_window: max_age.min(DUPLICATE_WINDOW),
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
     pub fn consumer_config(&self, lane: Lane) -> pull::Config {
         pull::Config {
             durable_name: Some(self.consumer_name(lane)),
@@ -208,6 +245,7 @@ impl Topology {
         let jobs = ensure_stream(js, self.jobs_stream_config()).await?;
         ensure_stream(js, self.dead_letter_stream_config()).await?;
         ensure_stream(js, self.events_stream_config()).await?;
+        ensure_stream(js, self.workers_bucket_stream_config()).await?;
         for lane in Lane::ALL {
             let config = self.consumer_config(lane);
             jobs.create_consumer(config)

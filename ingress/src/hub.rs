@@ -442,7 +442,7 @@ impl Pump {
             });
             return;
         };
-        let attempts = u32::try_from(job.attempts).unwrap_or(0);
+        let attempts = job.event_attempts();
         let status = job.status();
         if let (JobStatus::Succeeded, Some(content)) = (status, job.reply_content.as_deref())
             && !content.is_empty()

@@ -16,6 +16,9 @@
 //! - `hub`: per-job event hubs behind SSE: one subscription and replay per job, any number of
 //!   clients.
 //! - `openai`: the chat completions wire format and its validation.
+//! - `queue_monitor`: queue depth per lane and the drain rate behind `Retry-After`.
+//! - `ratelimit`: per-key request rate limits.
+//! - `observe`: request metrics and `GET /metrics`.
 //! - `publish`: batching the "JetStream stored it" notes.
 //! - [`error`]: the one error type, in the OpenAI error shape.
 
@@ -23,8 +26,11 @@ mod auth;
 pub mod error;
 mod extract;
 mod hub;
+mod observe;
 mod openai;
 mod publish;
+mod queue_monitor;
+mod ratelimit;
 mod routes;
 mod state;
 mod validate;
@@ -95,7 +101,21 @@ impl Application {
             .filter(|m| !m.is_empty())
             .map(str::to_owned)
             .collect();
+        chatq_common::metrics::install();
+        let queue = queue_monitor::QueueMonitor::default();
+        background.spawn(queue.clone().run_until_stopped(
+            async_nats::jetstream::new(nats.clone()),
+            topology.clone(),
+            background_stop.clone(),
+        ));
+        let key_limits = ratelimit::KeyRateLimits::new(&settings);
+        background.spawn(forget_idle_keys(
+            key_limits.clone(),
+            background_stop.clone(),
+        ));
         let state = AppState {
+            queue,
+            key_limits,
             hubs: EventHubs::new(
                 nats.clone(),
                 topology.clone(),
@@ -169,5 +189,16 @@ impl Application {
         self.background.wait().await;
         tracing::info!("ingress stopped");
         Ok(())
+    }
+}
+
+/// Keeps the per-key limiter's memory bounded by forgetting keys that have been idle.
+async fn forget_idle_keys(limits: ratelimit::KeyRateLimits, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => limits.forget_idle(),
+            () = stop.cancelled() => return,
+        }
     }
 }

@@ -44,7 +44,10 @@ pub struct QueueMonitor {
 impl QueueMonitor {
     /// Jobs per second the workers take out of the queue, smoothed.
     pub fn drain_per_sec(&self) -> f64 {
-        self.sample.lock().unwrap_or_else(PoisonError::into_inner).drain_per_sec
+        self.sample
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain_per_sec
     }
 
     pub fn lane(&self, lane: Lane) -> LaneDepth {
@@ -63,7 +66,12 @@ impl QueueMonitor {
     }
 
     /// Samples until `shutdown`.
-    pub async fn run_until_stopped(self, jetstream: async_nats::jetstream::Context, topology: Topology, shutdown: CancellationToken) {
+    pub async fn run_until_stopped(
+        self,
+        jetstream: async_nats::jetstream::Context,
+        topology: Topology,
+        shutdown: CancellationToken,
+    ) {
         let mut ticks = tokio::time::interval(SAMPLE_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -81,13 +89,19 @@ impl QueueMonitor {
     ///
     /// # Errors
     /// NATS is unreachable or the stream is missing.
-    pub async fn sample_once(&self, jetstream: &async_nats::jetstream::Context, topology: &Topology) -> Result<(), async_nats::Error> {
+    pub async fn sample_once(
+        &self,
+        jetstream: &async_nats::jetstream::Context,
+        topology: &Topology,
+    ) -> Result<(), async_nats::Error> {
         let mut stream = jetstream.get_stream(topology.jobs_stream()).await?;
         let state = stream.info().await?.state.clone();
         let mut lanes = [LaneDepth::default(); 2];
         for lane in Lane::ALL {
             let mut consumer = stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&topology.consumer_name(lane))
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+                    &topology.consumer_name(lane),
+                )
                 .await?;
             let info = consumer.info().await?;
             let depth = LaneDepth {
@@ -96,9 +110,12 @@ impl QueueMonitor {
                 redelivered: info.num_redelivered as u64,
                 waiting_pulls: info.num_waiting as u64,
             };
-            metrics::gauge!(names::QUEUE_PENDING, "lane" => lane.as_str()).set(depth.pending as f64);
-            metrics::gauge!(names::QUEUE_IN_FLIGHT, "lane" => lane.as_str()).set(depth.in_flight as f64);
-            metrics::gauge!(names::QUEUE_REDELIVERED, "lane" => lane.as_str()).set(depth.redelivered as f64);
+            metrics::gauge!(names::QUEUE_PENDING, "lane" => lane.as_str())
+                .set(depth.pending as f64);
+            metrics::gauge!(names::QUEUE_IN_FLIGHT, "lane" => lane.as_str())
+                .set(depth.in_flight as f64);
+            metrics::gauge!(names::QUEUE_REDELIVERED, "lane" => lane.as_str())
+                .set(depth.redelivered as f64);
             lanes[lane_index(lane)] = depth;
         }
         let now = Instant::now();

@@ -44,7 +44,11 @@ impl KeyRateLimits {
 }
 
 /// Middleware: 429 for a key over its rate.
-pub async fn limit_per_key(State(limits): State<KeyRateLimits>, request: Request, next: Next) -> Response {
+pub async fn limit_per_key(
+    State(limits): State<KeyRateLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(limiter) = &limits.limiter else {
         return next.run(request).await;
     };
@@ -58,7 +62,8 @@ pub async fn limit_per_key(State(limits): State<KeyRateLimits>, request: Request
         Ok(()) => next.run(request).await,
         Err(not_until) => {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            metrics::counter!(chatq_common::metrics::JOBS_REJECTED, "reason" => "key_rate_limited").increment(1);
+            metrics::counter!(chatq_common::metrics::JOBS_REJECTED, "reason" => "key_rate_limited")
+                .increment(1);
             ApiError::RateLimited {
                 message: "Too many requests for this API key. Slow down and retry after the time in Retry-After.".into(),
                 retry_after: wait.max(Duration::from_secs(1)),

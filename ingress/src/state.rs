@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::KeyCache;
 use crate::hub::EventHubs;
 use crate::publish::PublishedMarks;
+use crate::queue_monitor::QueueMonitor;
+use crate::ratelimit::KeyRateLimits;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,4 +37,8 @@ pub struct AppState {
     pub streams_stop: CancellationToken,
     /// When this process started (Unix seconds), shown as the models' `created`.
     pub started_at: i64,
+    /// Queue depth and drain rate, sampled in the background.
+    pub queue: QueueMonitor,
+    /// Per-key request rate limits.
+    pub key_limits: KeyRateLimits,
 }

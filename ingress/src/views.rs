@@ -98,6 +98,8 @@ impl From<MessageRow> for MessageView {
 pub struct ReplyView {
     /// The assistant message in the conversation (none for a stateless chat completion).
     pub message_id: Option<MessageId>,
+    /// The model that answered, as the provider named it.
+    pub model: Option<String>,
     pub content: String,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
@@ -135,6 +137,7 @@ impl From<JobRow> for JobView {
         let status = row.status();
         let reply = (status == JobStatus::Succeeded).then(|| ReplyView {
             message_id: row.reply_message_id,
+            model: row.reply_model.clone(),
             content: row.reply_content.clone().unwrap_or_default(),
             finish_reason: row.finish_reason.clone(),
             usage: row

@@ -93,6 +93,8 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: TestOptions) -> TestApp {
+    // reqwest is built without a default TLS crypto backend; chatq uses ring.
+    drop(rustls::crypto::ring::default_provider().install_default());
     chatq_common::telemetry::init(
         chatq_common::settings::LogFormat::Pretty,
         &std::env::var("CQTEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -111,6 +113,8 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         provider_base_url: Some(mock.base_url()),
         model: Some("mock-model".into()),
         worker_concurrency: 16,
+        // Tests send bursts from one key; the per-key limit has its own test.
+        key_rate_limit_per_sec: None,
         // JetStream reserves a stream's max_bytes up front; many tests at once must fit.
         events_max_bytes: 16 * 1024 * 1024,
         ..Settings::default()
@@ -190,6 +194,14 @@ impl TestApp {
     }
 
     /// A key for another tenant.
+    /// An admin key (operator endpoints).
+    pub async fn admin_key(&self) -> String {
+        chatq_common::db::keys::create_key(&self.pool, "operators", true)
+            .await
+            .unwrap()
+            .plaintext
+    }
+
     pub async fn other_tenant_key(&self, name: &str) -> String {
         chatq_common::db::keys::create_key(&self.pool, name, false)
             .await

@@ -10,6 +10,7 @@
 mod helpers;
 mod sse;
 
+mod backpressure;
 mod bad_input;
 mod chat;
 mod completions;

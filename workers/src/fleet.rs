@@ -70,7 +70,13 @@ impl Membership {
 /// KV keys allow `[-/_=.a-zA-Z0-9]`; worker ids are made of a host name and a random suffix.
 fn key_for(id: &str) -> String {
     id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -84,17 +90,17 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Opens the workers bucket (creating it if needed).
+    /// Opens the workers bucket ([`chatq_common::topology::Topology::ensure`] creates it).
     ///
     /// # Errors
-    /// NATS is unreachable or refuses the bucket.
+    /// NATS is unreachable or the bucket is missing.
     pub async fn join(
         jetstream: &async_nats::jetstream::Context,
-        config: kv::Config,
+        bucket: &str,
         id: &str,
         every: Duration,
-    ) -> Result<Self, kv::CreateError> {
-        let store = jetstream.create_or_update_key_value(config).await?;
+    ) -> Result<Self, async_nats::jetstream::context::KeyValueError> {
+        let store = jetstream.get_key_value(bucket).await?;
         let (membership, _) = watch::channel(Membership::alone(id));
         Ok(Self {
             store,
@@ -111,7 +117,11 @@ impl Fleet {
     }
 
     /// Heartbeats until `shutdown`, then removes this worker's key so the others rebalance at once.
-    pub async fn run_until_stopped(self, status: Arc<dyn Fn() -> WorkerStatus + Send + Sync>, shutdown: CancellationToken) {
+    pub async fn run_until_stopped(
+        self,
+        status: Arc<dyn Fn() -> WorkerStatus + Send + Sync>,
+        shutdown: CancellationToken,
+    ) {
         let mut ticks = tokio::time::interval(self.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -15,17 +15,23 @@
 //! - [`events`]: publishing a job's events while it runs.
 //! - [`reconciler`]: rebuilding the JetStream queue from Postgres (unpublished jobs, a lost
 //!   stream, jobs of dead workers).
+//! - [`fleet`]: heartbeats in a NATS KV bucket, so each worker knows the fleet and its share.
+//! - [`limits`]: the provider's fleet-wide limits and the adaptive reaction to 429s.
+//! - [`slots`]: job slots whose number can change while jobs hold them.
 //! - [`provider`]: the `Provider` trait and its implementations (OpenAI-compatible, simulated).
 //! - [`mock_llm`]: `chatq mock-llm`, an OpenAI-compatible server for tests and benchmarks.
 
 pub mod cancel;
 pub mod events;
 pub mod failure;
+pub mod fleet;
+pub mod limits;
 pub mod mock_llm;
 pub mod process;
 pub mod prompt;
 pub mod provider;
 pub mod reconciler;
+pub mod slots;
 pub mod worker;
 
 pub use worker::Worker;

@@ -30,6 +30,7 @@ use chatq_common::db::messages;
 use chatq_common::events::{EventIds, EventKind, JobEvent};
 use chatq_common::ids::{JobId, MessageId};
 use chatq_common::job::{JobEnvelope, JobRequest, JobStatus, Lane};
+use chatq_common::metrics as names;
 use chatq_common::topology::Topology;
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
@@ -103,7 +104,15 @@ pub async fn process_one(
     )
     .await
     {
-        Ok(Ok(job)) => job,
+        Ok(Ok(job)) => {
+            if job.attempts == 1 {
+                // Time in the queue, from creation to the first start.
+                let waited = (time::OffsetDateTime::now_utc() - job.created_at).as_seconds_f64();
+                metrics::histogram!(names::QUEUE_WAIT, "lane" => envelope.lane.as_str())
+                    .record(waited.max(0.0));
+            }
+            job
+        }
         Ok(Err(NotClaimed::Missing | NotClaimed::Finished(_))) => return Outcome::Ack,
         Ok(Err(NotClaimed::HeldElsewhere { lease_left })) => {
             return Outcome::Nak(lease_left + Duration::from_secs(1));
@@ -177,6 +186,8 @@ struct Reply {
     content: String,
     finish_reason: String,
     usage: Usage,
+    /// The model the provider says answered.
+    model: String,
     ttft_ms: Option<i32>,
     upstream_ms: i32,
 }
@@ -204,6 +215,11 @@ impl Attempt<'_> {
 
     fn attempt_number(&self) -> u32 {
         u32::try_from(self.job.attempts).unwrap_or(0)
+    }
+
+    fn count_finished(&self, status: JobStatus) {
+        metrics::counter!(names::JOBS_FINISHED, "lane" => self.lane.as_str(), "status" => status.as_str())
+            .increment(1);
     }
 
     async fn run(
@@ -381,8 +397,8 @@ impl Attempt<'_> {
                 StreamItem::Done {
                     finish_reason,
                     usage,
-                    ..
-                } => done = Some((finish_reason, usage)),
+                    model,
+                } => done = Some((finish_reason, usage, model)),
             }
             // Merge deltas that are already here, without waiting for more.
             while done.is_none()
@@ -393,8 +409,8 @@ impl Attempt<'_> {
                     StreamItem::Done {
                         finish_reason,
                         usage,
-                        ..
-                    } => done = Some((finish_reason, usage)),
+                        model,
+                    } => done = Some((finish_reason, usage, model)),
                 }
             }
             if !pending.is_empty() && (done.is_some() || !events.should_coalesce()) {
@@ -403,7 +419,7 @@ impl Attempt<'_> {
                 content.push_str(&pending);
                 pending.clear();
             }
-            if let Some((finish_reason, usage)) = done {
+            if let Some((finish_reason, usage, model)) = done {
                 let usage = usage.unwrap_or_else(|| {
                     let prompt: usize = request
                         .messages
@@ -415,12 +431,19 @@ impl Attempt<'_> {
                         u32::try_from(estimate_tokens(&content)).unwrap_or(u32::MAX),
                     )
                 });
+                let upstream_ms = elapsed_ms(started);
+                if let Some(ttft) = ttft_ms {
+                    metrics::histogram!(names::PROVIDER_TTFT).record(f64::from(ttft) / 1000.0);
+                }
+                metrics::histogram!(names::PROVIDER_DURATION)
+                    .record(f64::from(upstream_ms) / 1000.0);
                 return Ok(Reply {
                     content,
                     finish_reason,
                     usage,
+                    model,
                     ttft_ms,
-                    upstream_ms: elapsed_ms(started),
+                    upstream_ms,
                 });
             }
         }
@@ -468,6 +491,7 @@ impl Attempt<'_> {
             ttft_ms: reply.ttft_ms,
             upstream_ms: reply.upstream_ms,
             cached: false,
+            reply_model: &reply.model,
         };
         match jobs::complete(&self.ctx.pool, &completion).await {
             Ok(true) => {
@@ -481,9 +505,11 @@ impl Attempt<'_> {
                     "content": reply.content,
                     "finish_reason": reply.finish_reason,
                     "usage": reply.usage,
+                    "model": reply.model,
                     "cached": false,
                 });
                 events.emit(EventKind::JobSucceeded, data).await;
+                self.count_finished(JobStatus::Succeeded);
                 Outcome::Ack
             }
             Ok(false) => Outcome::Abandon,
@@ -603,6 +629,7 @@ impl Attempt<'_> {
                     "error": { "type": error_type, "message": message },
                 });
                 events.emit(event, data).await;
+                self.count_finished(status);
                 Outcome::Ack
             }
             Ok(false) => Outcome::Abandon,

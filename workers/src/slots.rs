@@ -69,7 +69,9 @@ impl Slots {
         let mut counts = self.lock();
         if counts.in_use < counts.limit {
             counts.in_use += 1;
-            Some(Slot { slots: self.clone() })
+            Some(Slot {
+                slots: self.clone(),
+            })
         } else {
             None
         }
@@ -113,7 +115,10 @@ mod tests {
         let b = slots.try_acquire().unwrap();
         slots.set_limit(1);
         drop(a);
-        assert!(slots.try_acquire().is_none(), "one slot is still held and the limit is 1");
+        assert!(
+            slots.try_acquire().is_none(),
+            "one slot is still held and the limit is 1"
+        );
         drop(b);
         let c = slots.try_acquire().unwrap();
 
@@ -124,7 +129,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         slots.set_limit(2);
-        let d = tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(slots.in_use(), 2);
         drop((c, d));
         assert_eq!(slots.in_use(), 0);

@@ -6,6 +6,7 @@
 //! the next free slot, before any batch job that was not already running.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,18 +14,22 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use chatq_common::Settings;
 use chatq_common::db::jobs::reconcile;
+use chatq_common::heartbeat::WorkerStatus;
 use chatq_common::job::{JobEnvelope, Lane};
+use chatq_common::metrics as names;
 use chatq_common::topology::Topology;
 use futures::StreamExt;
 use sqlx::PgPool;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cancel::{self, CancelSwitches};
+use crate::fleet::Fleet;
+use crate::limits::{LimitedProvider, ProviderLimits};
 use crate::process::{JobContext, Outcome, process_one};
 use crate::provider::{self, Provider};
 use crate::reconciler::Reconciler;
+use crate::slots::{Slot, Slots};
 
 /// How long an idle worker waits on one pull request before looking at both lanes again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -41,6 +46,12 @@ pub struct Worker {
     ctx: Arc<JobContext>,
     consumers: Vec<(Lane, PullConsumer)>,
     reconciler: Reconciler,
+    /// This worker's share of the provider limits; its slots bound how many jobs it runs.
+    limits: Arc<ProviderLimits>,
+    /// Taken by `run_until_stopped`, which heartbeats until shutdown.
+    fleet: Option<Fleet>,
+    /// Jobs finished since start, for heartbeats.
+    processed: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -84,6 +95,17 @@ impl Worker {
             hostname(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        chatq_common::metrics::install();
+        let limits = ProviderLimits::new(&settings, &worker_id);
+        let provider: Arc<dyn Provider> = Arc::new(LimitedProvider::new(provider, limits.clone()));
+        let fleet = Fleet::join(
+            &jetstream,
+            &topology.workers_bucket(),
+            &worker_id,
+            topology.heartbeat(),
+        )
+        .await
+        .context("cannot open the workers bucket")?;
         let ctx = Arc::new(JobContext {
             worker_id,
             pool,
@@ -99,6 +121,9 @@ impl Worker {
             ctx,
             consumers,
             reconciler,
+            limits,
+            fleet: Some(fleet),
+            processed: Arc::default(),
         })
     }
 
@@ -110,7 +135,7 @@ impl Worker {
     ///
     /// # Errors
     /// NATS refuses the subscription to cancel requests; pull errors are logged and retried.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let settings = &self.ctx.settings;
         let concurrency = settings.worker_concurrency.max(1);
         tracing::info!(
@@ -119,7 +144,7 @@ impl Worker {
             provider = %self.ctx.provider.describe(),
             "worker pulling jobs"
         );
-        let slots = Arc::new(Semaphore::new(concurrency));
+        let slots = self.limits.slots().clone();
         let jobs = TaskTracker::new();
         // Cancelled when the grace period runs out: jobs still running hand themselves back.
         let hand_back = CancellationToken::new();
@@ -143,13 +168,30 @@ impl Worker {
                 .clone()
                 .run_until_stopped(background_stop.clone()),
         );
+        // Take this worker's share of the provider limits, and follow the fleet as it changes.
+        if let Some(fleet) = self.fleet.take() {
+            background.spawn(follow_fleet(
+                fleet.membership(),
+                self.limits.clone(),
+                background_stop.clone(),
+            ));
+            background
+                .spawn(fleet.run_until_stopped(self.status_reporter(), background_stop.clone()));
+        }
+        if let Some(addr) = settings.worker_metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (CHATQ_WORKER_METRICS_ADDR)"))?;
+            tracing::info!(addr = %listener.local_addr()?, "worker metrics at http://{addr}/metrics");
+            background.spawn(serve_metrics(listener, background_stop.clone()));
+        }
 
         while let Some(first) = acquire(&slots, &shutdown).await {
             let mut free = vec![first];
             while free.len() < MAX_PULL {
-                match slots.clone().try_acquire_owned() {
-                    Ok(permit) => free.push(permit),
-                    Err(_) => break,
+                match slots.try_acquire() {
+                    Some(slot) => free.push(slot),
+                    None => break,
                 }
             }
             if let Err(err) = self
@@ -182,7 +224,8 @@ impl Worker {
             hand_back.cancel();
             jobs.wait().await;
         }
-        // Phase 4: stop listening for cancels and reconciling.
+        // Phase 4: stop listening for cancels, reconciling and heartbeating (the fleet forgets
+        // this worker now, and the others take over its share).
         background_stop.cancel();
         background.close();
         background.wait().await;
@@ -194,7 +237,7 @@ impl Worker {
     /// little on the interactive lane.
     async fn pull_into(
         &self,
-        free: &mut Vec<OwnedSemaphorePermit>,
+        free: &mut Vec<Slot>,
         jobs: &TaskTracker,
         hand_back: &CancellationToken,
         shutdown: &CancellationToken,
@@ -227,7 +270,7 @@ impl Worker {
     async fn dispatch<S, E>(
         &self,
         mut messages: S,
-        free: &mut Vec<OwnedSemaphorePermit>,
+        free: &mut Vec<Slot>,
         jobs: &TaskTracker,
         hand_back: &CancellationToken,
         shutdown: &CancellationToken,
@@ -263,7 +306,13 @@ impl Worker {
                 continue;
             };
             started += 1;
-            jobs.spawn(run_job(self.ctx.clone(), message, slot, hand_back.clone()));
+            jobs.spawn(run_job(
+                self.ctx.clone(),
+                message,
+                slot,
+                hand_back.clone(),
+                self.processed.clone(),
+            ));
         }
         started
     }
@@ -273,8 +322,9 @@ impl Worker {
 async fn run_job(
     ctx: Arc<JobContext>,
     message: async_nats::jetstream::Message,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
     hand_back: CancellationToken,
+    processed: Arc<AtomicU64>,
 ) {
     let delivered = message.info().map_or(1, |info| info.delivered);
     let (message, delivery) = message.split();
@@ -303,6 +353,7 @@ async fn run_job(
     if let Err(err) = settled {
         tracing::warn!(?outcome, error = %err, "could not settle a job message; JetStream will redeliver it");
     }
+    processed.fetch_add(1, Ordering::Relaxed);
     drop(slot);
 }
 
@@ -329,14 +380,81 @@ async fn last_delivery(ctx: &JobContext, envelope: &JobEnvelope, outcome: Outcom
     }
 }
 
-async fn acquire(
-    slots: &Arc<Semaphore>,
-    shutdown: &CancellationToken,
-) -> Option<OwnedSemaphorePermit> {
+async fn acquire(slots: &Slots, shutdown: &CancellationToken) -> Option<Slot> {
     tokio::select! {
         biased;
         () = shutdown.cancelled() => None,
-        permit = slots.clone().acquire_owned() => permit.ok(),
+        slot = slots.acquire() => Some(slot),
+    }
+}
+
+impl Worker {
+    /// What this worker says about itself at each heartbeat.
+    fn status_reporter(&self) -> Arc<dyn Fn() -> WorkerStatus + Send + Sync> {
+        let id = self.ctx.worker_id.clone();
+        let slots = self.limits.slots().clone();
+        let processed = self.processed.clone();
+        let configured = self.ctx.settings.worker_concurrency;
+        let started_at = time::OffsetDateTime::now_utc().unix_timestamp();
+        let host = hostname();
+        Arc::new(move || {
+            let concurrency = slots.limit();
+            let in_flight = slots.in_use();
+            metrics::gauge!(names::WORKER_SLOTS).set(concurrency as f64);
+            metrics::gauge!(names::WORKER_IN_FLIGHT).set(in_flight as f64);
+            WorkerStatus {
+                id: id.clone(),
+                host: host.clone(),
+                pid: std::process::id(),
+                concurrency,
+                configured_concurrency: configured,
+                in_flight,
+                processed: processed.load(Ordering::Relaxed),
+                started_at,
+                last_heartbeat_ms: i64::try_from(
+                    time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000,
+                )
+                .unwrap_or(i64::MAX),
+            }
+        })
+    }
+}
+
+/// Rebalances this worker's share of the provider limits whenever the fleet changes.
+async fn follow_fleet(
+    mut membership: tokio::sync::watch::Receiver<crate::fleet::Membership>,
+    limits: Arc<ProviderLimits>,
+    stop: CancellationToken,
+) {
+    loop {
+        let current = membership.borrow_and_update().clone();
+        metrics::gauge!(names::FLEET_WORKERS).set(current.size() as f64);
+        limits.rebalance(current);
+        tokio::select! {
+            changed = membership.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// `/metrics` and `/healthz` for a worker without an ingress beside it.
+async fn serve_metrics(listener: tokio::net::TcpListener, stop: CancellationToken) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                chatq_common::metrics::install()
+                    .map(|handle| chatq_common::metrics::render(&handle))
+                    .unwrap_or_default()
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(err) = served {
+        tracing::warn!(error = %err, "the worker metrics server stopped");
     }
 }
 

@@ -62,12 +62,21 @@ pub struct JobRow {
     pub error_type: Option<String>,
     pub error_message: Option<String>,
     pub request_hash: Option<Vec<u8>>,
+    /// The model the provider says answered (set with the reply).
+    pub reply_model: Option<String>,
+    /// Attempts before the job was last sent back from the dead letters.
+    pub earlier_attempts: i32,
 }
 
 impl JobRow {
     /// The status, or `failed` for a value this build does not know.
     pub fn status(&self) -> JobStatus {
         self.status.parse().unwrap_or(JobStatus::Failed)
+    }
+
+    /// Attempts in all, the count event ids are numbered by.
+    pub fn event_attempts(&self) -> u32 {
+        u32::try_from(self.earlier_attempts + self.attempts).unwrap_or(0)
     }
 }
 
@@ -216,7 +225,8 @@ macro_rules! select_job {
                       user_message_id AS "user_message_id: MessageId", attempts, created_at,
                       started_at, finished_at, deadline_at, queued_ms, ttft_ms, upstream_ms,
                       reply_message_id AS "reply_message_id: MessageId", reply_content,
-                      finish_reason, usage, cached, error_type, error_message, request_hash
+                      finish_reason, usage, cached, error_type, error_message, request_hash,
+                      reply_model, earlier_attempts
                  FROM jobs "# + $where,
             $($arg),+
         )
@@ -463,6 +473,8 @@ pub struct Completion<'a> {
     pub ttft_ms: Option<i32>,
     pub upstream_ms: i32,
     pub cached: bool,
+    /// The model the provider says answered.
+    pub reply_model: &'a str,
 }
 
 /// Writes the reply message and the job's result in one statement. Returns `false` when the claim
@@ -477,8 +489,8 @@ pub async fn complete(pool: &PgPool, done: &Completion<'_>) -> Result<bool, sqlx
                UPDATE jobs
                   SET status = 'succeeded', finished_at = now(), reply_message_id = $3,
                       reply_content = $4, finish_reason = $5, usage = $6, ttft_ms = $7,
-                      upstream_ms = $8, cached = $9, claim_token = NULL, lease_expires_at = NULL,
-                      error_type = NULL, error_message = NULL
+                      upstream_ms = $8, cached = $9, reply_model = $10, claim_token = NULL,
+                      lease_expires_at = NULL, error_type = NULL, error_message = NULL
                 WHERE id = $1 AND claim_token = $2 AND status = 'running'
             RETURNING id, conversation_id
            ), conv AS (
@@ -502,6 +514,7 @@ pub async fn complete(pool: &PgPool, done: &Completion<'_>) -> Result<bool, sqlx
         done.ttft_ms,
         done.upstream_ms,
         done.cached,
+        done.reply_model,
     )
     .fetch_one(pool)
     .await?;

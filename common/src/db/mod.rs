@@ -11,6 +11,7 @@ pub mod feedback;
 pub mod jobs;
 pub mod keys;
 pub mod messages;
+pub mod operators;
 
 use std::str::FromStr;
 use std::time::Duration;

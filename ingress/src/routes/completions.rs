@@ -89,9 +89,11 @@ async fn queue(state: &AppState, job_id: JobId) -> ApiResult<()> {
         }
         Err(PublishJobError::QueueFull) => {
             jobs::withdraw(&state.pool, job_id).await?;
+            metrics::counter!(chatq_common::metrics::JOBS_REJECTED, "reason" => "queue_full")
+                .increment(1);
             Err(ApiError::Overloaded {
                 message: "The job queue is full. Try again shortly.".into(),
-                retry_after: Duration::from_secs(5),
+                retry_after: state.queue.retry_after(state.settings.queue_max_jobs),
             })
         }
         Err(PublishJobError::Unavailable(err)) => {
@@ -138,7 +140,7 @@ fn completion_response(job: JobRow, writer: ChunkWriter) -> ApiResult<Response> 
             let completion = ChatCompletion::new(
                 writer.id,
                 writer.created,
-                writer.model,
+                job.reply_model.clone().unwrap_or(writer.model),
                 job.reply_content.unwrap_or_default(),
                 job.finish_reason.unwrap_or_else(|| "stop".into()),
                 usage,

@@ -23,9 +23,6 @@ use crate::validate::{Feedback, SendMessage, check_content, check_idempotency_ke
 use crate::views::{FeedbackView, JobView, MessageView};
 use crate::waiter::{JobWaiter, preferred_wait};
 
-/// How long a client told "queue full" should wait before trying again.
-const QUEUE_FULL_RETRY: Duration = Duration::from_secs(5);
-
 /// `POST /v1/conversations/{id}/messages`: records the message and its job, queues the job and
 /// answers 202 with both (or 200 with the finished job, given `Prefer: wait=N`).
 pub async fn send(
@@ -127,11 +124,13 @@ pub async fn send(
     match publish_job(&state.jetstream, &state.topology, job_id, Lane::Interactive).await {
         Ok(_) => state.published.mark(job_id),
         Err(PublishJobError::QueueFull) => {
+            metrics::counter!(chatq_common::metrics::JOBS_REJECTED, "reason" => "queue_full")
+                .increment(1);
             // Back-pressure: take the turn back so the refused request leaves nothing behind.
             jobs::withdraw(&state.pool, job_id).await?;
             return Err(ApiError::Overloaded {
                 message: "The job queue is full. Try again shortly.".into(),
-                retry_after: QUEUE_FULL_RETRY,
+                retry_after: state.queue.retry_after(state.settings.queue_max_jobs),
             });
         }
         Err(PublishJobError::Unavailable(err)) => {

@@ -9,12 +9,16 @@ mod health;
 mod jobs;
 mod messages;
 pub(crate) mod models;
+mod operators;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 
 use crate::error::ApiError;
+use crate::observe;
+use crate::ratelimit::limit_per_key;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -46,11 +50,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(completions::create))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
+        .route("/v1/admin/queue", get(operators::queue))
+        .route("/v1/admin/workers", get(operators::workers))
+        // Per-key limits apply to the API, not to probes and scrapes.
+        .route_layer(middleware::from_fn_with_state(
+            state.key_limits.clone(),
+            limit_per_key,
+        ))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(observe::metrics))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit));
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(observe::record));
     api.with_state(state)
 }
 

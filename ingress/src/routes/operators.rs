@@ -50,10 +50,14 @@ pub async fn workers(State(state): State<AppState>, _admin: Admin) -> ApiResult<
         .jetstream
         .get_key_value(state.topology.workers_bucket())
         .await
-        .map_err(|err| ApiError::internal(anyhow::anyhow!("cannot open the workers bucket: {err}")))?;
+        .map_err(|err| {
+            ApiError::internal(anyhow::anyhow!("cannot open the workers bucket: {err}"))
+        })?;
     let statuses = chatq_common::heartbeat::read_statuses(&store)
         .await
-        .map_err(|err| ApiError::internal(anyhow::anyhow!("cannot read worker heartbeats: {err}")))?;
+        .map_err(|err| {
+            ApiError::internal(anyhow::anyhow!("cannot read worker heartbeats: {err}"))
+        })?;
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
     let data: Vec<Value> = statuses
         .into_iter()
@@ -73,5 +77,7 @@ pub async fn workers(State(state): State<AppState>, _admin: Admin) -> ApiResult<
             })
         })
         .collect();
-    Ok(Json(json!({ "object": "list", "data": data, "has_more": false })))
+    Ok(Json(
+        json!({ "object": "list", "data": data, "has_more": false }),
+    ))
 }
