@@ -45,6 +45,8 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Benchmark chatq on this machine, beside the machine's own limits measured in the same run.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +97,7 @@ impl Cli {
                     },
             } => roles::create_key(load(&settings)?, &tenant, admin).await,
             Command::MockLlm { addr, config, log } => roles::mock_llm(addr, config, &log.log).await,
+            Command::Bench(args) => crate::bench::run(args).await,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the libraries (`chatq-common`, `chatq-ingress`, `chatq-workers`), so tests drive the same code
 //! this binary runs.
 
+mod bench;
 mod cli;
 mod roles;
 

@@ -1,0 +1,113 @@
+//! What the bench reads and writes directly in the scratch database: conversations created in
+//! bulk before a load (one per request, since a conversation accepts one pending job at a time),
+//! and the jobs' outcomes afterwards. The queries touch only the bench's own scratch database.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Most conversations inserted by one statement.
+const INSERT_CHUNK: usize = 50_000;
+
+/// The id of the tenant named `name`.
+///
+/// # Errors
+/// No such tenant, or a database error.
+pub async fn tenant_id(pool: &PgPool, name: &str) -> anyhow::Result<Uuid> {
+    sqlx::query_scalar!("SELECT id FROM tenants WHERE name = $1", name)
+        .fetch_optional(pool)
+        .await?
+        .with_context(|| format!("no tenant named {name:?}"))
+}
+
+/// Creates `count` empty conversations for the tenant and returns their ids (UUIDv7, in order).
+/// Far faster than `count` HTTP requests, and not part of what is measured.
+///
+/// # Errors
+/// Database errors.
+pub async fn create_conversations(
+    pool: &PgPool,
+    tenant: Uuid,
+    count: usize,
+) -> anyhow::Result<Vec<Uuid>> {
+    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        sqlx::query!(
+            "INSERT INTO conversations (id, tenant_id, title)
+             SELECT id, $2, 'bench' FROM unnest($1::uuid[]) AS new(id)",
+            chunk,
+            tenant,
+        )
+        .execute(pool)
+        .await
+        .context("cannot create the bench's conversations")?;
+    }
+    Ok(ids)
+}
+
+/// Jobs still queued or running. Cheap while polling: it counts entries of the partial index
+/// behind `conversation_busy`, which holds only active jobs.
+///
+/// # Errors
+/// Database errors.
+pub async fn active_jobs(pool: &PgPool) -> anyhow::Result<i64> {
+    let count = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM jobs WHERE status IN ('queued', 'running')"#
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(count)
+}
+
+/// The jobs of some conversations, as recorded when they ended.
+#[derive(Debug, Default)]
+pub struct JobOutcomes {
+    pub by_status: BTreeMap<String, u64>,
+    /// Per succeeded job, milliseconds from `created_at` to `finished_at`.
+    pub total_ms: Vec<f64>,
+    /// Per succeeded job, milliseconds queued (`created_at` to `started_at`).
+    pub queued_ms: Vec<f64>,
+    /// Per succeeded job, milliseconds the provider call took.
+    pub upstream_ms: Vec<f64>,
+    /// From the first job recorded to the last job finished, in seconds, by the database's clock.
+    pub span_secs: f64,
+}
+
+/// Reads the outcome of every job of these conversations.
+///
+/// # Errors
+/// Database errors.
+pub async fn job_outcomes(pool: &PgPool, conversations: &[Uuid]) -> anyhow::Result<JobOutcomes> {
+    let rows = sqlx::query!(
+        r#"SELECT status,
+                  extract(epoch FROM created_at)::float8 AS "created_s!",
+                  extract(epoch FROM finished_at)::float8 AS "finished_s?",
+                  queued_ms, upstream_ms
+             FROM jobs WHERE conversation_id = ANY($1)"#,
+        conversations,
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut outcomes = JobOutcomes::default();
+    let mut first_created = f64::INFINITY;
+    let mut last_finished = f64::NEG_INFINITY;
+    for row in rows {
+        *outcomes.by_status.entry(row.status.clone()).or_default() += 1;
+        first_created = first_created.min(row.created_s);
+        let Some(finished_s) = row.finished_s else {
+            continue;
+        };
+        last_finished = last_finished.max(finished_s);
+        if row.status == "succeeded" {
+            outcomes
+                .total_ms
+                .push((finished_s - row.created_s) * 1000.0);
+            outcomes.queued_ms.extend(row.queued_ms.map(f64::from));
+            outcomes.upstream_ms.extend(row.upstream_ms.map(f64::from));
+        }
+    }
+    outcomes.span_secs = (last_finished - first_created).max(0.0);
+    Ok(outcomes)
+}
