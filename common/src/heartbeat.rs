@@ -18,6 +18,8 @@ pub struct WorkerStatus {
     pub in_flight: usize,
     /// Jobs it finished (any outcome) since it started.
     pub processed: u64,
+    /// Live workers as this one sees the fleet (its provider-limit shares divide by this).
+    pub fleet_size: usize,
     /// Unix seconds.
     pub started_at: i64,
     /// Unix milliseconds of this heartbeat.

@@ -19,6 +19,7 @@ mod events;
 mod feedback;
 mod idempotency;
 mod jobs;
+mod lanes;
 mod lifecycle;
 mod listing;
 mod tenancy;

@@ -14,6 +14,8 @@
 //! - [`ingress`]: an ingress crashing between recording and publishing; draining on SIGTERM.
 //! - [`provider`]: 429/500 storms, `Retry-After`, dead letters, an untrusted provider.
 //! - [`lifecycle`]: cancellation and deadlines.
+//! - [`fleet`]: provider limits held by a fleet of 1, 2 and 4 worker processes, a worker's death,
+//!   and a limit nobody configured.
 
 #![expect(
     clippy::unwrap_used,
@@ -24,6 +26,7 @@
 mod harness;
 mod ledger;
 
+mod fleet;
 mod ingress;
 mod lifecycle;
 mod nats;

@@ -116,6 +116,12 @@ impl Fleet {
         self.membership.subscribe()
     }
 
+    /// One heartbeat now: a worker announces itself and learns the fleet before it pulls a job,
+    /// so it starts with its share, not with the whole limit.
+    pub async fn introduce(&self, status: &WorkerStatus) {
+        self.beat(status).await;
+    }
+
     /// Heartbeats until `shutdown`, then removes this worker's key so the others rebalance at once.
     pub async fn run_until_stopped(
         self,

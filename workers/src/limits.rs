@@ -15,9 +15,9 @@
 //!   share of `provider_max_concurrency`, and the adaptive limit below.
 //!
 //! Adaptive limits: when the provider answers 429 anyway (a limit nobody configured, or shared
-//! with other clients), the worker cuts its request rate to 70 % of what it achieved over the last
-//! two seconds (never below one request a second) and halves its concurrency, at most once a
-//! second. After two quiet seconds it raises both again every second: the rate by a quarter while
+//! with other clients), the worker cuts its request rate to 90 % of what the provider accepted
+//! over the last two seconds (70 % of what it tried, if nothing was accepted; never below one
+//! request a second) and halves its concurrency, at most once a second. After two quiet seconds it raises both again every second: the rate by a quarter while
 //! below half the rate where the 429s began, then by 5 %; concurrency by a quarter. Once past
 //! twice that rate, or the configured share, the adaptive limits are lifted. The fleet settles
 //! just under the provider's real limit, and a burst of 429s that stops costs seconds, not minutes.
@@ -69,6 +69,20 @@ fn current(limiter: &SharedLimiter) -> Option<Arc<DefaultDirectRateLimiter>> {
         .clone()
 }
 
+/// Waits for a turn under the limiter in place. If it is replaced meanwhile (a rebalance, an
+/// adaptive step), waits again under the new one: calls still waiting on an old limiter must not
+/// run beside the new one's, or the two rates would add up.
+async fn wait_turn(limiter: &SharedLimiter) {
+    while let Some(current_limiter) = current(limiter) {
+        current_limiter.until_ready().await;
+        match current(limiter) {
+            Some(now) if Arc::ptr_eq(&now, &current_limiter) => return,
+            None => return,
+            Some(_) => {}
+        }
+    }
+}
+
 fn replace(limiter: &SharedLimiter, next: Option<Arc<DefaultDirectRateLimiter>>) {
     *limiter.write().unwrap_or_else(PoisonError::into_inner) = next;
 }
@@ -86,6 +100,9 @@ struct Adaptive {
     trouble_at: f64,
     /// When recent calls started, for the achieved rate.
     starts: VecDeque<Instant>,
+    /// When recent calls were accepted (answered with anything but 429): the rate the provider
+    /// actually lets through.
+    accepted: VecDeque<Instant>,
 }
 
 /// One worker's view of the provider limits.
@@ -126,11 +143,20 @@ impl ProviderLimits {
                 last_raise: Instant::now(),
                 trouble_at: 0.0,
                 starts: VecDeque::new(),
+                accepted: VecDeque::new(),
             }),
             slots: Slots::new(settings.worker_concurrency.max(1)),
         });
         limits.rebalance(Membership::alone(worker_id));
         limits
+    }
+
+    /// Live workers, as this worker last saw the fleet.
+    pub fn fleet_size(&self) -> usize {
+        self.membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .size()
     }
 
     /// The job slots of this worker, sized by these limits.
@@ -186,12 +212,8 @@ impl ProviderLimits {
     pub async fn admit(&self, tokens: u32) -> Duration {
         let started = Instant::now();
         self.maybe_raise();
-        if let Some(requests) = current(&self.requests) {
-            requests.until_ready().await;
-        }
-        if let Some(pace) = current(&self.adaptive_pace) {
-            pace.until_ready().await;
-        }
+        wait_turn(&self.requests).await;
+        wait_turn(&self.adaptive_pace).await;
         if let Some(limiter) = current(&self.tokens) {
             let debt = std::mem::take(
                 &mut *self
@@ -214,13 +236,9 @@ impl ProviderLimits {
         let mut adaptive = self.lock_adaptive();
         let now = Instant::now();
         adaptive.starts.push_back(now);
-        while adaptive
-            .starts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(2))
-        {
-            adaptive.starts.pop_front();
-        }
+        // Keeps both windows to their last two seconds.
+        Self::achieved_rates(&mut adaptive, now);
+        drop(adaptive);
         let waited = started.elapsed();
         metrics::histogram!(chatq_common::metrics::RATE_LIMITER_WAIT).record(waited.as_secs_f64());
         waited
@@ -237,13 +255,31 @@ impl ProviderLimits {
         }
     }
 
-    /// Requests per second this worker started recently (over up to two seconds).
-    fn achieved_rate(adaptive: &Adaptive, now: Instant) -> f64 {
+    /// Requests per second this worker started recently (over up to two seconds), and how many
+    /// of those a second the provider accepted.
+    fn achieved_rates(adaptive: &mut Adaptive, now: Instant) -> (f64, f64) {
+        let window = Duration::from_secs(2);
+        for times in [&mut adaptive.starts, &mut adaptive.accepted] {
+            while times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > window)
+            {
+                times.pop_front();
+            }
+        }
         let Some(oldest) = adaptive.starts.front() else {
-            return 0.0;
+            return (0.0, 0.0);
         };
         let span = now.duration_since(*oldest).as_secs_f64().max(0.25);
-        adaptive.starts.len() as f64 / span
+        (
+            adaptive.starts.len() as f64 / span,
+            adaptive.accepted.len() as f64 / span,
+        )
+    }
+
+    /// The provider accepted a call (answered with anything but 429).
+    pub fn accepted(&self) {
+        self.lock_adaptive().accepted.push_back(Instant::now());
     }
 
     /// The provider answered 429: slow down.
@@ -257,13 +293,18 @@ impl ProviderLimits {
         {
             return;
         }
-        let achieved = Self::achieved_rate(&adaptive, now);
-        let base = match adaptive.rate {
-            Some(rate) if achieved > 0.0 => rate.min(achieved),
-            Some(rate) => rate,
-            None => achieved,
+        let (achieved, accepted) = Self::achieved_rates(&mut adaptive, now);
+        // Just under what the provider let through, if it let anything through; otherwise a
+        // cut of what was tried.
+        let target = if accepted > 0.0 {
+            accepted * 0.9
+        } else {
+            achieved * DECREASE
         };
-        let rate = (base * DECREASE).max(MIN_RATE);
+        let rate = adaptive
+            .rate
+            .map_or(target, |rate| rate.min(target))
+            .max(MIN_RATE);
         let in_use = self.slots.in_use().max(1);
         let concurrency = adaptive
             .concurrency
@@ -271,7 +312,7 @@ impl ProviderLimits {
             .min(in_use)
             .div_ceil(2)
             .max(1);
-        adaptive.trouble_at = achieved.max(rate);
+        adaptive.trouble_at = if accepted > 0.0 { accepted } else { achieved }.max(rate);
         adaptive.rate = Some(rate);
         adaptive.concurrency = Some(concurrency);
         adaptive.last_decrease = Some(now);
@@ -368,8 +409,9 @@ impl LimitedProvider {
     }
 
     fn observe<T>(&self, result: &Result<T, ProviderError>) {
-        if let Err(ProviderError::RateLimited { .. }) = result {
-            self.limits.rate_limited();
+        match result {
+            Err(ProviderError::RateLimited { .. }) => self.limits.rate_limited(),
+            _ => self.limits.accepted(),
         }
     }
 }

@@ -170,6 +170,9 @@ impl Worker {
         );
         // Take this worker's share of the provider limits, and follow the fleet as it changes.
         if let Some(fleet) = self.fleet.take() {
+            let status = self.status_reporter();
+            fleet.introduce(&status()).await;
+            self.limits.rebalance(fleet.membership().borrow().clone());
             background.spawn(follow_fleet(
                 fleet.membership(),
                 self.limits.clone(),
@@ -393,6 +396,7 @@ impl Worker {
     fn status_reporter(&self) -> Arc<dyn Fn() -> WorkerStatus + Send + Sync> {
         let id = self.ctx.worker_id.clone();
         let slots = self.limits.slots().clone();
+        let limits = self.limits.clone();
         let processed = self.processed.clone();
         let configured = self.ctx.settings.worker_concurrency;
         let started_at = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -410,6 +414,7 @@ impl Worker {
                 configured_concurrency: configured,
                 in_flight,
                 processed: processed.load(Ordering::Relaxed),
+                fleet_size: limits.fleet_size(),
                 started_at,
                 last_heartbeat_ms: i64::try_from(
                     time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000,

@@ -71,6 +71,7 @@ pub async fn workers(State(state): State<AppState>, _admin: Admin) -> ApiResult<
                 "configured_concurrency": s.configured_concurrency,
                 "in_flight": s.in_flight,
                 "processed": s.processed,
+                "fleet_size": s.fleet_size,
                 "started_at": s.started_at,
                 "last_heartbeat": s.last_heartbeat_ms / 1000,
                 "last_heartbeat_age_secs": (now_ms - s.last_heartbeat_ms).max(0) as f64 / 1000.0,

@@ -1,0 +1,222 @@
+//! The provider's limits hold for the whole fleet, whatever its size: worker processes join,
+//! die, and find a limit nobody configured, and the mock provider counts what reaches it.
+
+use std::time::{Duration, Instant};
+
+use chatq_workers::mock_llm::MockConfig;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::harness::{Stack, StackOptions};
+
+/// A quick provider, so the limits, not its latency, decide the pace.
+fn quick_provider() -> MockConfig {
+    MockConfig {
+        ttft_ms: 5,
+        tokens: 2,
+        ..MockConfig::default()
+    }
+}
+
+/// The most requests that reached the provider in any one-second window, among arrivals (ms,
+/// ascending).
+fn busiest_second(arrivals: &[u64]) -> usize {
+    let mut most = 0;
+    let mut end = 0;
+    for (start, at) in arrivals.iter().enumerate() {
+        while end < arrivals.len() && arrivals[end] < at + 1000 {
+            end += 1;
+        }
+        most = most.max(end - start);
+    }
+    most
+}
+
+/// Workers as the fleet sees them, from `GET /v1/admin/workers`.
+async fn workers(stack: &Stack) -> Vec<Value> {
+    let (_, body) = stack
+        .client
+        .with_key(&stack.admin_key)
+        .once(Method::GET, "/v1/admin/workers")
+        .await;
+    body["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until exactly `n` workers are alive and every one of them counts `n`.
+async fn wait_for_fleet(stack: &Stack, n: usize) -> Duration {
+    let started = Instant::now();
+    stack
+        .wait_until(
+            &format!("the fleet settles at {n} workers"),
+            Duration::from_secs(20),
+            || async {
+                let workers = workers(stack).await;
+                workers.len() == n && workers.iter().all(|w| w["fleet_size"] == n)
+            },
+        )
+        .await;
+    started.elapsed()
+}
+
+/// Provider arrivals (ms since the mock started) from `from` on.
+fn arrivals_since(stack: &Stack, from: usize) -> Vec<u64> {
+    stack.mock.stats().arrivals_ms[from..].to_vec()
+}
+
+#[tokio::test]
+async fn a_fleet_of_one_two_and_four_workers_holds_the_provider_rate() {
+    const RATE: usize = 100;
+    let mut stack = Stack::start(
+        "fleet_rate",
+        StackOptions {
+            workers: 1,
+            // Plenty of slots, so the provider limit, not the worker, sets the pace.
+            worker_concurrency: 64,
+            mock: quick_provider(),
+            settings: vec![
+                ("CHATQ_PROVIDER_RPM", (RATE * 60).to_string()),
+                ("CHATQ_WORKER_HEARTBEAT_SECS", "1".into()),
+            ],
+        },
+    )
+    .await;
+    // Enough queued work that the workers never run out during the measurements.
+    let conversations = stack.client.create_conversations(4000).await;
+    stack.client.send_to_each(&conversations, 64).await;
+
+    let mut report = Vec::new();
+    for (size, to_add) in [(1, 0), (2, 1), (4, 2)] {
+        for i in 0..to_add {
+            stack.start_worker(&format!("extra-{size}-{i}"), &[]).await;
+        }
+        wait_for_fleet(&stack, size).await;
+        let from = stack.mock.stats().arrivals_ms.len();
+        let started = Instant::now();
+        stack
+            .wait_until(
+                "five seconds of traffic",
+                Duration::from_secs(30),
+                || async { started.elapsed() >= Duration::from_secs(5) },
+            )
+            .await;
+        let arrivals = arrivals_since(&stack, from);
+        let elapsed = started.elapsed().as_secs_f64();
+        let throughput = arrivals.len() as f64 / elapsed;
+        let busiest = busiest_second(&arrivals);
+        report.push((size, throughput, busiest));
+        assert!(
+            busiest as f64 <= RATE as f64 * 1.05,
+            "{size} workers: {busiest} requests in one second, limit {RATE}/s (+5 %): {report:?}"
+        );
+        assert!(
+            throughput >= RATE as f64 * 0.9,
+            "{size} workers: {throughput:.1} requests/s, the limit is {RATE}/s: {report:?}"
+        );
+    }
+    eprintln!("fleet rate (workers, requests/s, busiest second): {report:?}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn when_one_of_three_workers_dies_the_others_take_over_its_share() {
+    const RATE: usize = 60;
+    let stack_options = StackOptions {
+        workers: 3,
+        worker_concurrency: 32,
+        mock: quick_provider(),
+        settings: vec![
+            ("CHATQ_PROVIDER_RPM", (RATE * 60).to_string()),
+            ("CHATQ_WORKER_HEARTBEAT_SECS", "1".into()),
+        ],
+    };
+    let mut stack = Stack::start("fleet_death", stack_options).await;
+    let conversations = stack.client.create_conversations(1200).await;
+    stack.client.send_to_each(&conversations, 64).await;
+    wait_for_fleet(&stack, 3).await;
+
+    stack.workers[0].sigkill().await;
+    // Three heartbeats for its key to expire, one more for the others to notice.
+    let rebalanced_in = wait_for_fleet(&stack, 2).await;
+    assert!(
+        rebalanced_in <= Duration::from_secs(6),
+        "took {rebalanced_in:?} to rebalance"
+    );
+
+    let from = stack.mock.stats().arrivals_ms.len();
+    let started = Instant::now();
+    stack
+        .wait_until(
+            "four seconds of traffic",
+            Duration::from_secs(30),
+            || async { started.elapsed() >= Duration::from_secs(4) },
+        )
+        .await;
+    let arrivals = arrivals_since(&stack, from);
+    let throughput = arrivals.len() as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "after a death: rebalanced in {rebalanced_in:?}, then {throughput:.1} requests/s (limit {RATE})"
+    );
+    assert!(
+        throughput >= RATE as f64 * 0.9,
+        "the two left run at {throughput:.1}/s, not {RATE}/s"
+    );
+    assert!(busiest_second(&arrivals) as f64 <= RATE as f64 * 1.05);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_limit_nobody_configured_is_found_without_failing_jobs() {
+    const HIDDEN_LIMIT: u32 = 30;
+    const JOBS: usize = 400;
+    let stack = Stack::start(
+        "fleet_hidden_limit",
+        StackOptions {
+            workers: 1,
+            worker_concurrency: 16,
+            mock: MockConfig {
+                max_requests_per_sec: Some(HIDDEN_LIMIT),
+                retry_after_secs: Some(1),
+                ..quick_provider()
+            },
+            settings: Vec::new(),
+        },
+    )
+    .await;
+    let conversations = stack.client.create_conversations(JOBS).await;
+    let accepted = stack.client.send_to_each(&conversations, 64).await;
+    let started = Instant::now();
+    stack
+        .wait_until(
+            "every job is finished",
+            Duration::from_secs(120),
+            || async {
+                stack.count_status("succeeded").await + stack.count_status("failed").await
+                    == JOBS as i64
+            },
+        )
+        .await;
+    assert_eq!(accepted.len(), JOBS);
+    assert_eq!(
+        stack.count_status("failed").await,
+        0,
+        "no job may fail on a limit it can wait for"
+    );
+    let stats = stack.mock.stats();
+    // Once converged (the second half of the run), what reaches the provider stays near its limit:
+    // few requests beyond what it accepts.
+    let arrivals = &stats.arrivals_ms;
+    let half = arrivals[arrivals.len() / 2];
+    let later: Vec<u64> = arrivals.iter().copied().filter(|at| *at >= half).collect();
+    let busiest = busiest_second(&later);
+    eprintln!(
+        "hidden limit {HIDDEN_LIMIT}/s: {} requests, {} answered 429, busiest second later on {busiest}, {:.1} s",
+        stats.requests,
+        stats.rate_limited,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        busiest as f64 <= f64::from(HIDDEN_LIMIT) * 1.2,
+        "after converging, {busiest} requests in one second against a limit of {HIDDEN_LIMIT}"
+    );
+    stack.stop().await;
+}
