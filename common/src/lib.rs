@@ -10,6 +10,7 @@
 //! - [`telemetry`]: logging set-up, pretty or JSON, always to standard error.
 //! - [`ids`]: typed, prefixed identifiers (`conv_…`, `msg_…`, `job_…`).
 //! - [`api_key`]: key format, generation and the hash that is stored.
+//! - [`batch`]: group commit: concurrent writes of one kind gathered into one statement.
 //! - [`chat`]: prompts, sampling parameters and usage, independent of any provider.
 //! - [`job`]: lanes, statuses, the stored request and the envelope published to JetStream.
 //! - [`events`]: the events a job emits while it runs, and how they travel over NATS.
@@ -21,6 +22,7 @@
 //! - [`db`]: the Postgres pool, migrations, and one module of queries per table.
 
 pub mod api_key;
+pub mod batch;
 pub mod chat;
 pub mod db;
 pub mod events;

@@ -113,7 +113,21 @@ impl Application {
             key_limits.clone(),
             background_stop.clone(),
         ));
+        let turns = {
+            let pool = pool.clone();
+            chatq_common::batch::Batcher::start(
+                &background,
+                background_stop.clone(),
+                4,
+                128,
+                move |turns| {
+                    let pool = pool.clone();
+                    async move { chatq_common::db::jobs::batch::record_turns(&pool, turns).await }
+                },
+            )
+        };
         let state = AppState {
+            turns,
             queue,
             key_limits,
             hubs: EventHubs::new(

@@ -3,6 +3,9 @@
 use std::sync::Arc;
 
 use chatq_common::Settings;
+use chatq_common::batch::Batcher;
+use chatq_common::db::jobs::EnqueueOutcome;
+use chatq_common::db::jobs::batch::OwnedTurn;
 use chatq_common::topology::Topology;
 use sqlx::PgPool;
 
@@ -41,4 +44,6 @@ pub struct AppState {
     pub queue: QueueMonitor,
     /// Per-key request rate limits.
     pub key_limits: KeyRateLimits,
+    /// Records the turns of concurrent requests together (group commit).
+    pub turns: Batcher<OwnedTurn, Result<EnqueueOutcome, sqlx::Error>>,
 }

@@ -18,6 +18,7 @@
 //! - [`fleet`]: heartbeats in a NATS KV bucket, so each worker knows the fleet and its share.
 //! - [`limits`]: the provider's fleet-wide limits and the adaptive reaction to 429s.
 //! - [`slots`]: job slots whose number can change while jobs hold them.
+//! - [`writes`]: claims and replies of concurrent jobs, written in batches.
 //! - [`provider`]: the `Provider` trait and its implementations (OpenAI-compatible, simulated).
 //! - [`mock_llm`]: `chatq mock-llm`, an OpenAI-compatible server for tests and benchmarks.
 
@@ -33,5 +34,6 @@ pub mod provider;
 pub mod reconciler;
 pub mod slots;
 pub mod worker;
+pub mod writes;
 
 pub use worker::Worker;

@@ -25,7 +25,7 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
 use chatq_common::Settings;
 use chatq_common::chat::{ChatMessage, Usage, estimate_tokens};
-use chatq_common::db::jobs::{self, CANCELLED_MESSAGE, ClaimedJob, Completion, NotClaimed};
+use chatq_common::db::jobs::{self, CANCELLED_MESSAGE, ClaimedJob, NotClaimed};
 use chatq_common::db::messages;
 use chatq_common::events::{EventIds, EventKind, JobEvent};
 use chatq_common::ids::{JobId, MessageId};
@@ -43,6 +43,7 @@ use crate::events::AttemptEvents;
 use crate::failure::{database_retry, dead_letter, public_message, retry_delay};
 use crate::prompt::build_prompt;
 use crate::provider::{Provider, ProviderError, ProviderRequest, StreamItem};
+use crate::writes::{JobWrites, Reply as WrittenReply};
 
 /// Everything a worker process shares between the jobs it runs.
 pub struct JobContext {
@@ -56,6 +57,8 @@ pub struct JobContext {
     pub settings: Arc<Settings>,
     /// The cancel switches of the jobs this worker holds.
     pub cancels: Arc<CancelSwitches>,
+    /// Claims and replies, written in batches with those of the other jobs running here.
+    pub writes: JobWrites,
 }
 
 impl JobContext {
@@ -95,15 +98,7 @@ pub async fn process_one(
     // Before the claim, so a cancel notice that arrives once the job is ours is not missed.
     let switch = ctx.cancels.register(envelope.job_id);
     let token = Uuid::new_v4();
-    let claimed = match jobs::claim(
-        &ctx.pool,
-        envelope.job_id,
-        token,
-        &ctx.worker_id,
-        ctx.lease_secs(),
-    )
-    .await
-    {
+    let claimed = match ctx.writes.claim(envelope.job_id, token).await {
         Ok(Ok(job)) => {
             if job.attempts == 1 {
                 // Time in the queue, from creation to the first start.
@@ -351,10 +346,16 @@ impl Attempt<'_> {
                 else {
                     return Ok(Vec::new());
                 };
-                let max_messages = i64::try_from(settings.history_max_messages).unwrap_or(i64::MAX);
-                let history =
-                    messages::prompt_window(&self.ctx.pool, conversation, upto, max_messages)
-                        .await?;
+                // A batched claim read the window already.
+                let history = match &self.job.history {
+                    Some(history) => history.clone(),
+                    None => {
+                        let max_messages =
+                            i64::try_from(settings.history_max_messages).unwrap_or(i64::MAX);
+                        messages::prompt_window(&self.ctx.pool, conversation, upto, max_messages)
+                            .await?
+                    }
+                };
                 Ok(build_prompt(
                     self.job.system_prompt.as_deref(),
                     history,
@@ -481,19 +482,19 @@ impl Attempt<'_> {
 
     async fn succeed(&self, reply: Reply, events: &mut AttemptEvents) -> Outcome {
         let reply_message_id = MessageId::new();
-        let completion = Completion {
+        let written = WrittenReply {
             id: self.id(),
             token: self.token,
             reply_message_id,
-            content: &reply.content,
-            finish_reason: &reply.finish_reason,
+            content: reply.content.clone(),
+            finish_reason: reply.finish_reason.clone(),
             usage: reply.usage,
             ttft_ms: reply.ttft_ms,
             upstream_ms: reply.upstream_ms,
             cached: false,
-            reply_model: &reply.model,
+            reply_model: reply.model.clone(),
         };
-        match jobs::complete(&self.ctx.pool, &completion).await {
+        match self.ctx.writes.complete(written).await {
             Ok(true) => {
                 // Fault testing only (CHATQ_FAULT_EXIT_AFTER_COMMIT): crash between commit and ack.
                 fault_exit_after_commit(&self.ctx.settings, self.id());

@@ -30,6 +30,7 @@ use crate::process::{JobContext, Outcome, process_one};
 use crate::provider::{self, Provider};
 use crate::reconciler::Reconciler;
 use crate::slots::{Slot, Slots};
+use crate::writes::JobWrites;
 
 /// How long an idle worker waits on one pull request before looking at both lanes again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -52,6 +53,9 @@ pub struct Worker {
     fleet: Option<Fleet>,
     /// Jobs finished since start, for heartbeats.
     processed: Arc<AtomicU64>,
+    /// The batched claim and reply writers, stopped once the last job has ended.
+    writers: TaskTracker,
+    writers_stop: CancellationToken,
 }
 
 impl Worker {
@@ -106,7 +110,18 @@ impl Worker {
         )
         .await
         .context("cannot open the workers bucket")?;
+        let writers = TaskTracker::new();
+        let writers_stop = CancellationToken::new();
+        let writes = JobWrites::start(
+            pool.clone(),
+            worker_id.clone(),
+            topology.ack_wait().as_secs_f64(),
+            i64::try_from(settings.history_max_messages).unwrap_or(i64::MAX),
+            &writers,
+            writers_stop.clone(),
+        );
         let ctx = Arc::new(JobContext {
+            writes,
             worker_id,
             pool,
             nats,
@@ -124,6 +139,8 @@ impl Worker {
             limits,
             fleet: Some(fleet),
             processed: Arc::default(),
+            writers,
+            writers_stop,
         })
     }
 
@@ -232,6 +249,9 @@ impl Worker {
         background_stop.cancel();
         background.close();
         background.wait().await;
+        self.writers_stop.cancel();
+        self.writers.close();
+        self.writers.wait().await;
         tracing::info!(worker = %self.ctx.worker_id, "worker stopped");
         Ok(())
     }

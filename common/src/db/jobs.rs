@@ -17,6 +17,7 @@
 //! [`reconcile`] holds what the reconciler needs to rebuild the queue from this table, and
 //! [`dead_letters`] the operator's view of jobs that failed for good.
 
+pub mod batch;
 pub mod dead_letters;
 pub mod reconcile;
 
@@ -317,6 +318,9 @@ pub struct ClaimedJob {
     pub system_prompt: Option<String>,
     /// Sequence number of the user message this turn answers.
     pub user_seq: Option<i64>,
+    /// The turn's prompt window, when the claim read it too ([`batch::claim_many`] does; the
+    /// worker reads it itself otherwise).
+    pub history: Option<Vec<crate::chat::ChatMessage>>,
 }
 
 /// Why a delivered job was not claimed.
@@ -386,6 +390,7 @@ pub async fn claim(
             created_at: row.created_at,
             system_prompt: row.system_prompt,
             user_seq: row.user_seq,
+            history: None,
         }));
     }
     let current = sqlx::query!(

@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chatq_common::db::feedback::{self, FeedbackOutcome};
-use chatq_common::db::jobs::{self, EnqueueOutcome, JobRow, NewTurn};
+use chatq_common::db::jobs::batch::OwnedTurn;
+use chatq_common::db::jobs::{self, EnqueueOutcome, JobRow};
 use chatq_common::db::messages;
 use chatq_common::ids::{ConversationId, JobId, MessageId};
 use chatq_common::job::{JobRequest, JobStatus, Lane};
@@ -61,21 +62,25 @@ pub async fn send(
     let message_id = MessageId::new();
     let model = (!params.model.is_empty()).then(|| params.model.clone());
     let request = JobRequest::ConversationTurn { params };
-    let turn = NewTurn {
+    let turn = OwnedTurn {
         tenant: caller.tenant,
         conversation,
         job_id,
         message_id,
-        content: &body.content,
-        request: &request,
-        model: model.as_deref(),
-        default_model: state.default_model.as_deref(),
-        idempotency_key: idempotency_key.as_deref(),
-        request_hash: request_hash.as_deref(),
+        content: body.content.clone(),
+        request,
+        model,
+        default_model: state.default_model.clone(),
+        idempotency_key: idempotency_key.clone(),
+        request_hash: request_hash.clone(),
         deadline_secs: settings.job_deadline_secs as f64,
         max_messages: i32::try_from(settings.max_messages_per_conversation).unwrap_or(i32::MAX),
     };
-    let enqueued = jobs::enqueue_turn(&state.pool, &turn).await?;
+    // Recorded together with the turns of concurrent requests (one transaction for all).
+    let enqueued = match state.turns.submit(turn.clone()).await {
+        Some(result) => result?,
+        None => jobs::enqueue_turn(&state.pool, &turn.as_new_turn()).await?,
+    };
     let (seq, message_created_at, job_created_at, model) = match enqueued {
         EnqueueOutcome::Enqueued {
             seq,
