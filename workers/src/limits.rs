@@ -6,8 +6,11 @@
 //! rates are divided evenly, concurrency in whole requests. Adding a worker shrinks every share, so
 //! the fleet's total stays the configured one.
 //!
-//! - Requests: a GCRA limiter (`governor`) at `rpm / 60 / n` per second with a burst of one, so
-//!   over any one-second window the fleet makes at most `rpm / 60 + n` requests.
+//! - Requests: a GCRA limiter (`governor`) at `rpm / 60 / n` per second. A request may start up
+//!   to half an interval after its turn without losing it: a timer that wakes a waiter a
+//!   millisecond late would otherwise push every later turn back, and the fleet would run below
+//!   its limit (6 % below at 100 requests/s, as measured). Never earlier than its turn, so over
+//!   any one-second window the fleet makes at most `rpm / 60 + n` requests.
 //! - Tokens: a GCRA limiter at `tpm / 60 / n` tokens per second. A call takes its estimate
 //!   (prompt tokens + `max_tokens`, or [`DEFAULT_COMPLETION_ESTIMATE`]) before it starts; what the
 //!   provider reports beyond the estimate is taken from the next calls.
@@ -53,6 +56,24 @@ const RAISE_EVERY: Duration = Duration::from_secs(1);
 /// A rate limiter that can be replaced while calls wait on the old one.
 type SharedLimiter = RwLock<Option<Arc<DefaultDirectRateLimiter>>>;
 
+/// A request-rate limiter counts in cells, this many per request, so that its tolerance can be a
+/// fraction of a request's interval.
+const CELLS_PER_REQUEST: u32 = 16;
+/// How late, in cells, a request may start without losing its turn: half an interval.
+const LATE_CELLS: u32 = CELLS_PER_REQUEST / 2;
+const REQUEST_CELLS: NonZeroU32 = match NonZeroU32::new(CELLS_PER_REQUEST) {
+    Some(cells) => cells,
+    None => NonZeroU32::MIN,
+};
+
+/// A limiter of `per_second` requests.
+fn request_limiter(per_second: f64) -> Option<Arc<DefaultDirectRateLimiter>> {
+    limiter(
+        per_second * f64::from(CELLS_PER_REQUEST),
+        CELLS_PER_REQUEST + LATE_CELLS,
+    )
+}
+
 fn limiter(per_second: f64, burst: u32) -> Option<Arc<DefaultDirectRateLimiter>> {
     if !per_second.is_finite() || per_second <= 0.0 {
         return None;
@@ -74,7 +95,8 @@ fn current(limiter: &SharedLimiter) -> Option<Arc<DefaultDirectRateLimiter>> {
 /// run beside the new one's, or the two rates would add up.
 async fn wait_turn(limiter: &SharedLimiter) {
     while let Some(current_limiter) = current(limiter) {
-        current_limiter.until_ready().await;
+        // Within the burst by construction, so never refused for capacity.
+        let _within_burst = current_limiter.until_n_ready(REQUEST_CELLS).await;
         match current(limiter) {
             Some(now) if Arc::ptr_eq(&now, &current_limiter) => return,
             None => return,
@@ -169,7 +191,7 @@ impl ProviderLimits {
         if let Some(rpm) = self.rpm {
             replace(
                 &self.requests,
-                limiter(membership.share(f64::from(rpm)) / 60.0, 1),
+                request_limiter(membership.share(f64::from(rpm)) / 60.0),
             );
         }
         if let Some(tpm) = self.tpm {
@@ -323,7 +345,7 @@ impl ProviderLimits {
             concurrency,
             "provider answered 429: lowering this worker's limits"
         );
-        replace(&self.adaptive_pace, limiter(rate, 1));
+        replace(&self.adaptive_pace, request_limiter(rate));
         self.resize_slots();
     }
 
@@ -361,7 +383,7 @@ impl ProviderLimits {
             .filter(|c| *c < self.worker_concurrency);
         let rate = adaptive.rate;
         drop(adaptive);
-        replace(&self.adaptive_pace, rate.and_then(|rate| limiter(rate, 1)));
+        replace(&self.adaptive_pace, rate.and_then(request_limiter));
         self.resize_slots();
     }
 
@@ -502,9 +524,10 @@ mod tests {
         for _ in 0..11 {
             limits.admit(1).await;
         }
-        // A burst of one, then one every 100 ms: the eleventh starts a second in.
+        // One at once, the next half an interval later (the lateness allowed to every turn),
+        // then one every 100 ms: the eleventh starts 950 ms in.
         let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(950), "{elapsed:?}");
+        assert!(elapsed >= Duration::from_millis(940), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
     }
 
