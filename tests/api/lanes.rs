@@ -192,6 +192,9 @@ async fn operators_see_every_live_worker() {
         assert_eq!(worker["object"], "worker");
         assert_eq!(worker["configured_concurrency"], 16);
         assert_eq!(worker["concurrency"], 16);
+        // Idle: waiting on a pull with every slot free is not having jobs in flight.
+        assert_eq!(worker["in_flight"], 0, "{worker}");
+        assert_eq!(worker["processed"], 0, "{worker}");
         assert!(worker["id"].as_str().is_some_and(|id| !id.is_empty()));
         assert!(
             worker["last_heartbeat_age_secs"]

@@ -187,7 +187,7 @@ impl Worker {
         );
         // Take this worker's share of the provider limits, and follow the fleet as it changes.
         if let Some(fleet) = self.fleet.take() {
-            let status = self.status_reporter();
+            let status = self.status_reporter(&jobs);
             fleet.introduce(&status()).await;
             self.limits.rebalance(fleet.membership().borrow().clone());
             background.spawn(follow_fleet(
@@ -195,8 +195,9 @@ impl Worker {
                 self.limits.clone(),
                 background_stop.clone(),
             ));
-            background
-                .spawn(fleet.run_until_stopped(self.status_reporter(), background_stop.clone()));
+            background.spawn(
+                fleet.run_until_stopped(self.status_reporter(&jobs), background_stop.clone()),
+            );
         }
         if let Some(addr) = settings.worker_metrics_addr {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -412,8 +413,10 @@ async fn acquire(slots: &Slots, shutdown: &CancellationToken) -> Option<Slot> {
 }
 
 impl Worker {
-    /// What this worker says about itself at each heartbeat.
-    fn status_reporter(&self) -> Arc<dyn Fn() -> WorkerStatus + Send + Sync> {
+    /// What this worker says about itself at each heartbeat. In flight are the jobs running
+    /// (`jobs`), not the slots held: an idle worker holds its free slots while it waits on a pull.
+    fn status_reporter(&self, jobs: &TaskTracker) -> Arc<dyn Fn() -> WorkerStatus + Send + Sync> {
+        let jobs = jobs.clone();
         let id = self.ctx.worker_id.clone();
         let slots = self.limits.slots().clone();
         let limits = self.limits.clone();
@@ -423,7 +426,7 @@ impl Worker {
         let host = hostname();
         Arc::new(move || {
             let concurrency = slots.limit();
-            let in_flight = slots.in_use();
+            let in_flight = jobs.len();
             metrics::gauge!(names::WORKER_SLOTS).set(concurrency as f64);
             metrics::gauge!(names::WORKER_IN_FLIGHT).set(in_flight as f64);
             WorkerStatus {
