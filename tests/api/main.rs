@@ -23,3 +23,4 @@ mod lanes;
 mod lifecycle;
 mod listing;
 mod tenancy;
+mod web;

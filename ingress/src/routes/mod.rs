@@ -10,6 +10,7 @@ mod jobs;
 mod messages;
 pub(crate) mod models;
 mod operators;
+mod web;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -60,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(observe::metrics))
+        .route("/", get(web::page))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
