@@ -46,7 +46,7 @@ enum Command {
         log: LogArgs,
     },
     /// Benchmark chatq on this machine, beside the machine's own limits measured in the same run.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,7 +97,7 @@ impl Cli {
                     },
             } => roles::create_key(load(&settings)?, &tenant, admin).await,
             Command::MockLlm { addr, config, log } => roles::mock_llm(addr, config, &log.log).await,
-            Command::Bench(args) => crate::bench::run(args).await,
+            Command::Bench(args) => crate::bench::run(*args).await,
         }
     }
 }

@@ -61,15 +61,13 @@ pub struct E2eResult {
 /// # Errors
 /// The stack does not start, or the load cannot run.
 pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<E2eResult> {
-    let plan = StackPlan {
-        workers: args.workers,
-        worker_concurrency: args.worker_concurrency,
-        mock: Some(MockPlan {
-            ttft_ms: args.mock_ttft_ms,
-            token_delay_ms: args.mock_token_delay_ms,
-            tokens: args.mock_tokens,
-        }),
+    let mock = MockPlan {
+        ttft_ms: args.mock_ttft_ms,
+        token_delay_ms: args.mock_token_delay_ms,
+        tokens: args.mock_tokens,
     };
+    let plan =
+        StackPlan::new(args.workers, args.worker_concurrency, Some(mock)).without_key_rate_limit();
     let timeout = Duration::from_secs(args.timeout_secs);
     super::with_stack(services, &plan, async |stack: &mut Stack| {
         let pool = stack.scratch.pool.clone();

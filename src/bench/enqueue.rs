@@ -44,11 +44,7 @@ pub struct EnqueueResult {
 /// # Errors
 /// The stack does not start, or the load cannot run.
 pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<EnqueueResult> {
-    let plan = StackPlan {
-        workers: 0,
-        worker_concurrency: args.worker_concurrency,
-        mock: None,
-    };
+    let plan = StackPlan::new(0, args.worker_concurrency, None).without_key_rate_limit();
     super::with_stack(services, &plan, async |stack: &mut Stack| {
         let warm_up =
             fixtures::create_conversations(&stack.scratch.pool, stack.tenant, args.warmup).await?;

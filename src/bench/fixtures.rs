@@ -1,12 +1,22 @@
 //! What the bench reads and writes directly in the scratch database: conversations created in
 //! bulk before a load (one per request, since a conversation accepts one pending job at a time),
-//! and the jobs' outcomes afterwards. The queries touch only the bench's own scratch database.
+//! backlogs of jobs queued without HTTP, and the jobs' outcomes afterwards. The queries touch
+//! only the bench's own scratch database.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
+use chatq_common::chat::{ChatMessage, GenerationParams, Role};
+use chatq_common::db::completions::{self, NewCompletion};
+use chatq_common::ids::{JobId, TenantId};
+use chatq_common::job::{JobRequest, Lane};
+use chatq_common::queue::publish_job;
+use futures::{StreamExt as _, TryStreamExt as _};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use super::progress;
+use super::scratch::Scratch;
 
 /// Most conversations inserted by one statement.
 const INSERT_CHUNK: usize = 50_000;
@@ -44,6 +54,61 @@ pub async fn create_conversations(
         .await
         .context("cannot create the bench's conversations")?;
     }
+    Ok(ids)
+}
+
+/// Jobs recorded and published at once while a backlog is queued.
+const QUEUE_IN_FLIGHT: usize = 64;
+
+/// Queues `count` chat-completion jobs on `lane` without HTTP, the way a batch submission does:
+/// each recorded (`completions::enqueue`), then published and its acknowledgement awaited. Each
+/// prompt is different, so no reply could be shared between jobs.
+///
+/// # Errors
+/// Database or JetStream errors (a full queue included).
+pub async fn queue_completions(
+    scratch: &Scratch,
+    tenant: Uuid,
+    lane: Lane,
+    count: usize,
+    deadline_secs: f64,
+) -> anyhow::Result<Vec<JobId>> {
+    let bar = progress::counted(&format!("queueing {lane} jobs"), count as u64);
+    let tenant = TenantId::from_uuid(tenant);
+    let ids: Vec<JobId> = futures::stream::iter(0..count)
+        .map(|index| async move {
+            let job_id = JobId::new();
+            let request = JobRequest::ChatCompletion {
+                params: GenerationParams {
+                    model: super::stack::MODEL.into(),
+                    ..GenerationParams::default()
+                },
+                messages: vec![ChatMessage::new(
+                    Role::User,
+                    format!("Item {index}: summarise the plot of Moby-Dick in three sentences."),
+                )],
+            };
+            let new = NewCompletion {
+                tenant,
+                job_id,
+                lane,
+                request: &request,
+                model: super::stack::MODEL,
+                deadline_secs,
+            };
+            completions::enqueue(&scratch.pool, &new)
+                .await
+                .context("cannot record a job")?;
+            publish_job(&scratch.jetstream, &scratch.topology, job_id, lane)
+                .await
+                .context("cannot publish a job")?;
+            Ok::<JobId, anyhow::Error>(job_id)
+        })
+        .buffer_unordered(QUEUE_IN_FLIGHT)
+        .inspect(|_| bar.inc())
+        .try_collect()
+        .await?;
+    bar.finish(ids.len() as u64);
     Ok(ids)
 }
 

@@ -254,13 +254,17 @@ impl LoadOutcome {
 }
 
 /// An open HTTP/1.1 connection: the sender, and the task driving the socket (aborted on drop).
-struct Connection {
+pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
     _driver: AbortOnDropHandle<Result<(), hyper::Error>>,
 }
 
 impl Connection {
-    async fn open(target: SocketAddr) -> anyhow::Result<Self> {
+    /// Connects, with Nagle's algorithm off (every request and chunk is sent at once).
+    ///
+    /// # Errors
+    /// The server cannot be reached.
+    pub async fn open(target: SocketAddr) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(target)
             .await
             .with_context(|| format!("cannot connect to {target}"))?;
@@ -272,6 +276,25 @@ impl Connection {
             sender,
             _driver: AbortOnDropHandle::new(tokio::spawn(driver)),
         })
+    }
+}
+
+impl Connection {
+    /// Sends one request once the connection is free; the caller reads the response's body.
+    ///
+    /// # Errors
+    /// The connection failed or was closed.
+    pub async fn send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error> {
+        self.sender.ready().await?;
+        self.sender.send_request(request).await
+    }
+
+    /// Whether another request can be sent on it (the server has not closed it).
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
     }
 }
 

@@ -5,9 +5,16 @@
 //!
 //! - [`stack`]: the system under test as real child processes (mock LLM, ingress, workers), with
 //!   [`scratch`] resources (database, NATS namespace) made for the run and removed after it.
-//! - [`load`]: the HTTP load generator; [`progress`]: bars on standard error.
+//! - [`load`]: the closed-loop HTTP load generator (throughput); [`openloop`]: the open-loop one
+//!   (latency at a fixed arrival rate), run as a [`phase`]; [`subscribers`]: many SSE clients;
+//!   [`sse_frames`]: reading event streams; [`progress`]: bars on standard error.
 //! - [`limits`]: the ceilings (HTTP, JetStream publish, Postgres INSERT).
-//! - [`enqueue`], [`e2e`]: the scenarios; [`fixtures`]: their direct database reads and writes.
+//! - The scenarios: [`enqueue`], [`e2e`] (throughput), [`ttft`], [`overhead`] (latency added to
+//!   the provider's), [`sse`] (event streams held by one ingress), [`fleet`] (scaling workers
+//!   under a provider limit), [`spike`] (a burst against a limit), [`lanes`] (interactive jobs
+//!   beside a batch).
+//! - [`fixtures`]: conversations and job backlogs written directly; [`ledger`]: what the database
+//!   says happened to the jobs; [`mock`]: what the provider saw.
 //! - [`cpu`]: who used the CPU meanwhile; [`machine`]: what the machine is.
 //! - [`report`]: the result, as text for people and as JSON (`--json`).
 //!
@@ -18,13 +25,25 @@ mod cpu;
 mod e2e;
 mod enqueue;
 mod fixtures;
+mod fleet;
+mod lanes;
+mod ledger;
 mod limits;
 mod load;
 mod machine;
+mod mock;
+mod openloop;
+mod overhead;
+mod phase;
 mod progress;
 mod report;
 mod scratch;
+mod spike;
+mod sse;
+mod sse_frames;
 mod stack;
+mod subscribers;
+mod ttft;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,7 +56,7 @@ use self::stack::{Stack, StackPlan, StackStop};
 /// What `chatq bench` measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// The limits, then enqueue, then e2e.
+    /// The limits, then every scenario below in turn.
     All,
     /// Only the machine's limits: HTTP, JetStream publish, Postgres INSERT.
     Limits,
@@ -45,9 +64,21 @@ pub enum Scenario {
     Enqueue,
     /// Jobs completed per second, end to end, against the mock provider.
     E2e,
+    /// Time to the first streamed token, through chatq and straight to the provider.
+    Ttft,
+    /// Latency added to the provider's at a fixed arrival rate (open loop).
+    Overhead,
+    /// Concurrent event streams one ingress holds, and its memory.
+    Sse,
+    /// Throughput with 1, 2, 4 worker processes, without and with a provider limit.
+    Fleet,
+    /// A burst of requests against a provider limit: accepted or shed, none lost, drained at the limit.
+    Spike,
+    /// Interactive queue wait while a large batch runs.
+    Lanes,
 }
 
-/// Options of `chatq bench`. The defaults finish each scenario in well under a minute.
+/// Options of `chatq bench`. The defaults finish each scenario in a minute or two.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// What to measure. Every scenario but `limits` measures the limits first (see --no-limits).
@@ -105,6 +136,18 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    #[command(flatten, next_help_heading = "ttft")]
+    pub ttft: ttft::TtftArgs,
+    #[command(flatten, next_help_heading = "overhead")]
+    pub overhead: overhead::OverheadArgs,
+    #[command(flatten, next_help_heading = "sse")]
+    pub sse: sse::SseArgs,
+    #[command(flatten, next_help_heading = "fleet")]
+    pub fleet: fleet::FleetArgs,
+    #[command(flatten, next_help_heading = "spike")]
+    pub spike: spike::SpikeArgs,
+    #[command(flatten, next_help_heading = "lanes")]
+    pub lanes: lanes::LanesArgs,
 }
 
 impl BenchArgs {
@@ -163,6 +206,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         limits: None,
         enqueue: None,
         e2e: None,
+        ttft: None,
+        overhead: None,
+        sse: None,
+        fleet: None,
+        spike: None,
+        lanes: None,
     };
     let wants = |scenario| args.scenario == Scenario::All || args.scenario == scenario;
     if args.scenario == Scenario::Limits || !args.no_limits {
@@ -170,6 +219,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             workers: 0,
             worker_concurrency: args.worker_concurrency,
             mock: None,
+            env: Vec::new(),
         };
         let limits = with_stack(&services, &plan, async |stack: &mut Stack| {
             limits::measure(&args, stack).await
@@ -182,6 +232,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wants(Scenario::E2e) {
         report.e2e = Some(e2e::run(&args, &services).await?);
+    }
+    if wants(Scenario::Ttft) {
+        report.ttft = Some(ttft::run(&args, &services).await?);
+    }
+    if wants(Scenario::Overhead) {
+        report.overhead = Some(overhead::run(&args, &services).await?);
+    }
+    if wants(Scenario::Sse) {
+        report.sse = Some(sse::run(&args, &services).await?);
+    }
+    if wants(Scenario::Fleet) {
+        report.fleet = Some(fleet::run(&args, &services).await?);
+    }
+    if wants(Scenario::Spike) {
+        report.spike = Some(spike::run(&args, &services).await?);
+    }
+    if wants(Scenario::Lanes) {
+        report.lanes = Some(lanes::run(&args, &services).await?);
     }
     let text = report.render();
     #[expect(clippy::print_stdout, reason = "the report is the command's output")]

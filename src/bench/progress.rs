@@ -65,6 +65,11 @@ impl Progress {
         }
     }
 
+    /// One more operation done (counted bars).
+    pub fn inc(&self) {
+        self.bar.inc(1);
+    }
+
     /// Leaves the final state on screen.
     pub fn finish(&self, done: u64) {
         if self.timed {

@@ -12,9 +12,15 @@ use serde::Serialize;
 use super::cpu::{CpuUsage, CpuWatch};
 use super::e2e::E2eResult;
 use super::enqueue::EnqueueResult;
+use super::fleet::FleetResult;
+use super::lanes::LanesResult;
 use super::limits::Limits;
 use super::load::{self, Load};
 use super::machine::{LoadAverage, Machine};
+use super::overhead::OverheadResult;
+use super::spike::SpikeResult;
+use super::sse::SseResult;
+use super::ttft::TtftResult;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -25,6 +31,12 @@ pub struct Report {
     pub limits: Option<Limits>,
     pub enqueue: Option<EnqueueResult>,
     pub e2e: Option<E2eResult>,
+    pub ttft: Option<TtftResult>,
+    pub overhead: Option<OverheadResult>,
+    pub sse: Option<SseResult>,
+    pub fleet: Option<FleetResult>,
+    pub spike: Option<SpikeResult>,
+    pub lanes: Option<LanesResult>,
 }
 
 /// Latency percentiles, in milliseconds.
@@ -61,6 +73,16 @@ impl Percentiles {
             histogram.saturating_record((value * 1000.0).max(1.0) as u64);
         }
         Ok(Self::of_micros(&histogram))
+    }
+}
+
+impl Percentiles {
+    /// `p50 0.41  p99 1.20  max 3.05`: for figures that are not the point of the line.
+    pub fn brief(&self) -> String {
+        format!(
+            "p50 {:.2}  p99 {:.2}  max {:.2} ms",
+            self.p50, self.p99, self.max
+        )
     }
 }
 
@@ -259,6 +281,24 @@ impl Report {
         }
         if let Some(e2e) = &self.e2e {
             e2e.render(&mut out, self.limits.as_ref());
+        }
+        if let Some(ttft) = &self.ttft {
+            ttft.render(&mut out);
+        }
+        if let Some(overhead) = &self.overhead {
+            overhead.render(&mut out);
+        }
+        if let Some(sse) = &self.sse {
+            sse.render(&mut out);
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet.render(&mut out);
+        }
+        if let Some(spike) = &self.spike {
+            spike.render(&mut out);
+        }
+        if let Some(lanes) = &self.lanes {
+            lanes.render(&mut out);
         }
         out
     }

@@ -30,7 +30,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The tenant the bench's key and conversations belong to.
 pub const TENANT: &str = "bench";
 /// The model name the mock answers to.
-const MODEL: &str = "mock-model";
+pub const MODEL: &str = "mock-model";
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -39,6 +39,33 @@ pub struct StackPlan {
     pub worker_concurrency: usize,
     /// The mock provider, when workers are to call one.
     pub mock: Option<MockPlan>,
+    /// Settings a scenario needs on top of the bench's own (a provider limit, a queue size, no
+    /// per-key rate limit). `--env` is applied after them, so it can still override them.
+    pub env: Vec<(String, String)>,
+}
+
+impl StackPlan {
+    /// A plan with nothing but what is named.
+    pub fn new(workers: usize, worker_concurrency: usize, mock: Option<MockPlan>) -> Self {
+        Self {
+            workers,
+            worker_concurrency,
+            mock,
+            env: Vec::new(),
+        }
+    }
+
+    /// Adds a `CHATQ_*` setting for every process.
+    pub fn with_env(mut self, name: &str, value: impl ToString) -> Self {
+        self.env.push((name.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Lifts the per-key request rate limit: the scenarios that send hundreds of requests a
+    /// second all use the bench's one key, and would otherwise measure the limiter's 429s.
+    pub fn without_key_rate_limit(self) -> Self {
+        self.with_env("CHATQ_KEY_RATE_LIMIT_PER_SEC", "unlimited")
+    }
 }
 
 /// `chatq mock-llm` flags.
@@ -60,6 +87,8 @@ struct ChildProcess {
 pub struct Stack {
     pub scratch: Scratch,
     pub ingress: SocketAddr,
+    /// The mock provider's address, when the plan has one.
+    pub mock: Option<SocketAddr>,
     pub api_key: String,
     pub tenant: Uuid,
     children: Vec<ChildProcess>,
@@ -95,6 +124,7 @@ impl Stack {
             env: Vec::new(),
             scratch,
             ingress,
+            mock: None,
             api_key: String::new(),
             tenant: Uuid::nil(),
             children: Vec::new(),
@@ -134,6 +164,7 @@ impl Stack {
                     ],
                 )?;
                 self.wait_until_ok(addr, "/v1/models").await?;
+                self.mock = Some(addr);
                 format!("http://{addr}/v1")
             }
             // The ingress never calls the provider; any URL will do.
@@ -158,6 +189,7 @@ impl Stack {
             ("CHATQ_SHUTDOWN_GRACE_SECS".into(), "5".into()),
             ("CHATQ_LOG".into(), "warn".into()),
         ];
+        self.env.extend(plan.env.iter().cloned());
         self.env.extend(services.extra_env.iter().cloned());
 
         step.set_message("ingress");
@@ -184,6 +216,27 @@ impl Stack {
             .iter()
             .filter_map(|child| Some((child.role.to_owned(), child.process.id()?)))
             .collect()
+    }
+
+    /// The pid of the first process of a role (for `/proc/<pid>/status`).
+    pub fn pid(&self, role: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|child| child.role == role)
+            .and_then(|child| child.process.id())
+    }
+
+    /// Starts `count` more workers without waiting for them to pull: with a backlog queued, a
+    /// worker takes jobs at once, so there is no idle pull to wait for. A worker that fails to
+    /// start shows in [`Stack::check_alive`].
+    ///
+    /// # Errors
+    /// A process cannot be started.
+    pub fn add_workers(&mut self, count: usize) -> anyhow::Result<()> {
+        for _ in 0..count {
+            self.spawn("worker", &["worker".into()])?;
+        }
+        Ok(())
     }
 
     /// How many processes of a role are running.

@@ -1,0 +1,106 @@
+//! What the scratch database says happened to the jobs a scenario made: the ledger a figure is
+//! checked against (every accepted job reached a terminal state, every streamed reply is the
+//! stored one) and the system's own timings of each job (queue wait, provider call).
+//!
+//! These queries are plain `sqlx::query_as`, checked when they run rather than at build time
+//! against `.sqlx/`: they read only the bench's scratch database, and the bench can change what
+//! it reports without refreshing the offline query data of the server's crates.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// One job, as recorded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRecord {
+    pub id: Uuid,
+    pub conversation_id: Option<Uuid>,
+    pub status: String,
+    /// `created_at` to `started_at`, in milliseconds, at the database's microsecond precision.
+    pub wait_ms: Option<f64>,
+    /// The provider call, as the worker timed it (whole milliseconds).
+    pub upstream_ms: Option<i32>,
+    /// The provider's time to first token, as the worker timed it (whole milliseconds).
+    pub ttft_ms: Option<i32>,
+    pub reply_content: Option<String>,
+}
+
+/// The jobs with these ids (those that exist).
+///
+/// # Errors
+/// Database errors.
+pub async fn jobs_by_id(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec<JobRecord>> {
+    sqlx::query_as(
+        "SELECT id, conversation_id, status,
+                extract(epoch FROM started_at - created_at)::float8 * 1000 AS wait_ms,
+                upstream_ms, ttft_ms, reply_content
+           FROM jobs WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .context("cannot read the jobs of the run")
+}
+
+/// The jobs of these conversations.
+///
+/// # Errors
+/// Database errors.
+pub async fn jobs_of_conversations(
+    pool: &PgPool,
+    conversations: &[Uuid],
+) -> anyhow::Result<Vec<JobRecord>> {
+    sqlx::query_as(
+        "SELECT id, conversation_id, status,
+                extract(epoch FROM started_at - created_at)::float8 * 1000 AS wait_ms,
+                upstream_ms, ttft_ms, reply_content
+           FROM jobs WHERE conversation_id = ANY($1)",
+    )
+    .bind(conversations)
+    .fetch_all(pool)
+    .await
+    .context("cannot read the jobs of the run")
+}
+
+/// Jobs of a lane (or of both, for `None`) with a status.
+///
+/// # Errors
+/// Database errors.
+pub async fn count(pool: &PgPool, lane: Option<&str>, status: &str) -> anyhow::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE status = $1 AND ($2::text IS NULL OR lane = $2)",
+    )
+    .bind(status)
+    .bind(lane)
+    .fetch_one(pool)
+    .await
+    .context("cannot count jobs")
+}
+
+/// `status × count`, for the report.
+pub fn by_status<'a>(jobs: impl Iterator<Item = &'a JobRecord>) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for job in jobs {
+        *counts.entry(job.status.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// `succeeded × 3,000, failed × 2`.
+pub fn describe(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(status, count)| format!("{status} × {}", super::report::thousands(*count as f64)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether a status is one a job never leaves.
+pub fn is_terminal(status: &str) -> bool {
+    matches!(status, "succeeded" | "failed" | "cancelled" | "expired")
+}
