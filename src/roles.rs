@@ -119,8 +119,8 @@ async fn bootstrap_development_key(pool: &sqlx::PgPool, addr: SocketAddr) -> any
         eprintln!(
             "\n  This database had no API keys, so chatq created one for tenant \"dev\" (admin).\n  \
              It is shown only now; keep it:\n\n      {key}\n\n  Try it:\n\n      \
-             export CHATQ_KEY={key}\n      \
-             curl -s -X POST {base}/v1/conversations -H \"Authorization: Bearer $CHATQ_KEY\" -d '{{\"title\":\"hello\"}}'\n\n  \
+             KEY={key}\n      \
+             curl -s -X POST {base}/v1/conversations -H \"Authorization: Bearer $KEY\" -d '{{\"title\":\"hello\"}}'\n\n  \
              More keys: chatq keys create --tenant NAME\n",
             key = key.plaintext,
         );
