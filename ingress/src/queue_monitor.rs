@@ -4,6 +4,10 @@
 //! Every [`SAMPLE_EVERY`] it reads the jobs stream and both lane consumers. The drain rate is the
 //! number of jobs that left the stream (acknowledged) per second, smoothed; a full queue's
 //! `Retry-After` is the time the workers take to free 5 % of it at that rate, between 1 and 60 s.
+//!
+//! It also remembers that the queue was found full: for about the time one job takes to drain,
+//! new jobs are refused at once instead of being recorded, published, refused by the stream and
+//! taken back. Under a spike that is most requests, and shedding them costs next to nothing.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -13,9 +17,14 @@ use chatq_common::metrics as names;
 use chatq_common::topology::Topology;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::ApiError;
+
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Weight of the newest sample in the smoothed drain rate.
 const SMOOTHING: f64 = 0.3;
+/// Bounds on how long a full queue is taken to stay full without asking the stream again.
+const FULL_HOLD_MIN: Duration = Duration::from_millis(5);
+const FULL_HOLD_MAX: Duration = Duration::from_secs(1);
 
 /// One lane's consumer, as last sampled.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -39,6 +48,8 @@ struct Sample {
 #[derive(Clone, Default)]
 pub struct QueueMonitor {
     sample: Arc<Mutex<Sample>>,
+    /// Until when new jobs are refused without trying (the stream said full just before).
+    full_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl QueueMonitor {
@@ -63,6 +74,39 @@ impl QueueMonitor {
         }
         let secs = (queue_max_jobs.max(1) as f64 * 0.05) / drain;
         Duration::from_secs_f64(secs.clamp(1.0, 60.0))
+    }
+
+    /// The stream refused a job: the queue is full. Until one job has likely drained (one
+    /// interval at the drain rate, within [`FULL_HOLD_MIN`] and [`FULL_HOLD_MAX`]), new jobs are
+    /// refused without trying.
+    pub fn note_full(&self) {
+        let drain = self.drain_per_sec();
+        let hold = if drain > 0.01 {
+            Duration::from_secs_f64(1.0 / drain).clamp(FULL_HOLD_MIN, FULL_HOLD_MAX)
+        } else {
+            FULL_HOLD_MAX
+        };
+        *self
+            .full_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + hold);
+    }
+
+    /// Whether the queue was found full so recently that a new job would be refused too.
+    pub fn known_full(&self) -> bool {
+        self.full_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// The answer to a job the full queue cannot take: 503 with `Retry-After`.
+    pub fn refusal(&self, queue_max_jobs: i64) -> ApiError {
+        metrics::counter!(names::JOBS_REJECTED, "reason" => "queue_full").increment(1);
+        ApiError::Overloaded {
+            message: "The job queue is full. Try again shortly.".into(),
+            retry_after: self.retry_after(queue_max_jobs),
+        }
     }
 
     /// Samples until `shutdown`.

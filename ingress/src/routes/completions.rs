@@ -45,6 +45,9 @@ pub async fn create(
             "The model '{model}' does not exist or you do not have access to it. GET /v1/models lists the models."
         )));
     }
+    if state.queue.known_full() {
+        return Err(state.queue.refusal(state.settings.queue_max_jobs));
+    }
     let job_id = JobId::new();
     let job_request = JobRequest::ChatCompletion {
         params: request.params,
@@ -88,13 +91,9 @@ async fn queue(state: &AppState, job_id: JobId) -> ApiResult<()> {
             Ok(())
         }
         Err(PublishJobError::QueueFull) => {
+            state.queue.note_full();
             jobs::withdraw(&state.pool, job_id).await?;
-            metrics::counter!(chatq_common::metrics::JOBS_REJECTED, "reason" => "queue_full")
-                .increment(1);
-            Err(ApiError::Overloaded {
-                message: "The job queue is full. Try again shortly.".into(),
-                retry_after: state.queue.retry_after(state.settings.queue_max_jobs),
-            })
+            Err(state.queue.refusal(state.settings.queue_max_jobs))
         }
         Err(PublishJobError::Unavailable(err)) => {
             tracing::warn!(%job_id, error = %err, "publish failed; the reconciler will queue the job");

@@ -57,6 +57,11 @@ pub async fn send(
         hash.finalize().to_vec()
     });
     let wait = preferred_wait(&headers).map(|secs| secs.min(settings.max_wait_secs));
+    // The queue was full a moment ago: refuse before recording anything. A retry that carries
+    // an idempotency key goes on: its job may have been accepted, and then it is answered.
+    if idempotency_key.is_none() && state.queue.known_full() {
+        return Err(state.queue.refusal(settings.queue_max_jobs));
+    }
 
     let job_id = JobId::new();
     let message_id = MessageId::new();
@@ -129,14 +134,10 @@ pub async fn send(
     match publish_job(&state.jetstream, &state.topology, job_id, Lane::Interactive).await {
         Ok(_) => state.published.mark(job_id),
         Err(PublishJobError::QueueFull) => {
-            metrics::counter!(chatq_common::metrics::JOBS_REJECTED, "reason" => "queue_full")
-                .increment(1);
+            state.queue.note_full();
             // Back-pressure: take the turn back so the refused request leaves nothing behind.
             jobs::withdraw(&state.pool, job_id).await?;
-            return Err(ApiError::Overloaded {
-                message: "The job queue is full. Try again shortly.".into(),
-                retry_after: state.queue.retry_after(state.settings.queue_max_jobs),
-            });
+            return Err(state.queue.refusal(settings.queue_max_jobs));
         }
         Err(PublishJobError::Unavailable(err)) => {
             // Recorded in Postgres, so it is accepted: the reconciler will publish it.
