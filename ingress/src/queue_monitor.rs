@@ -5,9 +5,10 @@
 //! number of jobs that left the stream (acknowledged) per second, smoothed; a full queue's
 //! `Retry-After` is the time the workers take to free 5 % of it at that rate, between 1 and 60 s.
 //!
-//! It also remembers that the queue was found full: for about the time one job takes to drain,
-//! new jobs are refused at once instead of being recorded, published, refused by the stream and
-//! taken back. Under a spike that is most requests, and shedding them costs next to nothing.
+//! It also remembers that the queue was found full: until a publish succeeds again, new jobs are
+//! refused at once instead of being recorded, published, refused by the stream and taken back,
+//! but for one request per drain interval, which tries. Under a spike that is most requests, and
+//! shedding them costs next to nothing, while jobs are still accepted as fast as they drain.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -76,28 +77,54 @@ impl QueueMonitor {
         Duration::from_secs_f64(secs.clamp(1.0, 60.0))
     }
 
-    /// The stream refused a job: the queue is full. Until one job has likely drained (one
-    /// interval at the drain rate, within [`FULL_HOLD_MIN`] and [`FULL_HOLD_MAX`]), new jobs are
-    /// refused without trying.
+    /// The stream refused a job: the queue is full. New jobs are refused without trying until
+    /// one has likely drained (one interval at the drain rate, within [`FULL_HOLD_MIN`] and
+    /// [`FULL_HOLD_MAX`]); then one request at a time tries again, one per interval, until a
+    /// publish succeeds ([`Self::note_room`]).
     pub fn note_full(&self) {
-        let drain = self.drain_per_sec();
-        let hold = if drain > 0.01 {
-            Duration::from_secs_f64(1.0 / drain).clamp(FULL_HOLD_MIN, FULL_HOLD_MAX)
-        } else {
-            FULL_HOLD_MAX
-        };
         *self
             .full_until
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + hold);
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + self.full_hold());
     }
 
-    /// Whether the queue was found full so recently that a new job would be refused too.
-    pub fn known_full(&self) -> bool {
-        self.full_until
+    /// A publish succeeded: the queue has room.
+    pub fn note_room(&self) {
+        let mut full = self
+            .full_until
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|until| Instant::now() < until)
+            .unwrap_or_else(PoisonError::into_inner);
+        if full.is_some() {
+            *full = None;
+        }
+    }
+
+    /// Whether a new job should be refused without trying, because the queue was found full
+    /// and no job has likely drained since. When the hold is over, the caller that finds it so
+    /// is let through to try, and the others are held for another interval meanwhile.
+    pub fn known_full(&self) -> bool {
+        let mut full = self
+            .full_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match *full {
+            None => false,
+            Some(until) if now < until => true,
+            Some(_) => {
+                *full = Some(now + self.full_hold());
+                false
+            }
+        }
+    }
+
+    fn full_hold(&self) -> Duration {
+        let drain = self.drain_per_sec();
+        if drain > 0.01 {
+            Duration::from_secs_f64(1.0 / drain).clamp(FULL_HOLD_MIN, FULL_HOLD_MAX)
+        } else {
+            FULL_HOLD_MAX
+        }
     }
 
     /// The answer to a job the full queue cannot take: 503 with `Retry-After`.
@@ -183,5 +210,30 @@ fn lane_index(lane: Lane) -> usize {
     match lane {
         Lane::Interactive => 0,
         Lane::Batch => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_refuses_until_it_has_room_letting_one_request_try_per_interval() {
+        let monitor = QueueMonitor::default();
+        assert!(!monitor.known_full());
+        monitor.note_full();
+        assert!(monitor.known_full());
+        assert!(monitor.known_full());
+        // The hold is over: the first caller tries, the next are held for another interval.
+        *monitor
+            .full_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now().checked_sub(FULL_HOLD_MIN);
+        assert!(!monitor.known_full());
+        assert!(monitor.known_full());
+        // Its publish went through: everyone may try again.
+        monitor.note_room();
+        assert!(!monitor.known_full());
+        assert!(!monitor.known_full());
     }
 }

@@ -88,6 +88,7 @@ async fn queue(state: &AppState, job_id: JobId) -> ApiResult<()> {
     match publish_job(&state.jetstream, &state.topology, job_id, Lane::Interactive).await {
         Ok(_) => {
             state.published.mark(job_id);
+            state.queue.note_room();
             Ok(())
         }
         Err(PublishJobError::QueueFull) => {

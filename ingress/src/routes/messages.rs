@@ -132,7 +132,10 @@ pub async fn send(
     // Fault testing only (CHATQ_FAULT_EXIT_BEFORE_PUBLISH): crash between recording and publishing.
     chatq_common::queue::fault_exit_before_publish(settings, job_id);
     match publish_job(&state.jetstream, &state.topology, job_id, Lane::Interactive).await {
-        Ok(_) => state.published.mark(job_id),
+        Ok(_) => {
+            state.published.mark(job_id);
+            state.queue.note_room();
+        }
         Err(PublishJobError::QueueFull) => {
             state.queue.note_full();
             // Back-pressure: take the turn back so the refused request leaves nothing behind.
