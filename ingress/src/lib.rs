@@ -190,7 +190,9 @@ impl Application {
         // Phase 1: stop accepting connections, end event streams (clients reconnect elsewhere
         // with Last-Event-ID), and let other requests in flight finish.
         let streams_stop = self.streams_stop.clone();
-        axum::serve(self.listener, self.router)
+        // `into_make_service` prepares the routes once; a plain Router would copy every route,
+        // with its layers, for each connection (about 100 KB each, held by every SSE stream).
+        axum::serve(self.listener, self.router.into_make_service())
             .with_graceful_shutdown(async move {
                 shutdown.cancelled().await;
                 streams_stop.cancel();

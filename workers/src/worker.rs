@@ -478,7 +478,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, stop: CancellationToke
             }),
         )
         .route("/healthz", get(|| async { "ok" }));
-    let served = axum::serve(listener, app)
+    let served = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
     if let Err(err) = served {

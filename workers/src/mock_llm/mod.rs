@@ -178,7 +178,7 @@ impl MockLlm {
         let app = server::router(state.clone());
         let shutdown = stop.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
+            let served = axum::serve(listener, app.into_make_service())
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await;
             if let Err(err) = served {
