@@ -12,7 +12,15 @@ use crate::settings::LogFormat;
 /// Installs the global subscriber. Safe to call more than once (tests build several apps in one
 /// process); only the first call has an effect.
 pub fn init(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut directives = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Postgres notices such as "relation _sqlx_migrations already exists, skipping", logged at
+    // every start, are not news; a filter that names sqlx still gets them.
+    if !filter.contains("sqlx")
+        && let Ok(quiet) = "sqlx::postgres::notice=warn".parse()
+    {
+        directives = directives.add_directive(quiet);
+    }
+    let filter = directives;
     let writer = std::io::stderr.with_max_level(tracing::Level::TRACE);
     let result = match format {
         LogFormat::Pretty => tracing_subscriber::fmt()
