@@ -70,13 +70,15 @@ impl Scratch {
         format!("{}_", self.namespace.as_str().to_ascii_uppercase())
     }
 
-    /// Deletes every stream of the namespace and drops the database (disconnecting whoever is
-    /// still connected to it).
+    /// Deletes every stream of the namespace (its job, dead-letter and event streams, and the
+    /// stream behind its workers bucket) and drops the database (disconnecting whoever is still
+    /// connected to it).
     ///
     /// # Errors
     /// NATS or Postgres refused; the error names what was left behind.
     pub async fn remove(self) -> anyhow::Result<()> {
         let prefix = self.stream_prefix();
+        let workers_bucket = format!("KV_{}_workers", self.namespace.as_str());
         let streams: Vec<String> = self
             .jetstream
             .stream_names()
@@ -84,7 +86,10 @@ impl Scratch {
             .await
             .context("cannot list JetStream streams")?;
         let mut leftover = Vec::new();
-        for name in streams.into_iter().filter(|name| name.starts_with(&prefix)) {
+        for name in streams
+            .into_iter()
+            .filter(|name| name.starts_with(&prefix) || *name == workers_bucket)
+        {
             if self.jetstream.delete_stream(&name).await.is_err() {
                 leftover.push(name);
             }
