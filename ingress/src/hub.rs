@@ -292,11 +292,11 @@ impl Pump {
             () = self.fill() => {}
             () = stop.cancelled() => {}
         }
-        drop(self.live.unsubscribe().await);
+        drop(Box::pin(self.live.unsubscribe()).await);
     }
 
     async fn fill(&mut self) {
-        let stored = jobs::get_any(&self.hubs.pool, self.job)
+        let stored = Box::pin(jobs::get_any(&self.hubs.pool, self.job))
             .await
             .ok()
             .flatten();
@@ -312,7 +312,10 @@ impl Pump {
                 .to_string(),
         });
         if stored.attempts > 0 || stored.status().is_terminal() {
-            self.replay().await;
+            // Boxed, like the other one-off steps of this task: inline, their futures (JetStream,
+            // Postgres) would stay in the task's size for as long as it follows the job (10 KB
+            // per job followed, instead of 3).
+            Box::pin(self.replay()).await;
         }
         if self.log.ended() {
             return;
@@ -328,15 +331,15 @@ impl Pump {
                 message = self.live.next() => {
                     let Some(message) = message else { return };
                     if let Ok(event) = serde_json::from_slice::<JobEvent>(&message.payload) {
-                        self.append(event).await;
+                        Box::pin(self.append(event)).await;
                     }
                 }
                 _ = recheck.tick() => {
-                    if let Ok(Some(job)) = jobs::get_any(&self.hubs.pool, self.job).await
+                    if let Ok(Some(job)) = Box::pin(jobs::get_any(&self.hubs.pool, self.job)).await
                         && job.status().is_terminal()
                     {
                         // Give a terminal event in flight a moment to arrive with its real id.
-                        if tokio::time::timeout(Duration::from_millis(500), self.drain_live()).await.is_err()
+                        if tokio::time::timeout(Duration::from_millis(500), Box::pin(self.drain_live())).await.is_err()
                             || !self.log.ended()
                         {
                             self.append_terminal_from(Some(job));
