@@ -38,7 +38,8 @@ impl<In, Out> std::fmt::Debug for Batcher<In, Out> {
 impl<In: Send + 'static, Out: Send + 'static> Batcher<In, Out> {
     /// Starts `parallel` loops on `tracker`. `run` must answer one output per input, in order.
     /// When `stop` is cancelled the loops answer what is already queued, then end; later
-    /// submissions get `None` and the caller does the work itself.
+    /// submissions get their item back ([`Unanswered::Stopped`]) and the caller does the work
+    /// itself.
     pub fn start<F, Fut>(
         tracker: &TaskTracker,
         stop: CancellationToken,
@@ -64,12 +65,29 @@ impl<In: Send + 'static, Out: Send + 'static> Batcher<In, Out> {
         Self { sender }
     }
 
-    /// Submits one item and waits for its answer. `None` when the batcher has stopped.
-    pub async fn submit(&self, item: In) -> Option<Out> {
+    /// Submits one item and waits for its answer.
+    ///
+    /// # Errors
+    /// The batcher has stopped (the item comes back), or the batch holding the item ended
+    /// without answering it.
+    pub async fn submit(&self, item: In) -> Result<Out, Unanswered<In>> {
         let (reply, answer) = oneshot::channel();
-        self.sender.send((item, reply)).await.ok()?;
-        answer.await.ok()
+        if let Err(refused) = self.sender.send((item, reply)).await {
+            let (item, _) = refused.0;
+            return Err(Unanswered::Stopped(item));
+        }
+        answer.await.map_err(|_| Unanswered::Lost)
     }
+}
+
+/// Why a submission got no answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unanswered<In> {
+    /// The batcher had stopped before taking the item: here it is, to be done another way.
+    Stopped(In),
+    /// The batch holding the item ended without answering (its task failed): the work may or
+    /// may not have been done.
+    Lost,
 }
 
 async fn batch_loop<In, Out, F, Fut>(
@@ -132,14 +150,14 @@ mod tests {
             async move { batcher.submit(i).await }
         }))
         .await;
-        assert_eq!(answers, (0..100).map(|i| Some(i * 10)).collect::<Vec<_>>());
+        assert_eq!(answers, (0..100).map(|i| Ok(i * 10)).collect::<Vec<_>>());
         assert!(batches.load(Ordering::Relaxed) <= 100);
         stop.cancel();
         tracker.close();
         tracker.wait().await;
         assert_eq!(
             batcher.submit(1).await,
-            None,
+            Err(Unanswered::Stopped(1)),
             "a stopped batcher refuses new items"
         );
     }

@@ -6,7 +6,7 @@
 //! statements in all, however many run at once. A claim the batch did not make, or a batch that
 //! failed as a whole, goes through the single-job path, which says why.
 
-use chatq_common::batch::Batcher;
+use chatq_common::batch::{Batcher, Unanswered};
 use chatq_common::chat::Usage;
 use chatq_common::db::jobs::{self, ClaimedJob, Completion, NotClaimed, batch};
 use chatq_common::ids::{JobId, MessageId};
@@ -116,8 +116,12 @@ impl JobWrites {
     /// Database errors.
     pub async fn claim(&self, id: JobId, token: Uuid) -> ClaimResult {
         match self.claims.submit((id, token)).await {
-            Some(result) => result,
-            None => jobs::claim(&self.pool, id, token, &self.worker, self.lease_secs).await,
+            Ok(result) => result,
+            // Claiming again is safe: a claim the lost batch made is held by this very token
+            // and answers "held elsewhere" until its lease runs out.
+            Err(Unanswered::Stopped(_) | Unanswered::Lost) => {
+                jobs::claim(&self.pool, id, token, &self.worker, self.lease_secs).await
+            }
         }
     }
 
@@ -126,9 +130,14 @@ impl JobWrites {
     /// # Errors
     /// Database errors.
     pub async fn complete(&self, reply: Reply) -> Result<bool, sqlx::Error> {
-        match self.replies.submit(reply.clone()).await {
-            Some(result) => result,
-            None => jobs::complete(&self.pool, &reply.as_completion()).await,
+        match self.replies.submit(reply).await {
+            Ok(result) => result,
+            Err(Unanswered::Stopped(reply)) => {
+                jobs::complete(&self.pool, &reply.as_completion()).await
+            }
+            // Written or not, unknown: as a database error, the job is retried, and a
+            // redelivery of a job already written is acknowledged without a second call.
+            Err(Unanswered::Lost) => Err(sqlx::Error::WorkerCrashed),
         }
     }
 }

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chatq_common::batch::Unanswered;
 use chatq_common::db::feedback::{self, FeedbackOutcome};
 use chatq_common::db::jobs::batch::OwnedTurn;
 use chatq_common::db::jobs::{self, EnqueueOutcome, JobRow};
@@ -82,9 +83,14 @@ pub async fn send(
         max_messages: i32::try_from(settings.max_messages_per_conversation).unwrap_or(i32::MAX),
     };
     // Recorded together with the turns of concurrent requests (one transaction for all).
-    let enqueued = match state.turns.submit(turn.clone()).await {
-        Some(result) => result?,
-        None => jobs::enqueue_turn(&state.pool, &turn.as_new_turn()).await?,
+    let enqueued = match state.turns.submit(turn).await {
+        Ok(result) => result?,
+        Err(Unanswered::Stopped(turn)) => {
+            jobs::enqueue_turn(&state.pool, &turn.as_new_turn()).await?
+        }
+        // The recording task failed mid-batch: whether the turn was recorded is unknown, so
+        // this is a server error (a retry with the same Idempotency-Key is safe).
+        Err(Unanswered::Lost) => return Err(sqlx::Error::WorkerCrashed.into()),
     };
     let (seq, message_created_at, job_created_at, model) = match enqueued {
         EnqueueOutcome::Enqueued {
