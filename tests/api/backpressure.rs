@@ -22,16 +22,16 @@ async fn a_full_queue_answers_503_with_retry_after_and_records_nothing() {
                 .to_owned(),
         );
     }
-    let keyed = app
-        .request(
+    let send_keyed = || {
+        app.request(
             Method::POST,
             &format!("/v1/conversations/{}/messages", conversations[0]),
         )
         .header("Idempotency-Key", "fits-0")
         .json(&json!({ "content": "fits" }))
         .send()
-        .await
-        .unwrap();
+    };
+    let keyed = send_keyed().await.unwrap();
     assert_eq!(keyed.status(), StatusCode::ACCEPTED);
     let keyed: Value = keyed.json().await.unwrap();
     for conversation in &conversations[1..3] {
@@ -83,16 +83,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_records_nothing() {
     assert_eq!(app.row_counts().await, before);
 
     // While the queue is full, a retry of an accepted send is still answered with its job.
-    let retried = app
-        .request(
-            Method::POST,
-            &format!("/v1/conversations/{}/messages", conversations[0]),
-        )
-        .header("Idempotency-Key", "fits-0")
-        .json(&json!({ "content": "fits" }))
-        .send()
-        .await
-        .unwrap();
+    let retried = send_keyed().await.unwrap();
     assert_eq!(retried.status(), StatusCode::ACCEPTED);
     let retried: Value = retried.json().await.unwrap();
     assert_eq!(retried["job"]["id"], keyed["job"]["id"]);
