@@ -60,3 +60,89 @@ async fn many_conversations_sent_at_once_over_two_workers_are_each_answered_exac
     assert_eq!(most_attempts, Some(1));
     app.stop().await;
 }
+
+/// The turns of concurrent requests are recorded in one transaction (`enqueue_turns`): each must
+/// be decided as if they had come one after another, whatever else the batch holds.
+#[tokio::test]
+async fn turns_recorded_in_one_batch_are_decided_as_if_sent_one_after_another() {
+    use std::str::FromStr;
+
+    use chatq_common::chat::GenerationParams;
+    use chatq_common::db::jobs::batch::enqueue_turns;
+    use chatq_common::db::jobs::{EnqueueOutcome, NewTurn};
+    use chatq_common::ids::{ConversationId, JobId, MessageId, TenantId};
+    use chatq_common::job::JobRequest;
+
+    let app = spawn_app_with(TestOptions {
+        workers: 0,
+        ..TestOptions::default()
+    })
+    .await;
+    let busy = id_of(&app.create_conversation(json!({})).await);
+    let quiet = id_of(&app.create_conversation(json!({})).await);
+    let busy = ConversationId::from_str(&busy).unwrap();
+    let quiet = ConversationId::from_str(&quiet).unwrap();
+    let tenant: uuid::Uuid =
+        sqlx::query_scalar("SELECT tenant_id FROM conversations WHERE id = $1")
+            .bind(busy.as_uuid())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let tenant = TenantId::from_uuid(tenant);
+    let request = JobRequest::ConversationTurn {
+        params: GenerationParams::default(),
+    };
+    let turn = |conversation, tenant, key| NewTurn {
+        tenant,
+        conversation,
+        job_id: JobId::new(),
+        message_id: MessageId::new(),
+        content: "hello",
+        request: &request,
+        model: None,
+        default_model: Some("mock-model"),
+        idempotency_key: key,
+        request_hash: None,
+        deadline_secs: 600.0,
+        max_messages: 1_000,
+    };
+    let turns = [
+        turn(busy, tenant, Some("k")),
+        // A second turn for a conversation the batch has just made busy.
+        turn(busy, tenant, None),
+        // The key of the first turn again, for another conversation.
+        turn(quiet, tenant, Some("k")),
+        // Another tenant's id for the same conversation.
+        turn(quiet, TenantId::new(), None),
+        turn(quiet, tenant, None),
+    ];
+    let outcomes = enqueue_turns(&app.pool, &turns).await.unwrap();
+    let seqs: Vec<Option<i64>> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            EnqueueOutcome::Enqueued { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, [Some(1), None, None, None, Some(1)], "{outcomes:?}");
+    assert!(matches!(outcomes[1], EnqueueOutcome::Busy), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[2], EnqueueOutcome::DuplicateKey),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[3], EnqueueOutcome::NotFound),
+        "{outcomes:?}"
+    );
+    // Exactly what was decided was written: two messages, two jobs, and the counters moved.
+    assert_eq!(app.history(&busy.to_string()).await.len(), 1);
+    assert_eq!(app.history(&quiet.to_string()).await.len(), 1);
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 2);
+    let conversation = app.get_ok(&format!("/v1/conversations/{busy}")).await;
+    assert_eq!(conversation["message_count"], 1);
+    app.stop().await;
+}
