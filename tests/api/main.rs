@@ -12,6 +12,7 @@ mod sse;
 
 mod backpressure;
 mod bad_input;
+mod batch_writes;
 mod chat;
 mod completions;
 mod concurrency;
