@@ -7,35 +7,43 @@
 //! # Layout
 //!
 //! - [`Application`]: binds the listener, builds the router, serves until shutdown, then drains.
-//! - `routes`: one module per resource (conversations, messages, jobs, health).
+//! - `routes`: one module per resource; each handler parses what axum extracted, calls one
+//!   function below, and maps the result.
+//! - `submit`: the path every job-creating request takes: record (group commit), queue (or take
+//!   back when the queue is full), idempotent replay; a conversation turn and a chat completion.
+//! - `waiting`: the one place a wait for a job's end goes through (`Prefer: wait=N`, `?wait=N`,
+//!   a non-streaming completion, a cancel).
+//! - `cancel`: cancelling a queued or running job.
+//! - `hub`: per-job event hubs behind SSE and waits: one subscription and replay per job, any
+//!   number of clients, and the Postgres fallback that ends every wait.
+//! - `chat_api`: the chat completions wire format clients speak: the request and its
+//!   validation, the completion and chunk shapes.
 //! - `auth`: API keys to tenants, with a short-lived cache.
 //! - `extract`: extractors that turn bad input into clear 4xx answers.
 //! - `validate`: request bodies and their limits.
 //! - `views`: the JSON shapes of the API.
-//! - `waiter`: waiting for a job to finish (`Prefer: wait=N`, `?wait=N`).
-//! - `hub`: per-job event hubs behind SSE: one subscription and replay per job, any number of
-//!   clients.
-//! - `openai`: the chat completions wire format and its validation.
 //! - `queue_monitor`: queue depth per lane and the drain rate behind `Retry-After`.
 //! - `ratelimit`: per-key request rate limits.
 //! - `observe`: request metrics and `GET /metrics`.
-//! - `publish`: batching the "JetStream stored it" notes.
+//! - `published_marks`: batching the "JetStream stored it" notes.
 //! - [`error`]: the one error type, in the OpenAI error shape.
 
 mod auth;
+mod cancel;
+mod chat_api;
 pub mod error;
 mod extract;
 mod hub;
 mod observe;
-mod openai;
-mod publish;
+mod published_marks;
 mod queue_monitor;
 mod ratelimit;
 mod routes;
 mod state;
+mod submit;
 mod validate;
 mod views;
-mod waiter;
+mod waiting;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +61,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::hub::EventHubs;
-pub use crate::publish::PublishedMarks;
+pub use crate::published_marks::PublishedMarks;
 use crate::state::AppState;
 
 /// The model used when a request and its conversation name none and `CHATQ_MODEL` is unset, with
@@ -113,21 +121,22 @@ impl Application {
             key_limits.clone(),
             background_stop.clone(),
         ));
-        let turns = {
+        // New jobs of concurrent requests are recorded together (group commit).
+        let jobs = {
             let pool = pool.clone();
             chatq_common::batch::Batcher::start(
                 &background,
                 background_stop.clone(),
                 4,
                 128,
-                move |turns| {
+                move |jobs| {
                     let pool = pool.clone();
-                    async move { chatq_common::db::jobs::batch::record_turns(&pool, turns).await }
+                    async move { chatq_common::db::jobs::record_gathered(&pool, jobs).await }
                 },
             )
         };
         let state = AppState {
-            turns,
+            jobs,
             queue,
             key_limits,
             hubs: EventHubs::new(

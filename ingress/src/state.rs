@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use chatq_common::Settings;
 use chatq_common::batch::Batcher;
-use chatq_common::db::jobs::EnqueueOutcome;
-use chatq_common::db::jobs::batch::OwnedTurn;
+use chatq_common::db::jobs::{NewJob, Recorded};
 use chatq_common::topology::Topology;
 use sqlx::PgPool;
 
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyCache;
 use crate::hub::EventHubs;
-use crate::publish::PublishedMarks;
+use crate::published_marks::PublishedMarks;
 use crate::queue_monitor::QueueMonitor;
 use crate::ratelimit::KeyRateLimits;
 
@@ -44,6 +43,6 @@ pub struct AppState {
     pub queue: QueueMonitor,
     /// Per-key request rate limits.
     pub key_limits: KeyRateLimits,
-    /// Records the turns of concurrent requests together (group commit).
-    pub turns: Batcher<OwnedTurn, Result<EnqueueOutcome, sqlx::Error>>,
+    /// Records the new jobs of concurrent requests together (group commit).
+    pub jobs: Batcher<NewJob, Result<Recorded, sqlx::Error>>,
 }

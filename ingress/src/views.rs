@@ -1,13 +1,12 @@
 //! The JSON shapes of the public API, built from stored rows. Timestamps are Unix seconds, as in
-//! the OpenAI API.
+//! the OpenAI API. The job's shape lives in `chatq_common::job::view`, because a job's terminal
+//! event carries it too.
 
-use chatq_common::chat::Usage;
 use chatq_common::db::conversations::ConversationRow;
 use chatq_common::db::feedback::FeedbackRow;
-use chatq_common::db::jobs::JobRow;
 use chatq_common::db::messages::MessageRow;
 use chatq_common::ids::{ConversationId, JobId, MessageId};
-use chatq_common::job::JobStatus;
+pub use chatq_common::job::view::{JobErrorView, JobView};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -90,89 +89,6 @@ impl From<MessageRow> for MessageView {
             content: row.content,
             job_id: row.job_id,
             created_at: unix(row.created_at),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct ReplyView {
-    /// The assistant message in the conversation (none for a stateless chat completion).
-    pub message_id: Option<MessageId>,
-    /// The model that answered, as the provider named it.
-    pub model: Option<String>,
-    pub content: String,
-    pub finish_reason: Option<String>,
-    pub usage: Option<Usage>,
-    pub cached: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct JobErrorView {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub message: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct JobView {
-    pub id: JobId,
-    pub object: &'static str,
-    pub status: JobStatus,
-    pub lane: String,
-    pub model: String,
-    pub conversation_id: Option<ConversationId>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub attempts: i32,
-    pub queued_ms: Option<i32>,
-    pub ttft_ms: Option<i32>,
-    pub upstream_ms: Option<i32>,
-    pub reply: Option<ReplyView>,
-    pub error: Option<JobErrorView>,
-}
-
-impl From<JobRow> for JobView {
-    fn from(row: JobRow) -> Self {
-        let status = row.status();
-        let reply = (status == JobStatus::Succeeded).then(|| ReplyView {
-            message_id: row.reply_message_id,
-            model: row.reply_model.clone(),
-            content: row.reply_content.clone().unwrap_or_default(),
-            finish_reason: row.finish_reason.clone(),
-            usage: row
-                .usage
-                .clone()
-                .and_then(|u| serde_json::from_value(u).ok()),
-            cached: row.cached,
-        });
-        let error = matches!(
-            status,
-            JobStatus::Failed | JobStatus::Cancelled | JobStatus::Expired
-        )
-        .then(|| JobErrorView {
-            kind: row
-                .error_type
-                .clone()
-                .unwrap_or_else(|| status.as_str().to_owned()),
-            message: row.error_message.clone().unwrap_or_default(),
-        });
-        Self {
-            id: row.id,
-            object: "job",
-            status,
-            lane: row.lane,
-            model: row.model,
-            conversation_id: row.conversation_id,
-            created_at: unix(row.created_at),
-            started_at: row.started_at.map(unix),
-            finished_at: row.finished_at.map(unix),
-            attempts: row.attempts,
-            queued_ms: row.queued_ms,
-            ttft_ms: row.ttft_ms,
-            upstream_ms: row.upstream_ms,
-            reply,
-            error,
         }
     }
 }

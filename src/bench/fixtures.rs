@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use chatq_common::chat::{ChatMessage, GenerationParams, Role};
-use chatq_common::db::completions::{self, NewCompletion};
+use chatq_common::db::jobs::{self, NewJob};
 use chatq_common::ids::{JobId, TenantId};
 use chatq_common::job::{JobRequest, Lane};
 use chatq_common::queue::publish_job;
@@ -61,7 +61,7 @@ pub async fn create_conversations(
 const QUEUE_IN_FLIGHT: usize = 64;
 
 /// Queues `count` chat-completion jobs on `lane` without HTTP, the way a batch submission does:
-/// each recorded (`completions::enqueue`), then published and its acknowledgement awaited. Each
+/// each recorded (`jobs::record`), then published and its acknowledgement awaited. Each
 /// prompt is different, so no reply could be shared between jobs.
 ///
 /// # Errors
@@ -88,15 +88,18 @@ pub async fn queue_completions(
                     format!("Item {index}: summarise the plot of Moby-Dick in three sentences."),
                 )],
             };
-            let new = NewCompletion {
+            let new = NewJob {
+                id: job_id,
                 tenant,
-                job_id,
                 lane,
-                request: &request,
-                model: super::stack::MODEL,
+                request,
+                model: Some(super::stack::MODEL.into()),
+                default_model: None,
+                idempotency: None,
                 deadline_secs,
+                turn: None,
             };
-            completions::enqueue(&scratch.pool, &new)
+            jobs::record(&scratch.pool, &[new])
                 .await
                 .context("cannot record a job")?;
             publish_job(&scratch.jetstream, &scratch.topology, job_id, lane)

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chatq_common::chat::{ChatMessage, GenerationParams, Role};
-use chatq_common::db::completions::{self, NewCompletion};
+use chatq_common::db::jobs::{self, NewJob};
 use chatq_common::ids::{JobId, TenantId};
 use chatq_common::job::{JobRequest, Lane};
 use chatq_common::queue::publish_job;
@@ -30,15 +30,18 @@ async fn queue_batch_jobs(app: &crate::helpers::TestApp, tenant: TenantId, n: us
                     },
                     messages: vec![ChatMessage::new(Role::User, format!("batch item {i}"))],
                 };
-                let new = NewCompletion {
+                let new = NewJob {
+                    id: job_id,
                     tenant,
-                    job_id,
                     lane: Lane::Batch,
-                    request: &request,
-                    model: "mock-model",
+                    request,
+                    model: Some("mock-model".into()),
+                    default_model: None,
+                    idempotency: None,
                     deadline_secs: 3600.0,
+                    turn: None,
                 };
-                completions::enqueue(&app.pool, &new).await.unwrap();
+                jobs::record(&app.pool, &[new]).await.unwrap();
                 publish_job(&jetstream, &app.topology, job_id, Lane::Batch)
                     .await
                     .unwrap();

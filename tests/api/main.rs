@@ -12,7 +12,6 @@ mod sse;
 
 mod backpressure;
 mod bad_input;
-mod batch_writes;
 mod chat;
 mod completions;
 mod concurrency;
@@ -25,3 +24,4 @@ mod lifecycle;
 mod listing;
 mod tenancy;
 mod web;
+mod write_path;

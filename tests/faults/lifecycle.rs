@@ -56,7 +56,7 @@ async fn cancelling_a_queued_job_ends_it_at_once() {
     assert_eq!(job["status"], "cancelled", "{job}");
     assert_eq!(job["error"]["type"], "cancelled", "{job}");
     let event = next_event(&mut events).await;
-    assert_eq!(event.event.as_str(), "job.cancelled");
+    assert_eq!(event.body.name(), "job.cancelled");
     assert_eq!(event.id, EventIds::after_attempts(0));
 
     // Its message is still queued; a worker takes it out without calling the provider.
@@ -116,7 +116,7 @@ async fn cancelling_a_running_job_drops_the_provider_call() {
     assert_eq!(job["status"], "cancelled", "{job}");
     assert_eq!(job["attempts"], 1, "{job}");
     let event = next_event(&mut events).await;
-    assert_eq!(event.event.as_str(), "job.cancelled", "{event:?}");
+    assert_eq!(event.body.name(), "job.cancelled", "{event:?}");
     // The worker hung up on the provider.
     stack
         .wait_until("the call is dropped", Duration::from_secs(10), || async {
@@ -173,7 +173,7 @@ async fn a_job_cancelled_after_its_worker_died_never_calls_the_provider_again() 
         .await;
     assert_eq!(job["status"], "cancelled", "{job}");
     let event = next_event(&mut events).await;
-    assert_eq!(event.event.as_str(), "job.cancelled", "{event:?}");
+    assert_eq!(event.body.name(), "job.cancelled", "{event:?}");
     assert_eq!(event.id, EventIds::after_attempts(1));
     assert_eq!(
         stack.mock.stats().requests,

@@ -1,51 +1,61 @@
-//! Publishing one attempt's events to `<namespace>.events.<job id>`.
+//! Publishing one attempt's events to `<namespace>.events.<job id>`, numbered in order.
 //!
 //! Events are a courtesy to live subscribers: Postgres holds the durable record, so a failed
 //! publish is logged and the job carries on.
 
 use async_nats::Client;
-use chatq_common::events::{EventIds, EventKind, JobEvent};
+use chatq_common::events::{self, Delta, EventBody, EventIds, JobEvent, Started};
 use chatq_common::ids::JobId;
+use chatq_common::job::view::JobView;
 use chatq_common::topology::Topology;
-use serde_json::{Value, json};
 
-/// The events of one attempt of one job, numbered in order.
+/// The events of one attempt of one job.
 #[derive(Debug)]
 pub struct AttemptEvents {
     client: Client,
-    subject: String,
+    topology: Topology,
     ids: EventIds,
     job_id: JobId,
 }
 
 impl AttemptEvents {
+    /// `attempt` counts every attempt the job has had, including those before a retry from the
+    /// dead letters, so ids keep increasing.
     pub fn new(client: Client, topology: &Topology, job_id: JobId, attempt: u32) -> Self {
         Self {
             client,
-            subject: topology.events_subject(job_id),
+            topology: topology.clone(),
             ids: EventIds::for_attempt(attempt),
             job_id,
         }
     }
 
-    pub async fn emit(&mut self, event: EventKind, data: Value) {
+    async fn emit(&mut self, body: EventBody) {
         let event = JobEvent {
             id: self.ids.next(),
-            event,
-            data,
+            body,
         };
-        let Ok(payload) = event.to_bytes() else {
-            return;
-        };
-        if let Err(err) = self.client.publish(self.subject.clone(), payload).await {
-            tracing::warn!(job_id = %self.job_id, error = %err, "could not publish a job event");
-        }
+        events::publish(&self.client, &self.topology, self.job_id, &event).await;
     }
 
-    /// A piece of the reply, as `{"delta": "..."}`.
-    pub async fn delta(&mut self, text: &str) {
-        self.emit(EventKind::MessageDelta, json!({ "delta": text }))
+    /// `job.started`, for attempt number `attempt` of this delivery's claim.
+    pub async fn started(&mut self, attempt: u32) {
+        let job_id = self.job_id;
+        self.emit(EventBody::Started(Started { job_id, attempt }))
             .await;
+    }
+
+    /// A piece of the reply.
+    pub async fn delta(&mut self, text: &str) {
+        self.emit(EventBody::Delta(Delta {
+            delta: text.to_owned(),
+        }))
+        .await;
+    }
+
+    /// The terminal event: the job as its commit left it.
+    pub async fn ended(&mut self, job: JobView) {
+        self.emit(EventBody::ended(job)).await;
     }
 
     /// Whether deltas should be merged from now on, to keep ids for the terminal event.

@@ -8,7 +8,8 @@
 //!
 //! - [`worker`]: the loop: pull (interactive lane first), bound concurrency, settle by outcome,
 //!   drain on shutdown.
-//! - [`process`]: one delivery of one job: claim, call, commit; returns an [`process::Outcome`].
+//! - [`process`]: one delivery of one job: claim, then run an [`attempt`], returning an
+//!   [`process::Outcome`]; [`call`]: the attempt's streamed provider call.
 //! - [`failure`]: after a failed attempt: back-off, the error clients see, dead letters.
 //! - [`cancel`]: cancelling a running job at its worker.
 //! - [`prompt`]: the system prompt and a bounded history window.
@@ -22,9 +23,12 @@
 //! - [`provider`]: the `Provider` trait and its implementations (OpenAI-compatible, simulated).
 //! - [`mock_llm`]: `chatq mock-llm`, an OpenAI-compatible server for tests and benchmarks.
 
+pub mod attempt;
+pub mod call;
 pub mod cancel;
 pub mod events;
 pub mod failure;
+mod fault;
 pub mod fleet;
 pub mod limits;
 pub mod mock_llm;

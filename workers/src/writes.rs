@@ -3,13 +3,12 @@
 //! Jobs run concurrently, and each claims its job before calling the provider and writes its
 //! reply after. Through a [`Batcher`] the claims (and the replies) of jobs that reach that step
 //! together share one statement: a claim also reads the turn's prompt window, so a job needs two
-//! statements in all, however many run at once. A claim the batch did not make, or a batch that
-//! failed as a whole, goes through the single-job path, which says why.
+//! statements in all, however many run at once. A batch that fails as a whole is written again
+//! job by job, through the same statements, so each job gets its own outcome.
 
 use chatq_common::batch::{Batcher, Unanswered};
-use chatq_common::chat::Usage;
-use chatq_common::db::jobs::{self, ClaimedJob, Completion, NotClaimed, batch};
-use chatq_common::ids::{JobId, MessageId};
+use chatq_common::db::jobs::{self, ClaimedJob, Completion, JobRow, NotClaimed};
+use chatq_common::ids::JobId;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,48 +19,82 @@ const MAX_BATCH: usize = 128;
 /// Batches written at once (each on its own connection).
 const PARALLEL: usize = 2;
 
-type ClaimResult = Result<Result<ClaimedJob, NotClaimed>, sqlx::Error>;
+pub type ClaimResult = Result<Result<ClaimedJob, NotClaimed>, sqlx::Error>;
+/// The job as committed, or `None` when the claim was no longer ours.
+pub type ReplyResult = Result<Option<JobRow>, sqlx::Error>;
 
-/// A reply to write, owning its data.
+/// How this worker claims: its name and the lease and window every claim takes.
 #[derive(Debug, Clone)]
-pub struct Reply {
-    pub id: JobId,
-    pub token: Uuid,
-    pub reply_message_id: MessageId,
-    pub content: String,
-    pub finish_reason: String,
-    pub usage: Usage,
-    pub ttft_ms: Option<i32>,
-    pub upstream_ms: i32,
-    pub cached: bool,
-    pub reply_model: String,
+struct Claimer {
+    pool: PgPool,
+    worker: String,
+    lease_secs: f64,
+    history_max_messages: i64,
 }
 
-impl Reply {
-    fn as_completion(&self) -> Completion<'_> {
-        Completion {
-            id: self.id,
-            token: self.token,
-            reply_message_id: self.reply_message_id,
-            content: &self.content,
-            finish_reason: &self.finish_reason,
-            usage: self.usage,
-            ttft_ms: self.ttft_ms,
-            upstream_ms: self.upstream_ms,
-            cached: self.cached,
-            reply_model: &self.reply_model,
+impl Claimer {
+    async fn claim(
+        &self,
+        items: &[(JobId, Uuid)],
+    ) -> Result<Vec<Result<ClaimedJob, NotClaimed>>, sqlx::Error> {
+        jobs::claim(
+            &self.pool,
+            items,
+            &self.worker,
+            self.lease_secs,
+            self.history_max_messages,
+        )
+        .await
+    }
+
+    async fn claim_gathered(&self, items: Vec<(JobId, Uuid)>) -> Vec<ClaimResult> {
+        match self.claim(&items).await {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(err) => {
+                tracing::debug!(error = %err, jobs = items.len(), "a batch of claims failed; claiming one by one");
+                let mut results = Vec::with_capacity(items.len());
+                for item in items {
+                    results.push(self.claim_one(item).await);
+                }
+                results
+            }
+        }
+    }
+
+    async fn claim_one(&self, item: (JobId, Uuid)) -> ClaimResult {
+        let mut results = self.claim(&[item]).await?;
+        Ok(results.pop().unwrap_or(Err(NotClaimed::Missing)))
+    }
+}
+
+async fn complete_one(pool: &PgPool, reply: Completion) -> ReplyResult {
+    Ok(jobs::complete(pool, std::slice::from_ref(&reply))
+        .await?
+        .pop()
+        .flatten())
+}
+
+async fn complete_gathered(pool: &PgPool, items: Vec<Completion>) -> Vec<ReplyResult> {
+    match jobs::complete(pool, &items).await {
+        Ok(written) => written.into_iter().map(Ok).collect(),
+        Err(err) => {
+            tracing::debug!(error = %err, jobs = items.len(), "a batch of replies failed; writing them one by one");
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                results.push(complete_one(pool, item).await);
+            }
+            results
         }
     }
 }
 
-/// Claims for this worker, each with its claim token.
+/// Claims and replies of this worker's jobs, gathered into batches.
 #[derive(Clone)]
 pub struct JobWrites {
     pool: PgPool,
+    claimer: Claimer,
     claims: Batcher<(JobId, Uuid), ClaimResult>,
-    replies: Batcher<Reply, Result<bool, sqlx::Error>>,
-    worker: String,
-    lease_secs: f64,
+    replies: Batcher<Completion, ReplyResult>,
 }
 
 impl JobWrites {
@@ -73,18 +106,22 @@ impl JobWrites {
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Self {
+        let claimer = Claimer {
+            pool: pool.clone(),
+            worker,
+            lease_secs,
+            history_max_messages,
+        };
         let claims = {
-            let (pool, worker) = (pool.clone(), worker.clone());
+            let claimer = claimer.clone();
             Batcher::start(
                 tracker,
                 stop.clone(),
                 PARALLEL,
                 MAX_BATCH,
                 move |items: Vec<(JobId, Uuid)>| {
-                    let (pool, worker) = (pool.clone(), worker.clone());
-                    async move {
-                        claim_batch(&pool, &worker, lease_secs, history_max_messages, items).await
-                    }
+                    let claimer = claimer.clone();
+                    async move { claimer.claim_gathered(items).await }
                 },
             )
         };
@@ -95,33 +132,31 @@ impl JobWrites {
                 stop,
                 PARALLEL,
                 MAX_BATCH,
-                move |items: Vec<Reply>| {
+                move |items: Vec<Completion>| {
                     let pool = pool.clone();
-                    async move { reply_batch(&pool, items).await }
+                    async move { complete_gathered(&pool, items).await }
                 },
             )
         };
         Self {
             pool,
+            claimer,
             claims,
             replies,
-            worker,
-            lease_secs,
         }
     }
 
-    /// Claims a job (see [`jobs::claim`]).
+    /// Claims a job with this token (see [`jobs::claim`]).
     ///
     /// # Errors
     /// Database errors.
     pub async fn claim(&self, id: JobId, token: Uuid) -> ClaimResult {
         match self.claims.submit((id, token)).await {
             Ok(result) => result,
-            // Claiming again is safe: a claim the lost batch made is held by this very token
-            // and answers "held elsewhere" until its lease runs out.
-            Err(Unanswered::Stopped(_) | Unanswered::Lost) => {
-                jobs::claim(&self.pool, id, token, &self.worker, self.lease_secs).await
-            }
+            // Claiming again is safe: a claim the lost batch made is held by this very token,
+            // and is then reported as held elsewhere until its lease runs out.
+            Err(Unanswered::Stopped(item)) => self.claimer.claim_one(item).await,
+            Err(Unanswered::Lost) => self.claimer.claim_one((id, token)).await,
         }
     }
 
@@ -129,63 +164,13 @@ impl JobWrites {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn complete(&self, reply: Reply) -> Result<bool, sqlx::Error> {
+    pub async fn complete(&self, reply: Completion) -> ReplyResult {
         match self.replies.submit(reply).await {
             Ok(result) => result,
-            Err(Unanswered::Stopped(reply)) => {
-                jobs::complete(&self.pool, &reply.as_completion()).await
-            }
+            Err(Unanswered::Stopped(reply)) => complete_one(&self.pool, reply).await,
             // Written or not, unknown: as a database error, the job is retried, and a
             // redelivery of a job already written is acknowledged without a second call.
             Err(Unanswered::Lost) => Err(sqlx::Error::WorkerCrashed),
         }
     }
-}
-
-async fn claim_batch(
-    pool: &PgPool,
-    worker: &str,
-    lease_secs: f64,
-    history_max_messages: i64,
-    items: Vec<(JobId, Uuid)>,
-) -> Vec<ClaimResult> {
-    let claimed = if items.len() > 1 {
-        match batch::claim_many(pool, &items, worker, lease_secs, history_max_messages).await {
-            Ok(claimed) => claimed,
-            Err(err) => {
-                tracing::debug!(error = %err, "batch of claims failed; claiming one by one");
-                Vec::new()
-            }
-        }
-    } else {
-        Vec::new()
-    };
-    let mut claimed: std::collections::HashMap<JobId, ClaimedJob> =
-        claimed.into_iter().map(|job| (job.id, job)).collect();
-    let mut results = Vec::with_capacity(items.len());
-    for (id, token) in items {
-        match claimed.remove(&id) {
-            Some(job) => results.push(Ok(Ok(job))),
-            // Not claimed by the batch (or no batch): the single path claims it or says why not.
-            None => results.push(jobs::claim(pool, id, token, worker, lease_secs).await),
-        }
-    }
-    results
-}
-
-async fn reply_batch(pool: &PgPool, items: Vec<Reply>) -> Vec<Result<bool, sqlx::Error>> {
-    if items.len() > 1 {
-        let completions: Vec<Completion<'_>> = items.iter().map(Reply::as_completion).collect();
-        match batch::complete_many(pool, &completions).await {
-            Ok(written) => return written.into_iter().map(Ok).collect(),
-            Err(err) => {
-                tracing::debug!(error = %err, "batch of replies failed; writing them one by one")
-            }
-        }
-    }
-    let mut results = Vec::with_capacity(items.len());
-    for item in &items {
-        results.push(jobs::complete(pool, &item.as_completion()).await);
-    }
-    results
 }

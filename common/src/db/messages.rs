@@ -3,7 +3,6 @@
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::chat::{ChatMessage, Role};
 use crate::ids::{ConversationId, JobId, MessageId, TenantId};
 
 /// A stored message.
@@ -70,33 +69,4 @@ pub async fn get(
     )
     .fetch_optional(pool)
     .await
-}
-
-/// The newest messages up to and including `upto_seq`, oldest first, at most `max_messages` of
-/// them. The caller trims further by estimated tokens.
-///
-/// # Errors
-/// Database errors.
-pub async fn prompt_window(
-    pool: &PgPool,
-    conversation: ConversationId,
-    upto_seq: i64,
-    max_messages: i64,
-) -> Result<Vec<ChatMessage>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT role, content FROM messages
-            WHERE conversation_id = $1 AND seq <= $2
-            ORDER BY seq DESC
-            LIMIT $3"#,
-        conversation.as_uuid(),
-        upto_seq,
-        max_messages,
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .rev()
-        .filter_map(|row| Role::from_db(&row.role).map(|role| ChatMessage::new(role, row.content)))
-        .collect())
 }

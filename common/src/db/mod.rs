@@ -5,7 +5,6 @@
 //! Functions here do no HTTP and no NATS: they take a pool or a connection, run SQL, and return
 //! typed rows or outcomes the caller decides on.
 
-pub mod completions;
 pub mod conversations;
 pub mod feedback;
 pub mod jobs;

@@ -103,7 +103,7 @@ fn sse_events(
 fn to_sse(event: &Arc<HubEvent>) -> Event {
     Event::default()
         .id(event.id.to_string())
-        .event(event.kind.as_str())
+        .event(event.body.name())
         .data(event.data.as_str())
 }
 

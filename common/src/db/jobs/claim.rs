@@ -1,0 +1,257 @@
+//! Claiming jobs: a worker owns a job while its claim token is on the row and its lease lasts.
+//! Claims are made before the provider is called, for many jobs at once, and renewed by the
+//! worker's heartbeat.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::chat::{ChatMessage, Role};
+use crate::ids::{ConversationId, JobId, TenantId};
+use crate::job::JobStatus;
+
+/// A job a worker now owns, with what it needs to build the prompt.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub tenant_id: TenantId,
+    pub conversation_id: Option<ConversationId>,
+    pub lane: String,
+    pub request: Value,
+    /// The resolved model; it overrides whatever the stored request says.
+    pub model: String,
+    pub attempts: i32,
+    /// Attempts made before an operator retried the job; event ids count from their sum.
+    pub earlier_attempts: i32,
+    /// Which copy of the job the queue holds (see [`crate::queue::message_id`]).
+    pub publication: i32,
+    pub deadline_at: OffsetDateTime,
+    pub created_at: OffsetDateTime,
+    pub system_prompt: Option<String>,
+    /// Sequence number of the user message this turn answers.
+    pub user_seq: Option<i64>,
+    /// The turn's prompt window: the newest `history_max_messages` messages up to and including
+    /// the user message, oldest first (empty for a chat completion).
+    pub history: Vec<ChatMessage>,
+}
+
+/// Why a delivered job was not claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotClaimed {
+    /// No such job (its conversation was deleted): nothing to do.
+    Missing,
+    /// Finished already: a redelivery after the result was written. Acknowledge, do not call again.
+    Finished(JobStatus),
+    /// Another claim holds it (another worker, or another delivery of the same job in the same
+    /// batch); try again once its lease could have run out.
+    HeldElsewhere { lease_left: Duration },
+    /// A cancel was requested and no live claim holds the job: end it with
+    /// [`super::finish_cancelled`].
+    CancelRequested,
+}
+
+/// Claims jobs for one attempt each: `running`, attempts + 1, the given claim token and a lease of
+/// `lease_secs`. Only a queued job, or a running one whose lease ran out (its worker died), can be
+/// claimed. Results are in the order of `claims`: the claimed job with its prompt window, or why it
+/// was not claimed. When the same job is asked for twice (two deliveries of it in one batch),
+/// exactly one of them gets it.
+///
+/// # Errors
+/// Database errors.
+pub async fn claim(
+    pool: &PgPool,
+    claims: &[(JobId, Uuid)],
+    worker: &str,
+    lease_secs: f64,
+    history_max_messages: i64,
+) -> Result<Vec<Result<ClaimedJob, NotClaimed>>, sqlx::Error> {
+    let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = claims
+        .iter()
+        .map(|(id, token)| (id.as_uuid(), *token))
+        .unzip();
+    // One row per job (the first token asked for it), so the winning token is known.
+    let rows = sqlx::query!(
+        r#"WITH wanted AS (
+               SELECT DISTINCT ON (t.id) t.id, t.token
+                 FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS t(id, token, n)
+                ORDER BY t.id, t.n
+           ), claimed AS (
+               UPDATE jobs
+                  SET status = 'running', attempts = attempts + 1, claim_token = wanted.token, claimed_by = $3,
+                      lease_expires_at = now() + make_interval(secs => $4),
+                      started_at = coalesce(started_at, now()),
+                      queued_ms = coalesce(queued_ms, (extract(epoch FROM now() - created_at) * 1000)::integer)
+                 FROM wanted
+                WHERE jobs.id = wanted.id AND jobs.cancel_requested_at IS NULL
+                  AND (jobs.status = 'queued' OR (jobs.status = 'running' AND jobs.lease_expires_at < now()))
+            RETURNING jobs.id, jobs.tenant_id, jobs.conversation_id, jobs.lane, jobs.request, jobs.model,
+                      jobs.attempts, jobs.earlier_attempts, jobs.publication, jobs.deadline_at,
+                      jobs.created_at, jobs.user_message_id, jobs.claim_token
+           )
+           SELECT claimed.id AS "id!: JobId", claimed.tenant_id AS "tenant_id!: TenantId",
+                  claimed.conversation_id AS "conversation_id?: ConversationId", claimed.lane AS "lane!",
+                  claimed.request AS "request!", claimed.model AS "model!", claimed.attempts AS "attempts!",
+                  claimed.earlier_attempts AS "earlier_attempts!", claimed.publication AS "publication!",
+                  claimed.deadline_at AS "deadline_at!", claimed.created_at AS "created_at!",
+                  claimed.claim_token AS "claim_token!",
+                  c.system_prompt AS "system_prompt?", m.seq AS "user_seq?",
+                  window_messages.history AS "history?"
+             FROM claimed
+             LEFT JOIN conversations c ON c.id = claimed.conversation_id
+             LEFT JOIN messages m ON m.id = claimed.user_message_id
+             LEFT JOIN LATERAL (
+                   SELECT json_agg(json_build_object('role', h.role, 'content', h.content) ORDER BY h.seq) AS history
+                     FROM (SELECT role, content, seq FROM messages
+                            WHERE conversation_id = claimed.conversation_id AND seq <= m.seq
+                            ORDER BY seq DESC LIMIT $5) h
+             ) window_messages ON claimed.conversation_id IS NOT NULL"#,
+        &ids,
+        &tokens,
+        worker,
+        lease_secs,
+        history_max_messages,
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut claimed: HashMap<(Uuid, Uuid), ClaimedJob> = rows
+        .into_iter()
+        .map(|row| {
+            let job = ClaimedJob {
+                id: row.id,
+                tenant_id: row.tenant_id,
+                conversation_id: row.conversation_id,
+                lane: row.lane,
+                request: row.request,
+                model: row.model,
+                attempts: row.attempts,
+                earlier_attempts: row.earlier_attempts,
+                publication: row.publication,
+                deadline_at: row.deadline_at,
+                created_at: row.created_at,
+                system_prompt: row.system_prompt,
+                user_seq: row.user_seq,
+                history: row.history.map(parse_history).unwrap_or_default(),
+            };
+            ((row.id.as_uuid(), row.claim_token), job)
+        })
+        .collect();
+    let unclaimed: Vec<Uuid> = claims
+        .iter()
+        .filter(|(id, token)| !claimed.contains_key(&(id.as_uuid(), *token)))
+        .map(|(id, _)| id.as_uuid())
+        .collect();
+    let reasons = if unclaimed.is_empty() {
+        HashMap::new()
+    } else {
+        why_not_claimed(pool, &unclaimed).await?
+    };
+    Ok(claims
+        .iter()
+        .map(
+            |(id, token)| match claimed.remove(&(id.as_uuid(), *token)) {
+                Some(job) => Ok(job),
+                None => Err(reasons
+                    .get(&id.as_uuid())
+                    .copied()
+                    .unwrap_or(NotClaimed::Missing)),
+            },
+        )
+        .collect())
+}
+
+/// Why each of these jobs was not claimed, read after the claim.
+async fn why_not_claimed(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, NotClaimed>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT id, status, cancel_requested_at IS NOT NULL AS "cancel_requested!",
+                  greatest(extract(epoch FROM lease_expires_at - now()), 0)::float8 AS "lease_left_secs"
+             FROM jobs WHERE id = ANY($1)"#,
+        ids,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let status: JobStatus = row.status.parse().unwrap_or(JobStatus::Failed);
+            let lease_left = row.lease_left_secs.unwrap_or(0.0).max(0.0);
+            let reason = if status.is_terminal() {
+                NotClaimed::Finished(status)
+            } else if row.cancel_requested && (status == JobStatus::Queued || lease_left == 0.0) {
+                NotClaimed::CancelRequested
+            } else {
+                // A live claim, or (a row that changed between the two statements) none: look
+                // again once the lease could have run out.
+                NotClaimed::HeldElsewhere {
+                    lease_left: Duration::from_secs_f64(lease_left),
+                }
+            };
+            (row.id, reason)
+        })
+        .collect())
+}
+
+fn parse_history(history: Value) -> Vec<ChatMessage> {
+    let Value::Array(items) = history else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let role = Role::from_db(item.get("role")?.as_str()?)?;
+            let content = item.get("content")?.as_str()?.to_owned();
+            Some(ChatMessage::new(role, content))
+        })
+        .collect()
+}
+
+/// What a lease renewal found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renewal {
+    /// Jobs whose claim is gone (taken over or finished elsewhere): the worker must abandon them.
+    pub lost: Vec<Uuid>,
+    /// Jobs still held whose cancel was requested: the worker must stop and end them `cancelled`.
+    /// This is how a worker learns of a cancel whose NATS notice it missed.
+    pub cancel_requested: Vec<Uuid>,
+}
+
+/// Extends the leases of jobs a worker still holds, and reports the ones it must let go.
+///
+/// # Errors
+/// Database errors.
+pub async fn renew_leases(
+    pool: &PgPool,
+    ids: &[Uuid],
+    tokens: &[Uuid],
+    lease_secs: f64,
+) -> Result<Renewal, sqlx::Error> {
+    let renewed = sqlx::query!(
+        r#"UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+             FROM unnest($1::uuid[], $2::uuid[]) AS held(id, token)
+            WHERE jobs.id = held.id AND jobs.claim_token = held.token AND jobs.status = 'running'
+        RETURNING jobs.id, jobs.cancel_requested_at IS NOT NULL AS "cancel_requested!""#,
+        ids,
+        tokens,
+        lease_secs,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Renewal {
+        lost: ids
+            .iter()
+            .copied()
+            .filter(|id| !renewed.iter().any(|row| row.id == *id))
+            .collect(),
+        cancel_requested: renewed
+            .iter()
+            .filter(|row| row.cancel_requested)
+            .map(|row| row.id)
+            .collect(),
+    })
+}

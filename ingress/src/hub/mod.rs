@@ -1,0 +1,139 @@
+//! Event hubs: one NATS subscription, one replay and one log per job per ingress process, shared
+//! by every client of this process that follows that job (SSE streams, streamed chat completions,
+//! waits).
+//!
+//! A hub's log holds the job's events in id order: `job.queued` (id 0, made here), then whatever
+//! the job's attempts published, ending with a terminal event that carries the job as committed.
+//! It is filled by a [`pump`] task, which falls back to Postgres so that every follower's wait
+//! ends when the job does, even if its events were lost.
+//!
+//! Clients read the log through a [`HubCursor`], each at its own pace: a slow client never slows
+//! the others, and a late one starts from the beginning (or after its `Last-Event-ID`). The pump
+//! stops when the last cursor of the job is dropped.
+
+mod log;
+mod pump;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use chatq_common::ids::JobId;
+use chatq_common::topology::Topology;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+use self::log::Log;
+pub use self::log::{HubCursor, HubEvent, ResumingCursor};
+use self::pump::Pump;
+
+/// Why a hub could not follow a job.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot subscribe to the job's events")]
+pub struct HubError(#[source] async_nats::SubscribeError);
+
+/// A job's hub. Cursors hold it; when the last one goes, its pump stops.
+pub struct JobHub {
+    job: JobId,
+    log: Arc<Log>,
+    registry: Weak<Mutex<HashMap<JobId, Weak<JobHub>>>>,
+    _stop_pump: DropGuard,
+}
+
+impl Drop for JobHub {
+    fn drop(&mut self) {
+        if let Some(registry) = self.registry.upgrade()
+            && let Ok(mut hubs) = registry.lock()
+            && hubs
+                .get(&self.job)
+                .is_some_and(|weak| weak.strong_count() == 0)
+        {
+            hubs.remove(&self.job);
+        }
+    }
+}
+
+/// Every hub of this process.
+#[derive(Clone)]
+pub struct EventHubs {
+    hubs: Arc<Mutex<HashMap<JobId, Weak<JobHub>>>>,
+    nats: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+    topology: Topology,
+    pool: sqlx::PgPool,
+    pumps: TaskTracker,
+}
+
+impl EventHubs {
+    pub fn new(
+        nats: async_nats::Client,
+        topology: Topology,
+        pool: sqlx::PgPool,
+        pumps: TaskTracker,
+    ) -> Self {
+        Self {
+            hubs: Arc::default(),
+            jetstream: async_nats::jetstream::new(nats.clone()),
+            nats,
+            topology,
+            pool,
+            pumps,
+        }
+    }
+
+    /// Follows a job's events. The caller has already checked that the job is the tenant's.
+    /// Once this returns, no event the job emits later can be missed.
+    ///
+    /// # Errors
+    /// NATS refuses the subscription.
+    pub async fn follow(&self, job: JobId) -> Result<HubCursor, HubError> {
+        if let Some(hub) = self.existing(job) {
+            return Ok(HubCursor::new(hub));
+        }
+        // Subscribe before registering, so the subscription exists before anyone can rely on it.
+        let live = self
+            .nats
+            .subscribe(self.topology.events_subject(job))
+            .await
+            .map_err(HubError)?;
+        // A flush round trip guarantees the server has registered the subscription.
+        if let Err(err) = self.nats.flush().await {
+            tracing::debug!(error = %err, "flush after subscribing failed");
+        }
+        let mut hubs = self
+            .hubs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another request may have created it meanwhile; theirs wins, ours is dropped.
+        if let Some(hub) = hubs.get(&job).and_then(Weak::upgrade) {
+            return Ok(HubCursor::new(hub));
+        }
+        let stop = CancellationToken::new();
+        let log = Arc::new(Log::new());
+        let hub = Arc::new(JobHub {
+            job,
+            log: log.clone(),
+            registry: Arc::downgrade(&self.hubs),
+            _stop_pump: stop.clone().drop_guard(),
+        });
+        hubs.insert(job, Arc::downgrade(&hub));
+        drop(hubs);
+        let pump = Pump {
+            job,
+            log,
+            live,
+            hubs: self.clone(),
+            first_seen: None,
+            floor: 0,
+        };
+        self.pumps.spawn(pump.run(stop));
+        Ok(HubCursor::new(hub))
+    }
+
+    fn existing(&self, job: JobId) -> Option<Arc<JobHub>> {
+        self.hubs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&job)
+            .and_then(Weak::upgrade)
+    }
+}

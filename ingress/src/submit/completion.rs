@@ -1,0 +1,148 @@
+//! Recording and queueing a chat completion, then following it: waiting for the whole reply, or
+//! streaming its events.
+
+use std::time::Duration;
+
+use chatq_common::db::jobs::{self, NewJob, Recorded};
+use chatq_common::ids::JobId;
+use chatq_common::job::{JobRequest, Lane};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::idempotency::{self, IdempotencyKey};
+use crate::auth::Caller;
+use crate::chat_api::{ChatCompletion, ChatCompletionRequest, ChunkWriter, completion_id};
+use crate::error::{ApiError, ApiResult};
+use crate::hub::ResumingCursor;
+use crate::routes::events::open_stream_slot;
+use crate::state::AppState;
+use crate::waiting::JobWait;
+
+/// A completion under way.
+pub struct StartedCompletion {
+    pub job_id: JobId,
+    /// A retry answered with the job its `Idempotency-Key` first created.
+    pub replayed: bool,
+    pub answer: CompletionAnswer,
+}
+
+/// How the client is answered.
+pub enum CompletionAnswer {
+    /// `stream: false`: the whole completion.
+    Whole(ChatCompletion),
+    /// `stream: true`: the job's events, to be written as chunks, with the stream slot they hold.
+    Stream {
+        cursor: ResumingCursor,
+        writer: ChunkWriter,
+        slot: OwnedSemaphorePermit,
+    },
+}
+
+/// Records the completion's job and queues it, then waits for it (`stream: false`) or follows
+/// its events (`stream: true`).
+///
+/// # Errors
+/// Invalid input (400), an unknown model (404), a reused idempotency key (409), a full queue or
+/// no message bus for a stream (503), a reply that failed or did not finish in time.
+pub async fn run_completion(
+    state: &AppState,
+    caller: &Caller,
+    body: ChatCompletionRequest,
+    key: Option<IdempotencyKey>,
+) -> ApiResult<StartedCompletion> {
+    let idempotency = key.map(|key| key.bind("/v1/chat/completions", &body));
+    let request = body.validate(&state.settings)?;
+    let model = request.params.model.clone();
+    if !state.models.is_empty() && !crate::routes::models::configured(state).contains(&model) {
+        return Err(ApiError::NotFound(format!(
+            "The model '{model}' does not exist or you do not have access to it. GET /v1/models lists the models."
+        )));
+    }
+    super::shed_if_full(state, idempotency.is_some())?;
+    let job = NewJob {
+        id: JobId::new(),
+        tenant: caller.tenant,
+        lane: Lane::Interactive,
+        model: Some(model.clone()),
+        request: JobRequest::ChatCompletion {
+            params: request.params,
+            messages: request.messages,
+        },
+        default_model: None,
+        idempotency: idempotency.clone(),
+        deadline_secs: state.settings.job_deadline_secs as f64,
+        turn: None,
+    };
+    let job_id = job.id;
+    let (job_id, created, replayed) = match super::record(state, job).await? {
+        Recorded::Enqueued(recorded) => (job_id, recorded.created_at.unix_timestamp(), false),
+        Recorded::DuplicateKey => {
+            let Some(idempotency) = idempotency else {
+                return Err(super::refused(&Recorded::DuplicateKey, state, job_id));
+            };
+            let first = idempotency::first_job(state, caller.tenant, &idempotency).await?;
+            (first.id, first.created_at.unix_timestamp(), true)
+        }
+        refused => return Err(super::refused(&refused, state, job_id)),
+    };
+    let writer = ChunkWriter {
+        id: completion_id(job_id),
+        created,
+        model,
+        include_usage: request.include_usage,
+    };
+    let answer = if request.stream {
+        stream(state, job_id, writer, replayed).await?
+    } else {
+        // Follow before publishing, so not even an instant reply can be missed.
+        let waiting = JobWait::begin(state, job_id).await;
+        if !replayed {
+            super::queue(state, job_id, Lane::Interactive).await?;
+        }
+        let deadline = Duration::from_secs(state.settings.job_deadline_secs);
+        let job = match waiting.until_end(deadline).await {
+            Some(job) => job,
+            None => jobs::get(&state.pool, caller.tenant, job_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("job", job_id))?
+                .into(),
+        };
+        CompletionAnswer::Whole(ChatCompletion::from_job(job, writer)?)
+    };
+    Ok(StartedCompletion {
+        job_id,
+        replayed,
+        answer,
+    })
+}
+
+/// Follows the job's events (before publishing it, so not even the first token can be missed).
+async fn stream(
+    state: &AppState,
+    job_id: JobId,
+    writer: ChunkWriter,
+    replayed: bool,
+) -> ApiResult<CompletionAnswer> {
+    let slot = open_stream_slot(state)?;
+    let cursor = match state.hubs.follow(job_id).await {
+        Ok(cursor) => cursor.resume(None),
+        Err(err) => {
+            tracing::warn!(%job_id, error = %err, "cannot follow a job's events");
+            if !replayed {
+                jobs::withdraw(&state.pool, job_id).await?;
+            }
+            return Err(ApiError::Overloaded {
+                message: "Streaming is unavailable right now (the message bus cannot be reached)."
+                    .into(),
+                retry_after: Duration::from_secs(2),
+            });
+        }
+    };
+    if !replayed {
+        super::queue(state, job_id, Lane::Interactive).await?;
+    }
+    Ok(CompletionAnswer::Stream {
+        cursor,
+        writer,
+        slot,
+    })
+}
