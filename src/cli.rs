@@ -104,6 +104,6 @@ impl Cli {
 
 fn load(flags: &SettingsFlags) -> anyhow::Result<Settings> {
     let settings = Settings::load(flags)?;
-    chatq_common::telemetry::init(settings.log_format, &settings.log);
+    chatq_common::telemetry::init(settings.telemetry.log_format, &settings.telemetry.log);
     Ok(settings)
 }

@@ -33,24 +33,26 @@ impl Roles {
 /// Runs the ingress, a worker, or both, until SIGINT or SIGTERM.
 pub async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = %settings.namespace, "chatq {} starting", roles.name());
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = %settings.nats.namespace, "chatq {} starting", roles.name());
+    #[cfg(feature = "fault-injection")]
+    chatq_common::fault::arm(&settings.faults);
 
-    let pool = db::connect(&settings).await?;
+    let pool = db::connect(&settings.database).await?;
     db::migrate(&pool).await?;
-    tracing::info!(database = %settings.database_url_for_logs(), "Postgres connected, schema up to date");
+    tracing::info!(database = %settings.database.url_for_logs(), "Postgres connected, schema up to date");
 
-    let client = nats::connect(&settings.nats_url, roles.name()).await?;
+    let client = nats::connect(&settings.nats.url, roles.name()).await?;
     let jetstream = async_nats::jetstream::new(client.clone());
-    let topology = Topology::new(&settings);
+    let topology = Topology::new(&settings.nats);
     topology.ensure(&jetstream).await?;
     tracing::info!(
-        nats = %settings.nats_url,
+        nats = %settings.nats.url,
         server = %client.server_info().version,
         stream = %topology.jobs_stream(),
         dead_letters = %topology.dead_letter_stream(),
         "NATS connected, JetStream streams and consumers ready"
     );
-    if roles != Roles::Ingress && settings.provider == ProviderKind::Simulated {
+    if roles != Roles::Ingress && settings.provider.kind == ProviderKind::Simulated {
         tracing::warn!(
             "using the SIMULATED provider: replies are generated locally, not by a model. \
              Set CHATQ_PROVIDER=openai, CHATQ_PROVIDER_BASE_URL and CHATQ_MODEL to call a real one."
@@ -63,10 +65,10 @@ pub async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         Roles::Ingress => run_ingress(settings, pool, client, shutdown).await,
         Roles::Worker => run_worker(settings, pool, client, shutdown).await,
         Roles::Both => {
-            let app = Application::build(settings.clone(), pool.clone(), client.clone()).await?;
+            let app = Application::build(&settings, pool.clone(), client.clone()).await?;
             let addr = app.local_addr()?;
             bootstrap_development_key(&pool, addr).await?;
-            let worker = Worker::build(settings, pool, client).await?;
+            let worker = Worker::build(&settings, pool, client).await?;
             let (served, worked) = tokio::join!(
                 app.run_until_stopped(shutdown.clone()),
                 worker.run_until_stopped(shutdown.clone()),
@@ -84,7 +86,7 @@ async fn run_ingress(
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    Application::build(settings, pool, client)
+    Application::build(&settings, pool, client)
         .await?
         .run_until_stopped(shutdown)
         .await
@@ -96,7 +98,7 @@ async fn run_worker(
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    Worker::build(settings, pool, client)
+    Worker::build(&settings, pool, client)
         .await?
         .run_until_stopped(shutdown)
         .await
@@ -130,9 +132,9 @@ async fn bootstrap_development_key(pool: &sqlx::PgPool, addr: SocketAddr) -> any
 
 /// Applies migrations and exits.
 pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    let pool = db::connect(&settings).await?;
+    let pool = db::connect(&settings.database).await?;
     db::migrate(&pool).await?;
-    tracing::info!(database = %settings.database_url_for_logs(), "migrations applied");
+    tracing::info!(database = %settings.database.url_for_logs(), "migrations applied");
     Ok(())
 }
 
@@ -140,7 +142,7 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
 pub async fn create_key(settings: Settings, tenant: &str, admin: bool) -> anyhow::Result<()> {
     let tenant = tenant.trim();
     anyhow::ensure!(!tenant.is_empty(), "--tenant must not be empty");
-    let pool = db::connect(&settings).await?;
+    let pool = db::connect(&settings.database).await?;
     db::migrate(&pool).await?;
     let key = db::keys::create_key(&pool, tenant, admin).await?;
     #[expect(

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use chatq_common::settings::{CONFIG_ENV, ENV_PREFIX, SETTINGS, SettingInfo};
+use chatq_common::settings::{CONFIG_ENV, ENV_PREFIX, FaultSettings, SETTINGS, SettingInfo};
 use chatq_common::topology::Topology;
 
 fn readme() -> String {
@@ -35,11 +35,29 @@ fn expected_cells(setting: &SettingInfo) -> [String; 4] {
 }
 
 /// The settings table, generated from the code.
+/// Every setting the README documents: those of this build, and those of builds for the fault
+/// tests (whichever this build is).
+fn documented() -> Vec<SettingInfo> {
+    let mut all = SETTINGS.clone();
+    for setting in FaultSettings::SETTINGS {
+        if !all.iter().any(|s| s.key == setting.key) {
+            all.push(*setting);
+        }
+    }
+    all
+}
+
 fn expected_table() -> String {
-    let mut table =
-        String::from("| variable | TOML key | flag | default | meaning |\n|---|---|---|---|---|\n");
-    for setting in SETTINGS {
-        let [env, key, flag, default] = expected_cells(setting);
+    let mut table = String::new();
+    let mut group = "";
+    for setting in documented() {
+        if setting.group != group {
+            group = setting.group;
+            table.push_str(&format!(
+                "\n{group}:\n\n| variable | TOML key | flag | default | meaning |\n|---|---|---|---|---|\n"
+            ));
+        }
+        let [env, key, flag, default] = expected_cells(&setting);
         table.push_str(&format!(
             "| {env} | {key} | {flag} | {default} | {} |\n",
             setting.doc.replace('|', "\\|")
@@ -66,7 +84,7 @@ fn row_of(readme: &str, env_var: &str) -> Option<Vec<String>> {
 fn the_readme_lists_every_setting_with_its_names_and_default() {
     let readme = readme();
     let mut wrong = Vec::new();
-    for setting in SETTINGS {
+    for setting in &documented() {
         let env_var = setting.env_var();
         let expected = expected_cells(setting);
         match row_of(&readme, &env_var) {
@@ -118,8 +136,8 @@ fn chatq_names(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_chatq_variable_the_readme_names_is_a_setting() {
-    let topology = Topology::new(&chatq_common::Settings::default());
-    let known: BTreeSet<String> = SETTINGS
+    let topology = Topology::new(&chatq_common::Settings::default().nats);
+    let known: BTreeSet<String> = documented()
         .iter()
         .map(SettingInfo::env_var)
         .chain([CONFIG_ENV.to_owned()])

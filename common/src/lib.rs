@@ -5,15 +5,17 @@
 //!
 //! # Layout
 //!
-//! - [`settings`]: the one typed settings struct, its layers (defaults, file, `CHATQ_*`, flags)
-//!   and the generated command-line flags.
+//! - [`settings`]: the settings, typed and grouped by component, their layers (defaults, file,
+//!   `CHATQ_*`, flags) and the generated command-line flags.
 //! - [`telemetry`]: logging set-up, pretty or JSON, always to standard error.
 //! - [`ids`]: typed, prefixed identifiers (`conv_…`, `msg_…`, `job_…`).
 //! - [`api_key`]: key format, generation and the hash that is stored.
 //! - [`batch`]: group commit: concurrent writes of one kind gathered into one statement.
 //! - [`chat`]: prompts, sampling parameters and usage, independent of any provider.
-//! - [`job`]: lanes, statuses, the stored request and the envelope published to JetStream.
-//! - [`events`]: the events a job emits while it runs, and how they travel over NATS.
+//! - [`job`]: lanes, statuses, the stored request, the envelope published to JetStream, and the
+//!   public shape of a job ([`job::view`]).
+//! - [`events`]: the events a job emits while it runs, one typed contract between processes.
+//! - `fault`: fault points for the fault tests (only in builds with `fault-injection`).
 //! - [`heartbeat`]: worker heartbeats in the KV bucket, written by workers, read by operators.
 //! - [`topology`]: every stream, subject and consumer, created idempotently at start-up.
 //! - [`metrics`]: every Prometheus metric, described once, and the recorder behind `/metrics`.
@@ -26,6 +28,8 @@ pub mod batch;
 pub mod chat;
 pub mod db;
 pub mod events;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod heartbeat;
 pub mod ids;
 pub mod job;

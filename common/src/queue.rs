@@ -8,13 +8,10 @@
 //! may still remember it (a claim abandoned by a dead worker, a retry from the dead letters), it
 //! publishes a new copy with a new id: [`message_id`] of the job's next `publication`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 
-use crate::Settings;
 use crate::ids::JobId;
 use crate::job::{JobEnvelope, Lane};
 use crate::topology::Topology;
@@ -80,24 +77,6 @@ pub async fn publish_copy(
         .map_err(classify)?;
     Ok(ack.duplicate)
 }
-
-/// Recorded jobs seen by [`fault_exit_before_publish`], in this process.
-static RECORDED_FOR_FAULT: AtomicU64 = AtomicU64::new(0);
-
-/// For fault testing only (`CHATQ_FAULT_EXIT_BEFORE_PUBLISH`): called by the ingress between
-/// recording a job and publishing it, it ends the process there, on the given job, as a crash
-/// would. The reconciler must then publish the recorded job. Does nothing when the setting is 0.
-pub fn fault_exit_before_publish(settings: &Settings, job_id: JobId) {
-    let after = settings.fault_exit_before_publish;
-    if after == 0 || RECORDED_FOR_FAULT.fetch_add(1, Ordering::SeqCst) + 1 < after {
-        return;
-    }
-    tracing::error!(%job_id, "CHATQ_FAULT_EXIT_BEFORE_PUBLISH: exiting before publishing this job");
-    std::process::exit(FAULT_EXIT_CODE);
-}
-
-/// The exit status of a process ended by [`fault_exit_before_publish`].
-pub const FAULT_EXIT_CODE: i32 = 86;
 
 fn classify(err: PublishError) -> PublishJobError {
     if err.kind() == PublishErrorKind::Other && is_store_full(&err) {

@@ -24,7 +24,7 @@ use async_nats::jetstream::{self, Context};
 
 use crate::ids::JobId;
 use crate::job::Lane;
-use crate::settings::{Namespace, Settings};
+use crate::settings::{Namespace, NatsSettings};
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a republished duplicate. The design asks
 /// for at least two minutes: longer than a publish retry or a reconciler pass can take.
@@ -49,7 +49,7 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn new(settings: &Settings) -> Self {
+    pub fn new(settings: &NatsSettings) -> Self {
         Self {
             namespace: settings.namespace.as_str().to_owned(),
             queue_max_jobs: settings.queue_max_jobs,
@@ -71,9 +71,9 @@ impl Topology {
 
     /// Builds a topology for a namespace with default limits (tools and tests).
     pub fn for_namespace(namespace: &Namespace) -> Self {
-        let settings = Settings {
+        let settings = NatsSettings {
             namespace: namespace.clone(),
-            ..Settings::default()
+            ..crate::Settings::default().nats
         };
         Self::new(&settings)
     }

@@ -47,7 +47,7 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T
 async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state)
         .await
-        .map_err(|rejection| body_rejection(rejection, state.settings.max_request_bytes))
+        .map_err(|rejection| body_rejection(rejection, state.limits.max_request_bytes))
 }
 
 /// Parses JSON, reporting the path of a field of the wrong type as `param`.

@@ -80,29 +80,34 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds `http_addr` (port 0 picks a free port) and builds the router.
+    /// Binds `http_addr` (port 0 picks a free port) and builds the router, handing each part of
+    /// the ingress the group of settings it uses.
     ///
     /// # Errors
     /// The address cannot be bound.
     pub async fn build(
-        settings: Arc<Settings>,
+        settings: &Settings,
         pool: sqlx::PgPool,
         nats: async_nats::Client,
     ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(settings.http_addr)
+        let listener = TcpListener::bind(settings.ingress.http_addr)
             .await
             .with_context(|| {
-                format!("cannot listen on {} (CHATQ_HTTP_ADDR)", settings.http_addr)
+                format!(
+                    "cannot listen on {} (CHATQ_HTTP_ADDR)",
+                    settings.ingress.http_addr
+                )
             })?;
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
-        let default_model = settings.model.clone().or_else(|| {
-            (settings.provider == ProviderKind::Simulated)
+        let default_model = settings.provider.model.clone().or_else(|| {
+            (settings.provider.kind == ProviderKind::Simulated)
                 .then(|| SIMULATED_DEFAULT_MODEL.to_owned())
         });
         let streams_stop = CancellationToken::new();
-        let topology = Topology::new(&settings);
+        let topology = Topology::new(&settings.nats);
         let models: Vec<String> = settings
+            .provider
             .models
             .split(',')
             .map(str::trim)
@@ -110,13 +115,13 @@ impl Application {
             .map(str::to_owned)
             .collect();
         chatq_common::metrics::install();
-        let queue = queue_monitor::QueueMonitor::default();
+        let queue = queue_monitor::QueueMonitor::new(settings.nats.queue_max_jobs);
         background.spawn(queue.clone().run_until_stopped(
             async_nats::jetstream::new(nats.clone()),
             topology.clone(),
             background_stop.clone(),
         ));
-        let key_limits = ratelimit::KeyRateLimits::new(&settings);
+        let key_limits = ratelimit::KeyRateLimits::new(&settings.limits);
         background.spawn(forget_idle_keys(
             key_limits.clone(),
             background_stop.clone(),
@@ -145,7 +150,9 @@ impl Application {
                 pool.clone(),
                 background.clone(),
             ),
-            event_streams: Arc::new(tokio::sync::Semaphore::new(settings.max_event_streams)),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(
+                settings.limits.max_event_streams,
+            )),
             streams_stop: streams_stop.clone(),
             models: models.into(),
             started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
@@ -156,7 +163,10 @@ impl Application {
             published: PublishedMarks::start(pool.clone(), &background, background_stop.clone()),
             pool,
             default_model: default_model.map(Arc::from),
-            settings,
+            limits: Arc::new(settings.limits.clone()),
+            sse_keepalive: std::time::Duration::from_secs(
+                settings.ingress.sse_keepalive_secs.max(1),
+            ),
         };
         let request_id = HeaderName::from_static("x-request-id");
         let router = routes::router(state)

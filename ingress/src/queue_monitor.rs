@@ -48,12 +48,27 @@ struct Sample {
 /// Shared view of the queue.
 #[derive(Clone, Default)]
 pub struct QueueMonitor {
+    /// `queue_max_jobs`: what a full queue holds.
+    max_jobs: i64,
     sample: Arc<Mutex<Sample>>,
     /// Until when new jobs are refused without trying (the stream said full just before).
     full_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl QueueMonitor {
+    /// A monitor of a queue that holds at most `max_jobs`.
+    pub fn new(max_jobs: i64) -> Self {
+        Self {
+            max_jobs,
+            ..Self::default()
+        }
+    }
+
+    /// `queue_max_jobs`: what a full queue holds.
+    pub fn max_jobs(&self) -> i64 {
+        self.max_jobs
+    }
+
     /// Jobs per second the workers take out of the queue, smoothed.
     pub fn drain_per_sec(&self) -> f64 {
         self.sample
@@ -68,12 +83,12 @@ impl QueueMonitor {
     }
 
     /// How long a client refused with "queue full" should wait.
-    pub fn retry_after(&self, queue_max_jobs: i64) -> Duration {
+    pub fn retry_after(&self) -> Duration {
         let drain = self.drain_per_sec();
         if drain <= 0.01 {
             return Duration::from_secs(60);
         }
-        let secs = (queue_max_jobs.max(1) as f64 * 0.05) / drain;
+        let secs = (self.max_jobs.max(1) as f64 * 0.05) / drain;
         Duration::from_secs_f64(secs.clamp(1.0, 60.0))
     }
 
@@ -128,11 +143,11 @@ impl QueueMonitor {
     }
 
     /// The answer to a job the full queue cannot take: 503 with `Retry-After`.
-    pub fn refusal(&self, queue_max_jobs: i64) -> ApiError {
+    pub fn refusal(&self) -> ApiError {
         metrics::counter!(names::JOBS_REJECTED, "reason" => "queue_full").increment(1);
         ApiError::Overloaded {
             message: "The job queue is full. Try again shortly.".into(),
-            retry_after: self.retry_after(queue_max_jobs),
+            retry_after: self.retry_after(),
         }
     }
 
@@ -219,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_until_it_has_room_letting_one_request_try_per_interval() {
-        let monitor = QueueMonitor::default();
+        let monitor = QueueMonitor::new(1000);
         assert!(!monitor.known_full());
         monitor.note_full();
         assert!(monitor.known_full());

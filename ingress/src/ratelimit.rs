@@ -13,7 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use chatq_common::Settings;
+use chatq_common::settings::LimitSettings;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -26,7 +26,7 @@ pub struct KeyRateLimits {
 }
 
 impl KeyRateLimits {
-    pub fn new(settings: &Settings) -> Self {
+    pub fn new(settings: &LimitSettings) -> Self {
         let limiter = settings.key_rate_limit_per_sec.and_then(|rate| {
             let quota = Quota::per_second(NonZeroU32::new(rate)?)
                 .allow_burst(NonZeroU32::new(settings.key_rate_limit_burst.max(1))?);

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use chatq_common::Settings;
 use chatq_common::batch::Batcher;
 use chatq_common::db::jobs::{NewJob, Recorded};
+use chatq_common::settings::LimitSettings;
 use chatq_common::topology::Topology;
 use sqlx::PgPool;
 
@@ -19,7 +19,10 @@ use crate::ratelimit::KeyRateLimits;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub settings: Arc<Settings>,
+    /// What a request may ask for, and how much of this ingress it may use.
+    pub limits: Arc<LimitSettings>,
+    /// Between keep-alive comments on an idle event stream (`sse_keepalive_secs`).
+    pub sse_keepalive: std::time::Duration,
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,

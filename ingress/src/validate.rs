@@ -1,8 +1,8 @@
 //! Request bodies and their limits. Everything is checked before anything is written, and each
 //! error names the parameter it is about.
 
-use chatq_common::Settings;
 use chatq_common::chat::GenerationParams;
+use chatq_common::settings::LimitSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -117,7 +117,7 @@ pub fn check_len(param: &str, value: &str, max: usize) -> Result<(), ApiError> {
 }
 
 /// A message's content: not empty, not blank, not longer than `max_message_chars`.
-pub fn check_content(param: &str, content: &str, settings: &Settings) -> Result<(), ApiError> {
+pub fn check_content(param: &str, content: &str, limits: &LimitSettings) -> Result<(), ApiError> {
     if content.trim().is_empty() {
         return Err(ApiError::invalid_with_code(
             format!("Invalid '{param}': the message is empty."),
@@ -125,7 +125,7 @@ pub fn check_content(param: &str, content: &str, settings: &Settings) -> Result<
             "empty_content",
         ));
     }
-    check_len(param, content, settings.max_message_chars)
+    check_len(param, content, limits.max_message_chars)
 }
 
 fn check_range(param: &str, value: Option<f64>, min: f64, max: f64) -> Result<(), ApiError> {
@@ -145,7 +145,7 @@ impl SamplingFields {
     ///
     /// # Errors
     /// A value out of range or too long.
-    pub fn into_params(self, settings: &Settings) -> Result<GenerationParams, ApiError> {
+    pub fn into_params(self, limits: &LimitSettings) -> Result<GenerationParams, ApiError> {
         if let Some(model) = &self.model {
             if model.trim().is_empty() {
                 return Err(ApiError::invalid(
@@ -160,12 +160,12 @@ impl SamplingFields {
         check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
         check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
         if let Some(max_tokens) = self.max_tokens
-            && (max_tokens == 0 || max_tokens > settings.max_output_tokens)
+            && (max_tokens == 0 || max_tokens > limits.max_output_tokens)
         {
             return Err(ApiError::invalid_with_code(
                 format!(
                     "Invalid 'max_tokens': {max_tokens} is not between 1 and {}.",
-                    settings.max_output_tokens
+                    limits.max_output_tokens
                 ),
                 "max_tokens",
                 "invalid_value",
@@ -205,12 +205,12 @@ impl SamplingFields {
 impl CreateConversation {
     /// # Errors
     /// A field too long or metadata beyond its limits.
-    pub fn validate(&self, settings: &Settings) -> Result<(), ApiError> {
+    pub fn validate(&self, limits: &LimitSettings) -> Result<(), ApiError> {
         if let Some(title) = &self.title {
             check_len("title", title, MAX_TITLE_CHARS)?;
         }
         if let Some(prompt) = &self.system_prompt {
-            check_len("system_prompt", prompt, settings.max_message_chars)?;
+            check_len("system_prompt", prompt, limits.max_message_chars)?;
         }
         if let Some(model) = &self.model {
             if model.trim().is_empty() {

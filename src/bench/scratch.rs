@@ -7,7 +7,7 @@
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use chatq_common::Settings;
+use chatq_common::settings::DatabaseSettings;
 use chatq_common::settings::{Namespace, SettingValue as _};
 use chatq_common::topology::Topology;
 use futures::TryStreamExt as _;
@@ -42,10 +42,9 @@ impl Scratch {
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
         let database = format!("chatq_bench_{suffix}");
         let database_url = with_database(&services.postgres_url, &database)?;
-        let settings = Settings {
-            database_url: SecretString::from(database_url.clone()),
-            database_max_connections: BENCH_POOL_SIZE,
-            ..Settings::default()
+        let settings = DatabaseSettings {
+            url: SecretString::from(database_url.clone()),
+            max_connections: BENCH_POOL_SIZE,
         };
         let pool = chatq_common::db::connect(&settings).await?;
         chatq_common::db::migrate(&pool).await?;

@@ -9,7 +9,7 @@ use crate::helpers::{TestOptions, assert_error, spawn_app_with};
 async fn a_full_queue_answers_503_with_retry_after_and_records_nothing() {
     let app = spawn_app_with(TestOptions {
         workers: 0,
-        settings: Box::new(|s| s.queue_max_jobs = 3),
+        settings: Box::new(|s| s.nats.queue_max_jobs = 3),
         ..TestOptions::default()
     })
     .await;
@@ -95,8 +95,8 @@ async fn a_full_queue_answers_503_with_retry_after_and_records_nothing() {
 async fn a_key_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
     let app = spawn_app_with(TestOptions {
         settings: Box::new(|s| {
-            s.key_rate_limit_per_sec = Some(1);
-            s.key_rate_limit_burst = 5;
+            s.limits.key_rate_limit_per_sec = Some(1);
+            s.limits.key_rate_limit_burst = 5;
         }),
         ..TestOptions::default()
     })

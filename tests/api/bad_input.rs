@@ -13,9 +13,9 @@ const MAX_OUTPUT_TOKENS: u32 = 1000;
 async fn spawn_small_limits() -> TestApp {
     spawn_app_with(TestOptions {
         settings: Box::new(|s| {
-            s.max_message_chars = MAX_MESSAGE_CHARS;
-            s.max_request_bytes = MAX_REQUEST_BYTES;
-            s.max_output_tokens = MAX_OUTPUT_TOKENS;
+            s.limits.max_message_chars = MAX_MESSAGE_CHARS;
+            s.limits.max_request_bytes = MAX_REQUEST_BYTES;
+            s.limits.max_output_tokens = MAX_OUTPUT_TOKENS;
         }),
         ..TestOptions::default()
     })

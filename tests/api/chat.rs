@@ -99,8 +99,8 @@ async fn the_provider_gets_the_system_prompt_and_the_newest_history_within_the_w
     const MAX_TOKENS: usize = 100;
     let app = spawn_app_with(TestOptions {
         settings: Box::new(|s| {
-            s.history_max_messages = MAX_MESSAGES;
-            s.history_max_tokens = MAX_TOKENS;
+            s.limits.history_max_messages = MAX_MESSAGES;
+            s.limits.history_max_tokens = MAX_TOKENS;
         }),
         ..TestOptions::default()
     })

@@ -194,7 +194,7 @@ async fn unsupported_parameters_are_refused_by_name_and_nothing_runs() {
 #[tokio::test]
 async fn models_are_listed_and_unknown_ones_refused_when_a_list_is_configured() {
     let app = spawn_app_with(TestOptions {
-        settings: Box::new(|s| s.models = "mock-model, mock-large".into()),
+        settings: Box::new(|s| s.provider.models = "mock-model, mock-large".into()),
         ..TestOptions::default()
     })
     .await;

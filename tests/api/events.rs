@@ -193,7 +193,7 @@ async fn a_thousand_subscribers_to_one_job_receive_identical_streams() {
             tokens: 20,
             ..MockConfig::default()
         },
-        settings: Box::new(|s| s.max_event_streams = 2000),
+        settings: Box::new(|s| s.limits.max_event_streams = 2000),
         ..TestOptions::default()
     })
     .await;
@@ -249,7 +249,7 @@ async fn idle_streams_get_keep_alive_comments() {
             ttft_ms: 2500,
             ..MockConfig::default()
         },
-        settings: Box::new(|s| s.sse_keepalive_secs = 1),
+        settings: Box::new(|s| s.ingress.sse_keepalive_secs = 1),
         ..TestOptions::default()
     })
     .await;
@@ -275,8 +275,8 @@ async fn broken_stream_ends_with_a_terminal_event(fault: Fault, error_type: &str
             ..MockConfig::default()
         },
         settings: Box::new(|s| {
-            s.job_max_attempts = 2;
-            s.provider_idle_timeout_secs = 1;
+            s.nats.job_max_attempts = 2;
+            s.provider.idle_timeout_secs = 1;
         }),
         ..TestOptions::default()
     })

@@ -103,36 +103,34 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         .await
         .expect("mock LLM starts");
     let database = unique("chatq_t_");
-    let mut settings = Settings {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: SecretString::from(database_url(&database)),
-        database_max_connections: 10,
-        nats_url: nats_url(),
-        namespace: SettingValue::parse_setting(&unique("cqt")).unwrap(),
-        provider: ProviderKind::OpenAi,
-        provider_base_url: Some(mock.base_url()),
-        model: Some("mock-model".into()),
-        worker_concurrency: 16,
-        // Tests send bursts from one key; the per-key limit has its own test.
-        key_rate_limit_per_sec: None,
-        // JetStream reserves a stream's max_bytes up front; many tests at once must fit.
-        events_max_bytes: 16 * 1024 * 1024,
-        ..Settings::default()
-    };
+    let mut settings = Settings::default();
+    settings.ingress.http_addr = "127.0.0.1:0".parse().unwrap();
+    settings.database.url = SecretString::from(database_url(&database));
+    settings.database.max_connections = 10;
+    settings.nats.url = nats_url();
+    settings.nats.namespace = SettingValue::parse_setting(&unique("cqt")).unwrap();
+    // JetStream reserves a stream's max_bytes up front; many tests at once must fit.
+    settings.nats.events_max_bytes = 16 * 1024 * 1024;
+    settings.provider.kind = ProviderKind::OpenAi;
+    settings.provider.base_url = Some(mock.base_url());
+    settings.provider.model = Some("mock-model".into());
+    settings.worker.concurrency = 16;
+    // Tests send bursts from one key; the per-key limit has its own test.
+    settings.limits.key_rate_limit_per_sec = None;
     (options.settings)(&mut settings);
     let settings = Arc::new(settings);
 
-    let pool = chatq_common::db::connect(&settings)
+    let pool = chatq_common::db::connect(&settings.database)
         .await
         .expect("test database is created");
     chatq_common::db::migrate(&pool)
         .await
         .expect("migrations apply");
-    let nats = chatq_common::nats::connect(&settings.nats_url, "test")
+    let nats = chatq_common::nats::connect(&settings.nats.url, "test")
         .await
         .expect("NATS is reachable");
     let jetstream = async_nats::jetstream::new(nats.clone());
-    let topology = Topology::new(&settings);
+    let topology = Topology::new(&settings.nats);
     topology
         .ensure(&jetstream)
         .await
@@ -140,17 +138,17 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let app = Application::build(settings.clone(), pool.clone(), nats.clone())
+    let app = Application::build(&settings, pool.clone(), nats.clone())
         .await
         .expect("ingress binds");
     let addr = app.local_addr().unwrap();
     tasks.spawn(app.run_until_stopped(shutdown.clone()));
     for _ in 0..options.workers {
         // Each worker gets its own connection, as separate processes would.
-        let client = chatq_common::nats::connect(&settings.nats_url, "test-worker")
+        let client = chatq_common::nats::connect(&settings.nats.url, "test-worker")
             .await
             .unwrap();
-        let worker = Worker::build(settings.clone(), pool.clone(), client)
+        let worker = Worker::build(&settings, pool.clone(), client)
             .await
             .expect("worker starts");
         tasks.spawn(worker.run_until_stopped(shutdown.clone()));

@@ -60,7 +60,7 @@ async fn interactive_jobs_start_before_queued_batch_jobs() {
             tokens: 1,
             ..MockConfig::default()
         },
-        settings: Box::new(|s| s.worker_concurrency = 2),
+        settings: Box::new(|s| s.worker.concurrency = 2),
         ..TestOptions::default()
     })
     .await;

@@ -45,7 +45,7 @@ async fn an_ingress_crash_between_recording_and_publishing_loses_nothing() {
         .wait_exit(Duration::from_secs(60))
         .await
         .expect("the ingress crashes");
-    assert_eq!(status.code(), Some(chatq_common::queue::FAULT_EXIT_CODE));
+    assert_eq!(status.code(), Some(chatq_common::fault::EXIT_CODE));
     let crashed_at = Instant::now();
     // Recorded, and not known to be published: the job the ingress crashed on, and any whose
     // publish note the crash lost. With no ingress running, only the reconciler can queue the

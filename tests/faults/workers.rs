@@ -201,7 +201,7 @@ async fn a_crash_between_commit_and_ack_neither_calls_nor_writes_again() {
         .wait_exit(Duration::from_secs(30))
         .await
         .expect("the worker crashes after its first commit");
-    assert_eq!(status.code(), Some(chatq_common::queue::FAULT_EXIT_CODE));
+    assert_eq!(status.code(), Some(chatq_common::fault::EXIT_CODE));
     let crashed_at = Instant::now();
     // Committed, not acknowledged: the message is still in the queue.
     assert_eq!(stack.count_status("succeeded").await, 1);

@@ -69,7 +69,6 @@ impl Attempt<'_> {
         switch: &CancelSwitch,
         hand_back: &CancellationToken,
     ) -> Outcome {
-        let settings = &self.ctx.settings;
         // Event ids count every attempt the job has had, including those before a retry.
         let mut events = AttemptEvents::new(
             self.ctx.nats.clone(),
@@ -77,11 +76,11 @@ impl Attempt<'_> {
             self.id(),
             u32::try_from(self.job.earlier_attempts + self.job.attempts).unwrap_or(0),
         );
-        if self.attempt_number() > settings.job_max_attempts {
+        if self.attempt_number() > self.ctx.max_attempts {
             let message = format!(
                 "gave up after {} attempts (the job was delivered again after each worker stopped \
                  without finishing it)",
-                settings.job_max_attempts
+                self.ctx.max_attempts
             );
             return self
                 .fail("attempts_exhausted", &message, None, &mut events)
@@ -172,7 +171,7 @@ impl Attempt<'_> {
             JobRequest::ConversationTurn { .. } => build_prompt(
                 self.job.system_prompt.as_deref(),
                 self.job.history.clone(),
-                self.ctx.settings.history_max_tokens,
+                self.ctx.limits.history_max_tokens,
             ),
         }
     }
@@ -224,8 +223,11 @@ impl Attempt<'_> {
         };
         match self.ctx.writes.complete(completion).await {
             Ok(Some(job)) => {
-                // Fault testing only: crash between commit and ack.
-                crate::fault::exit_after_commit(&self.ctx.settings, self.id());
+                #[cfg(feature = "fault-injection")]
+                chatq_common::fault::reached(
+                    chatq_common::fault::FaultPoint::AfterCommit,
+                    self.id(),
+                );
                 tracing::debug!(job_id = %self.id(), upstream_ms, "job succeeded");
                 events.ended(JobView::from(job)).await;
                 self.count_finished(JobStatus::Succeeded);
@@ -245,7 +247,7 @@ impl Attempt<'_> {
 
     async fn provider_failed(&self, failed: CallFailed, events: &mut AttemptEvents) -> Outcome {
         let CallFailed { error, upstream_ms } = failed;
-        let max = self.ctx.settings.job_max_attempts;
+        let max = self.ctx.max_attempts;
         let message = public_message(&error);
         if error.is_retryable() && self.attempt_number() < max {
             let delay = retry_delay(self.attempt_number(), error.retry_after());

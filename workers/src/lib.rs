@@ -28,7 +28,6 @@ pub mod call;
 pub mod cancel;
 pub mod events;
 pub mod failure;
-mod fault;
 pub mod fleet;
 pub mod limits;
 pub mod mock_llm;

@@ -31,8 +31,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chatq_common::Settings;
 use chatq_common::chat::estimate_tokens;
+use chatq_common::settings::LimitSettings;
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -146,12 +146,12 @@ pub struct ProviderLimits {
 }
 
 impl ProviderLimits {
-    pub fn new(settings: &Settings, worker_id: &str) -> Arc<Self> {
+    pub fn new(limits: &LimitSettings, worker_concurrency: usize, worker_id: &str) -> Arc<Self> {
         let limits = Arc::new(Self {
-            rpm: settings.provider_rpm,
-            tpm: settings.provider_tpm,
-            max_concurrency: settings.provider_max_concurrency,
-            worker_concurrency: settings.worker_concurrency.max(1),
+            rpm: limits.provider_rpm,
+            tpm: limits.provider_tpm,
+            max_concurrency: limits.provider_max_concurrency,
+            worker_concurrency: worker_concurrency.max(1),
             membership: Mutex::new(Membership::alone(worker_id)),
             requests: RwLock::new(None),
             tokens: RwLock::new(None),
@@ -167,7 +167,7 @@ impl ProviderLimits {
                 starts: VecDeque::new(),
                 accepted: VecDeque::new(),
             }),
-            slots: Slots::new(settings.worker_concurrency.max(1)),
+            slots: Slots::new(worker_concurrency.max(1)),
         });
         limits.rebalance(Membership::alone(worker_id));
         limits
@@ -483,18 +483,18 @@ impl Provider for LimitedProvider {
 mod tests {
     use super::*;
 
-    fn settings(rpm: Option<u32>, max_concurrency: Option<u32>) -> Settings {
-        Settings {
+    fn limits(rpm: Option<u32>, max_concurrency: Option<u32>) -> Arc<ProviderLimits> {
+        let settings = LimitSettings {
             provider_rpm: rpm,
             provider_max_concurrency: max_concurrency,
-            worker_concurrency: 8,
-            ..Settings::default()
-        }
+            ..chatq_common::Settings::default().limits
+        };
+        ProviderLimits::new(&settings, 8, "a")
     }
 
     #[tokio::test]
     async fn concurrency_shares_follow_the_fleet() {
-        let limits = ProviderLimits::new(&settings(None, Some(10)), "a");
+        let limits = limits(None, Some(10));
         assert_eq!(
             limits.slots().limit(),
             8,
@@ -515,7 +515,7 @@ mod tests {
     #[tokio::test]
     async fn the_request_rate_is_the_fleet_share() {
         // 1200 rpm over two workers: 10 requests a second each.
-        let limits = ProviderLimits::new(&settings(Some(1200), None), "a");
+        let limits = limits(Some(1200), None);
         limits.rebalance(Membership {
             members: vec!["a".into(), "b".into()],
             index: 0,
@@ -533,7 +533,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_429_halves_concurrency_and_cuts_the_rate() {
-        let limits = ProviderLimits::new(&settings(None, None), "a");
+        let limits = limits(None, None);
         let held: Vec<_> = (0..6)
             .map(|_| limits.slots().try_acquire().unwrap())
             .collect();

@@ -21,12 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::message::Acker;
-use chatq_common::Settings;
 use chatq_common::db::jobs::{self, NotClaimed};
 use chatq_common::events::{self, JobEvent};
 use chatq_common::ids::JobId;
 use chatq_common::job::JobEnvelope;
 use chatq_common::metrics as names;
+use chatq_common::settings::{LimitSettings, WorkerSettings};
 use chatq_common::topology::Topology;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,11 @@ pub struct JobContext {
     pub jetstream: async_nats::jetstream::Context,
     pub topology: Topology,
     pub provider: Arc<dyn Provider>,
-    pub settings: Arc<Settings>,
+    pub worker: WorkerSettings,
+    /// Limits an attempt applies (the history window, in tokens).
+    pub limits: LimitSettings,
+    /// Attempts a job gets before it ends `failed` (`job_max_attempts`).
+    pub max_attempts: u32,
     /// The cancel switches of the jobs this worker holds.
     pub cancels: Arc<CancelSwitches>,
     /// Claims and replies, written in batches with those of the other jobs running here.

@@ -91,7 +91,7 @@ impl Reconciler {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
-        let every = Duration::from_secs(self.ctx.settings.reconcile_interval_secs.max(1));
+        let every = Duration::from_secs(self.ctx.worker.reconcile_interval_secs.max(1));
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -124,7 +124,7 @@ impl Reconciler {
     /// Postgres is unavailable, or a lost stream cannot be created again.
     pub async fn pass(&self) -> Result<PassReport, ReconcileError> {
         let stream_lost = self.check_stream().await?;
-        let after = self.ctx.settings.reconcile_after_secs as f64;
+        let after = self.ctx.worker.reconcile_after_secs as f64;
         let abandoned = reconcile::requeue_abandoned(&self.ctx.pool, after).await?;
         let mut published = 0;
         loop {

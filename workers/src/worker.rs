@@ -59,17 +59,21 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Connects the provider and the lane consumers. Expects the topology to exist (every role
-    /// ensures it at start-up).
+    /// Connects the provider and the lane consumers, handing each part of the worker the group
+    /// of settings it uses. Expects the topology to exist (every role ensures it at start-up).
     ///
     /// # Errors
     /// The provider settings are unusable or the consumers cannot be found.
     pub async fn build(
-        settings: Arc<Settings>,
+        settings: &Settings,
         pool: PgPool,
         nats: async_nats::Client,
     ) -> anyhow::Result<Self> {
-        let provider: Arc<dyn Provider> = provider::from_settings(&settings)?;
+        let provider: Arc<dyn Provider> = provider::from_settings(
+            &settings.provider,
+            &settings.simulated,
+            settings.worker.concurrency,
+        )?;
         Self::with_provider(settings, pool, nats, provider).await
     }
 
@@ -78,13 +82,13 @@ impl Worker {
     /// # Errors
     /// The consumers cannot be found.
     pub async fn with_provider(
-        settings: Arc<Settings>,
+        settings: &Settings,
         pool: PgPool,
         nats: async_nats::Client,
         provider: Arc<dyn Provider>,
     ) -> anyhow::Result<Self> {
         let jetstream = async_nats::jetstream::new(nats.clone());
-        let topology = Topology::new(&settings);
+        let topology = Topology::new(&settings.nats);
         let mut consumers = Vec::new();
         for lane in Lane::ALL {
             let consumer = topology
@@ -100,7 +104,7 @@ impl Worker {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         chatq_common::metrics::install();
-        let limits = ProviderLimits::new(&settings, &worker_id);
+        let limits = ProviderLimits::new(&settings.limits, settings.worker.concurrency, &worker_id);
         let provider: Arc<dyn Provider> = Arc::new(LimitedProvider::new(provider, limits.clone()));
         let fleet = Fleet::join(
             &jetstream,
@@ -116,7 +120,7 @@ impl Worker {
             pool.clone(),
             worker_id.clone(),
             topology.ack_wait().as_secs_f64(),
-            i64::try_from(settings.history_max_messages).unwrap_or(i64::MAX),
+            i64::try_from(settings.limits.history_max_messages).unwrap_or(i64::MAX),
             &writers,
             writers_stop.clone(),
         );
@@ -128,7 +132,9 @@ impl Worker {
             jetstream,
             topology,
             provider,
-            settings,
+            worker: settings.worker.clone(),
+            limits: settings.limits.clone(),
+            max_attempts: settings.nats.job_max_attempts,
             cancels: Arc::new(CancelSwitches::default()),
         });
         let reconciler = Reconciler::new(ctx.clone());
@@ -153,8 +159,8 @@ impl Worker {
     /// # Errors
     /// NATS refuses the subscription to cancel requests; pull errors are logged and retried.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let settings = &self.ctx.settings;
-        let concurrency = settings.worker_concurrency.max(1);
+        let settings = &self.ctx.worker;
+        let concurrency = settings.concurrency.max(1);
         tracing::info!(
             worker = %self.ctx.worker_id,
             concurrency,
@@ -199,7 +205,7 @@ impl Worker {
                 fleet.run_until_stopped(self.status_reporter(&jobs), background_stop.clone()),
             );
         }
-        if let Some(addr) = settings.worker_metrics_addr {
+        if let Some(addr) = settings.metrics_addr {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (CHATQ_WORKER_METRICS_ADDR)"))?;
@@ -421,7 +427,7 @@ impl Worker {
         let slots = self.limits.slots().clone();
         let limits = self.limits.clone();
         let processed = self.processed.clone();
-        let configured = self.ctx.settings.worker_concurrency;
+        let configured = self.ctx.worker.concurrency;
         let started_at = time::OffsetDateTime::now_utc().unix_timestamp();
         let host = hostname();
         Arc::new(move || {

@@ -20,7 +20,7 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use crate::settings::Settings;
+use crate::settings::DatabaseSettings;
 
 /// Every migration in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -50,9 +50,9 @@ pub enum DbError {
 ///
 /// # Errors
 /// The URL is invalid, the server is unreachable, or the database cannot be created.
-pub async fn connect(settings: &Settings) -> Result<PgPool, DbError> {
-    let url = settings.database_url.expose_secret();
-    let shown = settings.database_url_for_logs();
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+    let url = settings.url.expose_secret();
+    let shown = settings.url_for_logs();
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::InvalidUrl)?
         .application_name("chatq");
@@ -73,7 +73,7 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, DbError> {
         }
     }
     PgPoolOptions::new()
-        .max_connections(settings.database_max_connections)
+        .max_connections(settings.max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)

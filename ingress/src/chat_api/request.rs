@@ -4,8 +4,8 @@
 //! them, rather than silently ignored: a client relying on them would otherwise get a reply that
 //! looks right and is not.
 
-use chatq_common::Settings;
 use chatq_common::chat::{ChatMessage, GenerationParams, Role};
+use chatq_common::settings::LimitSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -62,7 +62,7 @@ fn unsupported(param: &str, message: String) -> ApiError {
 impl ChatCompletionRequest {
     /// # Errors
     /// A missing or invalid field, or a parameter chatq does not support.
-    pub fn validate(self, settings: &Settings) -> Result<CompletionJob, ApiError> {
+    pub fn validate(self, limits: &LimitSettings) -> Result<CompletionJob, ApiError> {
         if let Some(param) = self
             .other
             .keys()
@@ -122,7 +122,7 @@ impl ChatCompletionRequest {
         let messages = raw_messages
             .iter()
             .enumerate()
-            .map(|(i, message)| parse_message(i, message, settings))
+            .map(|(i, message)| parse_message(i, message, limits))
             .collect::<Result<Vec<_>, _>>()?;
         let sampling = SamplingFields {
             model: Some(model),
@@ -135,7 +135,7 @@ impl ChatCompletionRequest {
             frequency_penalty: self.frequency_penalty,
             user: self.user,
         };
-        let params = sampling.into_params(settings).map_err(|err| match err {
+        let params = sampling.into_params(limits).map_err(|err| match err {
             // The token limit may have come in as max_completion_tokens; say so.
             ApiError::InvalidRequest {
                 message,
@@ -163,7 +163,7 @@ impl ChatCompletionRequest {
 fn parse_message(
     index: usize,
     message: &Value,
-    settings: &Settings,
+    limits: &LimitSettings,
 ) -> Result<ChatMessage, ApiError> {
     let param = |field: &str| format!("messages[{index}].{field}");
     let Some(object) = message.as_object() else {
@@ -236,6 +236,6 @@ fn parse_message(
             ));
         }
     };
-    check_len(&param("content"), &content, settings.max_message_chars)?;
+    check_len(&param("content"), &content, limits.max_message_chars)?;
     Ok(ChatMessage::new(role, content))
 }

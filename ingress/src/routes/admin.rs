@@ -115,7 +115,7 @@ pub async fn retry_dead_letter(
     Admin(operator): Admin,
     IdPath(id): IdPath<JobId>,
 ) -> ApiResult<Json<JobView>> {
-    let deadline_secs = state.settings.job_deadline_secs as f64;
+    let deadline_secs = state.limits.job_deadline_secs as f64;
     let (lane, publication) = match dead_letters::retry(&state.pool, id, deadline_secs).await? {
         RetryOutcome::Requeued { lane, publication } => (lane, publication),
         RetryOutcome::NotFound => return Err(ApiError::not_found("job", id)),

@@ -27,7 +27,7 @@ pub async fn create(
     caller: Caller,
     OptionalJsonBody(request): OptionalJsonBody<CreateConversation>,
 ) -> ApiResult<(StatusCode, Json<ConversationView>)> {
-    request.validate(&state.settings)?;
+    request.validate(&state.limits)?;
     let new = NewConversation {
         title: request.title,
         system_prompt: request.system_prompt,

@@ -112,9 +112,7 @@ pub fn sse_response<S>(events: S, state: &AppState) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
-    let keep_alive = KeepAlive::new().interval(Duration::from_secs(
-        state.settings.sse_keepalive_secs.max(1),
-    ));
+    let keep_alive = KeepAlive::new().interval(state.sse_keepalive);
     let mut response = Sse::new(events).keep_alive(keep_alive).into_response();
     let headers = response.headers_mut();
     headers.insert("cache-control", HeaderValue::from_static("no-cache"));

@@ -31,7 +31,7 @@ pub async fn get(
     IdPath(id): IdPath<JobId>,
     QueryParams(query): QueryParams<GetQuery>,
 ) -> ApiResult<Json<JobView>> {
-    let wait = query.wait.unwrap_or(0).min(state.settings.max_wait_secs);
+    let wait = query.wait.unwrap_or(0).min(state.limits.max_wait_secs);
     let job = jobs::get(&state.pool, caller.tenant, id)
         .await?
         .ok_or_else(|| ApiError::not_found("job", id))?;

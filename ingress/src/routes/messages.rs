@@ -33,7 +33,7 @@ pub async fn send(
         conversation,
         body,
         key: IdempotencyKey::from_headers(&headers)?,
-        wait: preferred_wait(&headers).map(|secs| secs.min(state.settings.max_wait_secs)),
+        wait: preferred_wait(&headers).map(|secs| secs.min(state.limits.max_wait_secs)),
     };
     let answer = send_turn(&state, &caller, turn).await?;
     let body = Json(json!({ "job": answer.job, "message": answer.message }));

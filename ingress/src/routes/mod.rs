@@ -23,7 +23,7 @@ use crate::ratelimit::limit_per_key;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.settings.max_request_bytes;
+    let body_limit = state.limits.max_request_bytes;
     let api = Router::new()
         .route(
             "/v1/conversations",

@@ -39,7 +39,7 @@ pub async fn queue(State(state): State<AppState>, _admin: Admin) -> ApiResult<Js
     Ok(Json(json!({
         "object": "queue",
         "lanes": lanes,
-        "max_jobs": state.settings.queue_max_jobs,
+        "max_jobs": state.queue.max_jobs(),
         "drain_per_sec": state.queue.drain_per_sec(),
     })))
 }

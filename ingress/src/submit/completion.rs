@@ -50,7 +50,7 @@ pub async fn run_completion(
     key: Option<IdempotencyKey>,
 ) -> ApiResult<StartedCompletion> {
     let idempotency = key.map(|key| key.bind("/v1/chat/completions", &body));
-    let request = body.validate(&state.settings)?;
+    let request = body.validate(&state.limits)?;
     let model = request.params.model.clone();
     if !state.models.is_empty() && !crate::routes::models::configured(state).contains(&model) {
         return Err(ApiError::NotFound(format!(
@@ -69,7 +69,7 @@ pub async fn run_completion(
         },
         default_model: None,
         idempotency: idempotency.clone(),
-        deadline_secs: state.settings.job_deadline_secs as f64,
+        deadline_secs: state.limits.job_deadline_secs as f64,
         turn: None,
     };
     let job_id = job.id;
@@ -98,7 +98,7 @@ pub async fn run_completion(
         if !replayed {
             super::queue(state, job_id, Lane::Interactive).await?;
         }
-        let deadline = Duration::from_secs(state.settings.job_deadline_secs);
+        let deadline = Duration::from_secs(state.limits.job_deadline_secs);
         let job = match waiting.until_end(deadline).await {
             Some(job) => job,
             None => jobs::get(&state.pool, caller.tenant, job_id)

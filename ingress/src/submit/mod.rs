@@ -27,7 +27,7 @@ use crate::state::AppState;
 /// then answered.
 fn shed_if_full(state: &AppState, keyed: bool) -> ApiResult<()> {
     if !keyed && state.queue.known_full() {
-        return Err(state.queue.refusal(state.settings.queue_max_jobs));
+        return Err(state.queue.refusal());
     }
     Ok(())
 }
@@ -61,7 +61,7 @@ async fn queue(state: &AppState, job_id: JobId, lane: Lane) -> ApiResult<()> {
         Err(PublishJobError::QueueFull) => {
             state.queue.note_full();
             jobs::withdraw(&state.pool, job_id).await?;
-            Err(state.queue.refusal(state.settings.queue_max_jobs))
+            Err(state.queue.refusal())
         }
         Err(PublishJobError::Unavailable(err)) => {
             tracing::warn!(%job_id, error = %err, "publish failed; the reconciler will queue the job");
@@ -78,7 +78,7 @@ fn refused(outcome: &Recorded, state: &AppState, conversation: impl std::fmt::Di
             code: "conversation_full",
             message: format!(
                 "This conversation holds the maximum of {} messages; clear its history or start a new one.",
-                state.settings.max_messages_per_conversation
+                state.limits.max_messages_per_conversation
             ),
         },
         Recorded::Busy => ApiError::Conflict {

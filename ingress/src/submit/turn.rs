@@ -49,15 +49,15 @@ pub async fn send_turn(
     caller: &Caller,
     turn: TurnRequest,
 ) -> ApiResult<TurnAnswer> {
-    let settings = &state.settings;
+    let limits = &state.limits;
     let TurnRequest {
         conversation,
         body,
         key,
         wait,
     } = turn;
-    check_content("content", &body.content, settings)?;
-    let params = body.sampling().into_params(settings)?;
+    check_content("content", &body.content, limits)?;
+    let params = body.sampling().into_params(limits)?;
     let idempotency = key.map(|key| key.bind(&conversation.to_string(), &body));
     super::shed_if_full(state, idempotency.is_some())?;
 
@@ -71,12 +71,12 @@ pub async fn send_turn(
         request: JobRequest::ConversationTurn { params },
         default_model: state.default_model.clone(),
         idempotency: idempotency.clone(),
-        deadline_secs: settings.job_deadline_secs as f64,
+        deadline_secs: limits.job_deadline_secs as f64,
         turn: Some(NewTurnMessage {
             conversation,
             message_id,
             content: body.content.clone(),
-            max_messages: i32::try_from(settings.max_messages_per_conversation).unwrap_or(i32::MAX),
+            max_messages: i32::try_from(limits.max_messages_per_conversation).unwrap_or(i32::MAX),
         }),
     };
     let recorded = match super::record(state, job).await? {
@@ -98,8 +98,8 @@ pub async fn send_turn(
         Some(secs) if secs > 0 => Some((JobWait::begin(state, job_id).await, secs)),
         _ => None,
     };
-    // Fault testing only: crash between recording and publishing.
-    chatq_common::queue::fault_exit_before_publish(settings, job_id);
+    #[cfg(feature = "fault-injection")]
+    chatq_common::fault::reached(chatq_common::fault::FaultPoint::BeforePublish, job_id);
     super::queue(state, job_id, Lane::Interactive).await?;
 
     if let Some((waiting, secs)) = waiting

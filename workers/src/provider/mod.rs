@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chatq_common::Settings;
 use chatq_common::chat::{ChatMessage, GenerationParams, Usage};
-use chatq_common::settings::ProviderKind;
+use chatq_common::settings::{ProviderKind, ProviderSettings, SimulatedSettings};
 use futures::stream::BoxStream;
 
 /// What a provider is asked.
@@ -152,9 +151,15 @@ pub enum ProviderConfigError {
 ///
 /// # Errors
 /// The OpenAI-compatible provider is chosen without a usable base URL.
-pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Provider>, ProviderConfigError> {
-    Ok(match settings.provider {
-        ProviderKind::OpenAi => Arc::new(openai::OpenAiProvider::new(settings)?),
-        ProviderKind::Simulated => Arc::new(simulated::SimulatedProvider::from_settings(settings)),
+pub fn from_settings(
+    provider: &ProviderSettings,
+    simulated: &SimulatedSettings,
+    worker_concurrency: usize,
+) -> Result<Arc<dyn Provider>, ProviderConfigError> {
+    Ok(match provider.kind {
+        ProviderKind::OpenAi => {
+            Arc::new(openai::OpenAiProvider::new(provider, worker_concurrency)?)
+        }
+        ProviderKind::Simulated => Arc::new(simulated::SimulatedProvider::from_settings(simulated)),
     })
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chatq_common::Settings;
 use chatq_common::chat::{ChatMessage, GenerationParams, Usage};
+use chatq_common::settings::ProviderSettings;
 use futures::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
@@ -39,9 +39,12 @@ pub struct OpenAiProvider {
 impl OpenAiProvider {
     /// # Errors
     /// No base URL, or one that is not http(s).
-    pub fn new(settings: &Settings) -> Result<Self, ProviderConfigError> {
+    pub fn new(
+        settings: &ProviderSettings,
+        worker_concurrency: usize,
+    ) -> Result<Self, ProviderConfigError> {
         let base_url = settings
-            .provider_base_url
+            .base_url
             .as_deref()
             .ok_or(ProviderConfigError::MissingBaseUrl)?
             .trim_end_matches('/')
@@ -53,10 +56,10 @@ impl OpenAiProvider {
         // for NATS and Postgres TLS). Installing twice is harmless.
         drop(rustls::crypto::ring::default_provider().install_default());
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(settings.provider_connect_timeout_secs))
-            .read_timeout(Duration::from_secs(settings.provider_idle_timeout_secs))
-            .timeout(Duration::from_secs(settings.provider_request_timeout_secs))
-            .pool_max_idle_per_host(settings.worker_concurrency.max(8))
+            .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
+            .read_timeout(Duration::from_secs(settings.idle_timeout_secs))
+            .timeout(Duration::from_secs(settings.request_timeout_secs))
+            .pool_max_idle_per_host(worker_concurrency.max(8))
             .tcp_nodelay(true)
             .user_agent(concat!("chatq/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -65,8 +68,8 @@ impl OpenAiProvider {
             client,
             completions_url: format!("{base_url}/chat/completions"),
             base_url,
-            api_key: settings.provider_api_key.clone(),
-            max_response_bytes: settings.provider_max_response_bytes,
+            api_key: settings.api_key.clone(),
+            max_response_bytes: settings.max_response_bytes,
         })
     }
 

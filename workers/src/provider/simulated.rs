@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chatq_common::Settings;
 use chatq_common::chat::Usage;
+use chatq_common::settings::SimulatedSettings;
 use futures::StreamExt;
 use rand::Rng;
 
@@ -24,12 +24,12 @@ pub struct SimulatedProvider {
 }
 
 impl SimulatedProvider {
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub fn from_settings(settings: &SimulatedSettings) -> Self {
         Self {
-            ttft: Duration::from_millis(settings.simulated_ttft_ms),
-            token_delay: Duration::from_millis(settings.simulated_token_delay_ms),
-            tokens: settings.simulated_tokens,
-            failure_rate: settings.simulated_failure_rate.clamp(0.0, 1.0),
+            ttft: Duration::from_millis(settings.ttft_ms),
+            token_delay: Duration::from_millis(settings.token_delay_ms),
+            tokens: settings.tokens,
+            failure_rate: settings.failure_rate.clamp(0.0, 1.0),
         }
     }
 

@@ -1,0 +1,345 @@
+//! Every setting of every role, typed, grouped by the component that uses it.
+//!
+//! Each setting is declared once, in the [`settings!`] invocation below, inside its group, with its
+//! type, its default and one line of documentation. From that single declaration come:
+//!
+//! - the field of its group's struct (`settings.worker.concurrency`); a component is handed only
+//!   the groups it uses (the database pool only [`DatabaseSettings`], the topology only
+//!   [`NatsSettings`], …);
+//! - the TOML key (`worker_concurrency = 64`: flat, one name per setting, whatever its group);
+//! - the environment variable (`CHATQ_` + the upper-cased key: `CHATQ_WORKER_CONCURRENCY`);
+//! - the command-line flag (`--worker-concurrency`), with its help text;
+//! - the row of the settings table in the README (a test checks the README lists every one).
+//!
+//! Layers, lowest first: defaults, then the TOML file named by `--config` or `CHATQ_CONFIG`, then
+//! `CHATQ_*` variables, then flags ([`layers`]). Unknown keys in the file and unknown `CHATQ_*`
+//! variables are errors, so a typo never silently leaves a default in place.
+//!
+//! The `faults` group is part of [`Settings`] only in builds made for the fault tests (the
+//! `fault-injection` cargo feature): a release build refuses its settings, and holds none of its
+//! hooks. [`FaultSettings::SETTINGS`] still names them, for the documentation.
+
+mod flags;
+mod layers;
+mod values;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use secrecy::{ExposeSecret, SecretString};
+
+pub use self::flags::SettingsFlags;
+use self::layers::Layers;
+pub use self::layers::{SettingsError, Source};
+pub use self::values::{LogFormat, Namespace, ProviderKind, SettingValue, redact_url};
+
+/// One setting, as documented in `--help` and the README.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingInfo {
+    /// TOML key, e.g. `worker_concurrency`.
+    pub key: &'static str,
+    /// The group (and field of [`Settings`]) it belongs to, e.g. `worker`.
+    pub group: &'static str,
+    /// Default in its text form; empty means "not set".
+    pub default: &'static str,
+    pub doc: &'static str,
+    /// Secrets are never printed, not even their defaults.
+    pub secret: bool,
+}
+
+impl SettingInfo {
+    /// `CHATQ_WORKER_CONCURRENCY`.
+    pub fn env_var(&self) -> String {
+        format!("{ENV_PREFIX}{}", self.key.to_ascii_uppercase())
+    }
+
+    /// `worker-concurrency` (without the dashes in front).
+    pub fn flag(&self) -> String {
+        self.key.replace('_', "-")
+    }
+}
+
+/// Prefix of every environment variable chatq reads.
+pub const ENV_PREFIX: &str = "CHATQ_";
+/// The environment variable naming the config file (the `--config` flag wins over it).
+pub const CONFIG_ENV: &str = "CHATQ_CONFIG";
+
+macro_rules! settings {
+    ($(
+        #[doc = $group_doc:literal]
+        $(#[cfg($cfg:meta)])?
+        $group:ident: $group_ty:ident {
+            $(
+                #[doc = $doc:literal]
+                $(#[$secret:ident])?
+                $field:ident $(/ $key:ident)?: $ty:ty = $default:literal;
+            )+
+        }
+    )+) => {
+        /// Every setting of every role, already validated, by group. Build it with
+        /// [`Settings::load`] (binaries) or [`Settings::default`] (tests, which then change
+        /// fields).
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $(
+                #[doc = $group_doc]
+                $(#[cfg($cfg)])?
+                pub $group: $group_ty,
+            )+
+        }
+
+        $(
+            #[doc = $group_doc]
+            #[derive(Debug, Clone)]
+            pub struct $group_ty {
+                $(#[doc = $doc] pub $field: $ty,)+
+            }
+
+            impl $group_ty {
+                /// This group's settings, in declaration order.
+                pub const SETTINGS: &[SettingInfo] = &[$(
+                    SettingInfo {
+                        key: settings!(@key $field $($key)?),
+                        group: stringify!($group),
+                        default: $default,
+                        doc: $doc.trim_ascii(),
+                        secret: settings!(@secret $($secret)?),
+                    },
+                )+];
+
+                $(#[cfg_attr(not($cfg), expect(dead_code, reason = "a group this build leaves out"))])?
+                fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
+                    Ok(Self {
+                        $($field: layers.value(settings!(@key $field $($key)?), $default)?,)+
+                    })
+                }
+            }
+        )+
+
+        /// Every setting this build knows, in declaration order.
+        pub static SETTINGS: LazyLock<Vec<SettingInfo>> = LazyLock::new(|| {
+            let mut all = Vec::new();
+            $(
+                $(#[cfg($cfg)])?
+                all.extend_from_slice($group_ty::SETTINGS);
+            )+
+            all
+        });
+
+        impl Settings {
+            fn from_layers(layers: &Layers) -> Result<Self, SettingsError> {
+                Ok(Self {
+                    $(
+                        $(#[cfg($cfg)])?
+                        $group: $group_ty::from_layers(layers)?,
+                    )+
+                })
+            }
+        }
+    };
+    (@key $field:ident $key:ident) => { stringify!($key) };
+    (@key $field:ident) => { stringify!($field) };
+    (@secret secret) => { true };
+    (@secret) => { false };
+}
+
+settings! {
+    /// The HTTP ingress.
+    ingress: IngressSettings {
+        /// Address the HTTP ingress listens on.
+        http_addr: SocketAddr = "127.0.0.1:8080";
+        /// Seconds between keep-alive comments on an idle event stream.
+        sse_keepalive_secs: u64 = "15";
+    }
+    /// Postgres, the source of truth.
+    database: DatabaseSettings {
+        /// Postgres connection URL (the source of truth). The database is created if it is missing.
+        #[secret]
+        url / database_url: SecretString = "postgres://postgres@127.0.0.1:5432/chatq";
+        /// Most Postgres connections one process opens.
+        max_connections / database_max_connections: u32 = "32";
+    }
+    /// NATS and the JetStream topology: streams, consumers, how jobs are delivered.
+    nats: NatsSettings {
+        /// NATS server URL (JetStream must be enabled).
+        url / nats_url: String = "nats://127.0.0.1:4222";
+        /// Prefix of every stream, subject, consumer and bucket, so deployments or test runs can share one NATS.
+        namespace: Namespace = "chatq";
+        /// Copies JetStream keeps of each chatq stream (1 for a single server; 3 on a 3-node cluster).
+        stream_replicas: usize = "1";
+        /// Most jobs waiting in the queue; a full queue answers 503 with `Retry-After`.
+        queue_max_jobs: i64 = "1000000";
+        /// Most jobs the whole fleet holds at once (each lane consumer's `max_ack_pending`); keep it at least the sum of every worker's concurrency.
+        queue_max_in_flight: i64 = "10000";
+        /// Attempts a job gets before it ends `failed` and goes to the dead-letter stream.
+        job_max_attempts: u32 = "5";
+        /// Seconds a worker may hold a job without reporting progress before it is handed to another worker.
+        job_ack_wait_secs: u64 = "30";
+        /// Seconds a job's events stay replayable (`Last-Event-ID`, late subscribers) after they were emitted.
+        events_retention_secs: u64 = "600";
+        /// Most bytes the job-events stream keeps; the oldest events go first beyond it.
+        events_max_bytes: i64 = "1073741824";
+        /// Seconds between worker heartbeats; the fleet forgets a worker three heartbeats after its last.
+        worker_heartbeat_secs: u64 = "2";
+    }
+    /// The LLM provider workers call.
+    provider: ProviderSettings {
+        /// LLM provider workers call: `openai` (any OpenAI-compatible endpoint) or `simulated`.
+        kind / provider: ProviderKind = "simulated";
+        /// Base URL of the OpenAI-compatible provider, e.g. `https://api.openai.com/v1`.
+        base_url / provider_base_url: Option<String> = "";
+        /// API key sent to the provider as a bearer token. Never logged.
+        #[secret]
+        api_key / provider_api_key: Option<SecretString> = "";
+        /// Model used when a request and its conversation name none.
+        model: Option<String> = "";
+        /// Comma-separated model names clients may ask for (listed by `GET /v1/models` with `model`); empty accepts any name.
+        models: String = "";
+        /// Seconds to wait for a TCP/TLS connection to the provider.
+        connect_timeout_secs / provider_connect_timeout_secs: u64 = "5";
+        /// Seconds the provider may stay silent (before the first byte, or between streamed chunks) before the attempt fails.
+        idle_timeout_secs / provider_idle_timeout_secs: u64 = "60";
+        /// Seconds one provider call may take in all.
+        request_timeout_secs / provider_request_timeout_secs: u64 = "300";
+        /// Most bytes read from one provider response; a larger reply fails the job instead of growing memory.
+        max_response_bytes / provider_max_response_bytes: usize = "4194304";
+    }
+    /// Limits: on the provider (for the whole fleet), on clients, on what a request may ask for.
+    limits: LimitSettings {
+        /// Provider requests per minute, for the whole fleet of workers.
+        provider_rpm: Option<u32> = "unlimited";
+        /// Provider tokens per minute, for the whole fleet of workers.
+        provider_tpm: Option<u32> = "unlimited";
+        /// Provider requests in flight, for the whole fleet of workers.
+        provider_max_concurrency: Option<u32> = "unlimited";
+        /// Requests per second one API key may make to one ingress (429 with `Retry-After` above it).
+        key_rate_limit_per_sec: Option<u32> = "200";
+        /// Requests one API key may make in a burst above its rate.
+        key_rate_limit_burst: u32 = "1000";
+        /// Largest request body the ingress reads, in bytes (413 above it).
+        max_request_bytes: usize = "1048576";
+        /// Longest message content, in characters (400 above it).
+        max_message_chars: usize = "32000";
+        /// Most messages one conversation stores (409 `conversation_full` above it).
+        max_messages_per_conversation: u32 = "10000";
+        /// Largest `max_tokens` a request may ask for.
+        max_output_tokens: u32 = "16384";
+        /// Most history messages sent to the provider with each turn.
+        history_max_messages: usize = "50";
+        /// Most estimated tokens of history sent to the provider with each turn (about 4 characters a token).
+        history_max_tokens: usize = "16000";
+        /// Seconds a job may wait and run in all before it ends `expired`.
+        job_deadline_secs: u64 = "600";
+        /// Most event streams (SSE connections) one ingress holds open; beyond it new ones get 503.
+        max_event_streams: usize = "20000";
+        /// Longest wait, in seconds, that `Prefer: wait=N` and `?wait=N` may ask for.
+        max_wait_secs: u64 = "60";
+    }
+    /// A worker process.
+    worker: WorkerSettings {
+        /// Jobs one worker process runs at once.
+        concurrency / worker_concurrency: usize = "64";
+        /// Where a `chatq worker` serves `/metrics` and `/healthz` (e.g. `0.0.0.0:9091`); unset serves none. The ingress serves them on its own address.
+        metrics_addr / worker_metrics_addr: Option<SocketAddr> = "";
+        /// Seconds between reconciler passes, which republish jobs Postgres has as queued but NATS may not.
+        reconcile_interval_secs: u64 = "5";
+        /// Seconds a queued job may stay unpublished, or a dead worker's job unclaimed past its lease, before the reconciler publishes it again.
+        reconcile_after_secs: u64 = "10";
+        /// Seconds a stopping worker has to finish what it holds before handing the rest back.
+        shutdown_grace_secs: u64 = "30";
+    }
+    /// The simulated provider (`CHATQ_PROVIDER=simulated`).
+    simulated: SimulatedSettings {
+        /// Simulated provider: milliseconds before the first token.
+        ttft_ms / simulated_ttft_ms: u64 = "150";
+        /// Simulated provider: milliseconds between tokens.
+        token_delay_ms / simulated_token_delay_ms: u64 = "15";
+        /// Simulated provider: tokens in each reply.
+        tokens / simulated_tokens: u32 = "24";
+        /// Simulated provider: fraction of calls (0 to 1) that fail with a retryable error.
+        failure_rate / simulated_failure_rate: f64 = "0";
+    }
+    /// Logs.
+    telemetry: TelemetrySettings {
+        /// Log format: `pretty` or `json`.
+        log_format: LogFormat = "pretty";
+        /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `chatq=debug,info`).
+        log: String = "info,async_nats=warn";
+    }
+    /// Fault injection, in builds made for the fault tests only (`--features fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    faults: FaultSettings {
+        /// For fault testing only: the ingress exits right after recording this many jobs, before publishing the last (0: never).
+        exit_before_publish / fault_exit_before_publish: u64 = "0";
+        /// For fault testing only: a worker exits right after committing this many results, before acknowledging the last (0: never).
+        exit_after_commit / fault_exit_after_commit: u64 = "0";
+    }
+}
+
+impl Default for Settings {
+    #[expect(
+        clippy::expect_used,
+        reason = "defaults are literals, and a unit test parses every one of them"
+    )]
+    fn default() -> Self {
+        Self::from_layers(&Layers::default()).expect("every default setting parses")
+    }
+}
+
+impl Settings {
+    /// Loads the settings a binary runs with: defaults, the config file, `CHATQ_*` variables, flags.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, an unknown key or variable, or a value that does not parse.
+    pub fn load(flags: &SettingsFlags) -> Result<Self, SettingsError> {
+        let config = flags
+            .config
+            .clone()
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+        let file = match &config {
+            Some(path) => Some((
+                path.clone(),
+                std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
+        let file = file
+            .as_ref()
+            .map(|(path, text)| (path.as_path(), text.as_str()));
+        Self::from_sources(file, std::env::vars(), flags)
+    }
+
+    /// Builds settings from explicit sources; [`Settings::load`] passes the real ones.
+    ///
+    /// # Errors
+    /// As [`Settings::load`].
+    pub fn from_sources(
+        file: Option<(&Path, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &SettingsFlags,
+    ) -> Result<Self, SettingsError> {
+        let mut layers = Layers::default();
+        if let Some((path, text)) = file {
+            layers.add_file(path, text)?;
+        }
+        layers.add_env(env)?;
+        for (key, value) in &flags.values {
+            layers.set(key, value.clone(), Source::Flag(key.replace('_', "-")));
+        }
+        Self::from_layers(&layers)
+    }
+}
+
+impl DatabaseSettings {
+    /// The database URL with any password replaced, for logs.
+    pub fn url_for_logs(&self) -> String {
+        redact_url(self.url.expose_secret())
+    }
+}
+
+#[cfg(test)]
+mod tests;
