@@ -1,0 +1,247 @@
+//! Any OpenAI-compatible `/chat/completions` endpoint: OpenAI, vLLM, Ollama, llama.cpp server,
+//! LiteLLM, chatq's own `mock-llm`.
+//!
+//! One pooled `reqwest::Client` serves every job of the process. It has a connect timeout, a read
+//! timeout (how long the provider may stay silent, before its first byte or between chunks) and a
+//! total timeout; and every body read is capped, because an upstream's reply is untrusted input.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use chatq_common::settings::ProviderSettings;
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::{
+    Provider, ProviderConfigError, ProviderError, ProviderReply, ProviderRequest, ReplyStream,
+    StreamItem,
+};
+
+mod stream;
+mod wire;
+
+use self::stream::decode_stream;
+use self::wire::{WireError, WireRequest, WireResponse, WireUsage};
+
+/// Most bytes of an error body kept for the job's error message.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// An OpenAI-compatible provider.
+#[derive(Debug, Clone)]
+pub struct OpenAiProvider {
+    client: reqwest::Client,
+    /// `{base}/chat/completions`.
+    completions_url: String,
+    base_url: String,
+    api_key: Option<SecretString>,
+    max_response_bytes: usize,
+}
+
+impl OpenAiProvider {
+    /// # Errors
+    /// No base URL, or one that is not http(s).
+    pub fn new(
+        settings: &ProviderSettings,
+        worker_concurrency: usize,
+    ) -> Result<Self, ProviderConfigError> {
+        let base_url = settings
+            .base_url
+            .as_deref()
+            .ok_or(ProviderConfigError::MissingBaseUrl)?
+            .trim_end_matches('/')
+            .to_owned();
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(ProviderConfigError::InvalidBaseUrl(base_url));
+        }
+        // reqwest is built without a default TLS crypto backend; use ring (already in the tree
+        // for NATS and Postgres TLS). Installing twice is harmless.
+        drop(rustls::crypto::ring::default_provider().install_default());
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
+            .read_timeout(Duration::from_secs(settings.idle_timeout_secs))
+            .timeout(Duration::from_secs(settings.request_timeout_secs))
+            .pool_max_idle_per_host(worker_concurrency.max(8))
+            .tcp_nodelay(true)
+            .user_agent(concat!("chatq/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| ProviderConfigError::Client(err.to_string()))?;
+        Ok(Self {
+            client,
+            completions_url: format!("{base_url}/chat/completions"),
+            base_url,
+            api_key: settings.api_key.clone(),
+            max_response_bytes: settings.max_response_bytes,
+        })
+    }
+
+    async fn send(&self, body: &WireRequest<'_>) -> Result<reqwest::Response, ProviderError> {
+        let mut request = self.client.post(&self.completions_url).json(body);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key.expose_secret());
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = retry_after(response.headers());
+        let message = error_message(response, self.max_response_bytes.min(MAX_ERROR_BODY)).await;
+        let status = status.as_u16();
+        Err(match status {
+            429 => ProviderError::RateLimited { retry_after },
+            408 | 409 | 500..=599 => ProviderError::Server {
+                status,
+                message,
+                retry_after,
+            },
+            _ => ProviderError::Rejected { status, message },
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for OpenAiProvider {
+    fn describe(&self) -> String {
+        format!("OpenAI-compatible provider at {}", self.base_url)
+    }
+
+    async fn complete(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError> {
+        let response = self.send(&WireRequest::new(request, false)).await?;
+        let body = read_capped(response, self.max_response_bytes).await?;
+        parse_completion(&body, &request.params.model)
+    }
+
+    async fn complete_stream(
+        &self,
+        request: &ProviderRequest,
+    ) -> Result<ReplyStream, ProviderError> {
+        let response = self.send(&WireRequest::new(request, true)).await?;
+        if answers_json(&response) {
+            // Not an event stream: a server that ignores `stream: true` sends the whole
+            // completion, anything else is not a reply (and says so, rather than "cut short").
+            let body = read_capped(response, self.max_response_bytes).await?;
+            let reply = parse_completion(&body, &request.params.model)?;
+            let items = [
+                Ok(StreamItem::Delta(reply.content)),
+                Ok(StreamItem::Done {
+                    finish_reason: reply.finish_reason,
+                    usage: reply.usage,
+                    model: reply.model,
+                }),
+            ];
+            return Ok(futures::stream::iter(items).boxed());
+        }
+        let chunks = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(transport_error));
+        Ok(decode_stream(
+            chunks,
+            self.max_response_bytes,
+            request.params.model.clone(),
+        )
+        .boxed())
+    }
+}
+
+/// Whether a response says it is JSON (not `text/event-stream`).
+fn answers_json(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"))
+}
+
+/// A whole (non-streamed) chat completion.
+fn parse_completion(body: &[u8], requested_model: &str) -> Result<ProviderReply, ProviderError> {
+    let parsed: WireResponse = serde_json::from_slice(body)
+        .map_err(|err| ProviderError::Malformed(format!("not a chat completion: {err}")))?;
+    let choice = parsed
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| ProviderError::Malformed("the reply has no choices".into()))?;
+    Ok(ProviderReply {
+        content: choice.message.content.unwrap_or_default(),
+        finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".into()),
+        usage: parsed.usage.map(WireUsage::into_usage),
+        model: parsed.model.unwrap_or_else(|| requested_model.to_owned()),
+    })
+}
+
+fn transport_error(err: reqwest::Error) -> ProviderError {
+    if err.is_timeout() {
+        ProviderError::Timeout(err.to_string())
+    } else if err.is_connect() {
+        ProviderError::Connect(err.to_string())
+    } else if err.is_body() || err.is_decode() {
+        ProviderError::Truncated
+    } else {
+        ProviderError::Connect(err.to_string())
+    }
+}
+
+/// `Retry-After` in seconds, or OpenAI's `retry-after-ms`.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let number = |value: &HeaderValue| value.to_str().ok()?.trim().parse::<f64>().ok();
+    if let Some(ms) = headers.get("retry-after-ms").and_then(number) {
+        return Some(Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 3600.0)));
+    }
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(number)
+        .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 3600.0)))
+}
+
+/// The provider's own error message, from an OpenAI-shaped error body or the raw text.
+async fn error_message(response: reqwest::Response, limit: usize) -> String {
+    let status = response.status();
+    let Ok(body) = read_capped(response, limit).await else {
+        return status.to_string();
+    };
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: WireError,
+    }
+    if let Ok(envelope) = serde_json::from_slice::<Envelope>(&body) {
+        return envelope.error.message;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let text = text.trim();
+    if text.is_empty() {
+        status.to_string()
+    } else {
+        text.chars().take(500).collect()
+    }
+}
+
+/// Reads a whole body, failing once it passes `limit` bytes.
+async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ProviderError> {
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(transport_error)?;
+        if body.len() + chunk.len() > limit {
+            return Err(ProviderError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_milliseconds() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("1500"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(1500)));
+    }
+}

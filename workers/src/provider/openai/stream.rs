@@ -1,0 +1,212 @@
+//! Reading a streamed completion: server-sent `chat.completion.chunk` events into deltas and a
+//! final `Done`, with every byte counted against the response cap.
+
+use bytes::Bytes;
+use chatq_common::chat::Usage;
+use futures::{Stream, StreamExt};
+
+use super::wire::WireChunk;
+use crate::provider::sse::SseDecoder;
+use crate::provider::{ProviderError, StreamItem};
+
+/// Turns the raw body of a streamed completion into [`StreamItem`]s.
+pub(super) fn decode_stream(
+    chunks: impl Stream<Item = Result<Bytes, ProviderError>> + Send + Unpin + 'static,
+    max_bytes: usize,
+    requested_model: String,
+) -> impl Stream<Item = Result<StreamItem, ProviderError>> + Send + 'static {
+    struct State<S> {
+        chunks: S,
+        decoder: SseDecoder,
+        read: usize,
+        max_bytes: usize,
+        pending: std::collections::VecDeque<StreamItem>,
+        finish_reason: Option<String>,
+        usage: Option<Usage>,
+        model: String,
+        finished: bool,
+    }
+    let state = State {
+        chunks,
+        decoder: SseDecoder::new(),
+        read: 0,
+        max_bytes,
+        pending: Default::default(),
+        finish_reason: None,
+        usage: None,
+        model: requested_model,
+        finished: false,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(item) = state.pending.pop_front() {
+                return Some((Ok(item), state));
+            }
+            if state.finished {
+                return None;
+            }
+            let Some(chunk) = state.chunks.next().await else {
+                // The body ended. Lenient with servers that omit `[DONE]` after a finish reason.
+                state.finished = true;
+                return match state.finish_reason.take() {
+                    Some(finish_reason) => Some((
+                        Ok(StreamItem::Done {
+                            finish_reason,
+                            usage: state.usage,
+                            model: state.model.clone(),
+                        }),
+                        state,
+                    )),
+                    None => Some((Err(ProviderError::Truncated), state)),
+                };
+            };
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    state.finished = true;
+                    return Some((Err(err), state));
+                }
+            };
+            state.read += chunk.len();
+            if state.read > state.max_bytes {
+                state.finished = true;
+                return Some((
+                    Err(ProviderError::TooLarge {
+                        limit: state.max_bytes,
+                    }),
+                    state,
+                ));
+            }
+            let events = match state.decoder.feed(&chunk) {
+                Ok(events) => events,
+                Err(err) => {
+                    state.finished = true;
+                    return Some((Err(ProviderError::Malformed(err.to_string())), state));
+                }
+            };
+            for data in events {
+                if data.trim() == "[DONE]" {
+                    state.finished = true;
+                    state.pending.push_back(StreamItem::Done {
+                        finish_reason: state.finish_reason.take().unwrap_or_else(|| "stop".into()),
+                        usage: state.usage,
+                        model: state.model.clone(),
+                    });
+                    break;
+                }
+                let parsed: WireChunk = match serde_json::from_str(&data) {
+                    Ok(parsed) => parsed,
+                    Err(err) => {
+                        state.finished = true;
+                        state.pending.clear();
+                        return Some((
+                            Err(ProviderError::Malformed(format!(
+                                "a stream chunk is not JSON: {err}"
+                            ))),
+                            state,
+                        ));
+                    }
+                };
+                if let Some(error) = parsed.error {
+                    state.finished = true;
+                    state.pending.clear();
+                    return Some((
+                        Err(ProviderError::Server {
+                            status: 500,
+                            message: error.message,
+                            retry_after: None,
+                        }),
+                        state,
+                    ));
+                }
+                if let Some(model) = parsed.model {
+                    state.model = model;
+                }
+                if let Some(usage) = parsed.usage {
+                    state.usage = Some(usage.into_usage());
+                }
+                for choice in parsed.choices {
+                    if let Some(text) = choice.delta.and_then(|delta| delta.content)
+                        && !text.is_empty()
+                    {
+                        state.pending.push_back(StreamItem::Delta(text));
+                    }
+                    if let Some(reason) = choice.finish_reason {
+                        state.finish_reason = Some(reason);
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn decode(parts: &[&str]) -> Vec<Result<StreamItem, ProviderError>> {
+        let chunks: Vec<Result<Bytes, ProviderError>> = parts
+            .iter()
+            .map(|part| Ok(Bytes::copy_from_slice(part.as_bytes())))
+            .collect();
+        decode_stream(futures::stream::iter(chunks), 1 << 20, "m".into())
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_complete_stream_yields_deltas_then_done_with_usage() {
+        let items = decode(&[
+            "data: {\"model\":\"gpt\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\ndata: [DONE]\n\n",
+        ])
+        .await;
+        let items: Vec<StreamItem> = items.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            items,
+            vec![
+                StreamItem::Delta("Hel".into()),
+                StreamItem::Delta("lo".into()),
+                StreamItem::Done {
+                    finish_reason: "stop".into(),
+                    usage: Some(Usage::new(3, 2)),
+                    model: "gpt".into()
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_short_is_truncated() {
+        let items = decode(&["data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n"]).await;
+        assert!(matches!(items.last(), Some(Err(ProviderError::Truncated))));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_malformed_and_nothing_after_it_is_yielded() {
+        let items = decode(&[
+            "data: {not json\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n",
+        ])
+        .await;
+        assert_eq!(items.len(), 1);
+        assert!(matches!(items[0], Err(ProviderError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_stream_stops_at_the_limit() {
+        let big = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+            "x".repeat(100)
+        );
+        let chunks: Vec<Result<Bytes, ProviderError>> =
+            (0..10).map(|_| Ok(Bytes::from(big.clone()))).collect();
+        let items: Vec<_> = decode_stream(futures::stream::iter(chunks), 500, "m".into())
+            .collect()
+            .await;
+        assert!(matches!(
+            items.last(),
+            Some(Err(ProviderError::TooLarge { limit: 500 }))
+        ));
+    }
+}
