@@ -220,6 +220,40 @@ impl Topology {
         self.heartbeat
     }
 
+    /// `chatq_leases`: the KV bucket of capacity leases (see `chatq_workers::leases`).
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_leases", self.namespace)
+    }
+
+    /// How long a capacity lease lasts after its last renewal: three heartbeats, so a renewal
+    /// that fails once or twice (a leader election) costs nothing.
+    pub fn lease_ttl(&self) -> Duration {
+        self.heartbeat * 3
+    }
+
+    /// The stream behind the leases bucket, in the KV layout. Leases are kept on file: after a
+    /// server restart a lease must still be there until it expires, or another worker could take
+    /// capacity its holder is still using.
+    pub fn leases_bucket_stream_config(&self) -> stream::Config {
+        let bucket = self.leases_bucket();
+        let max_age = self.lease_ttl();
+        stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("chatq capacity leases".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: DiscardPolicy::New,
+            duplicate_window: max_age.min(DUPLICATE_WINDOW),
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     pub fn consumer_config(&self, lane: Lane) -> pull::Config {
         pull::Config {
             durable_name: Some(self.consumer_name(lane)),
@@ -246,6 +280,7 @@ impl Topology {
         ensure_stream(js, self.dead_letter_stream_config()).await?;
         ensure_stream(js, self.events_stream_config()).await?;
         ensure_stream(js, self.workers_bucket_stream_config()).await?;
+        ensure_stream(js, self.leases_bucket_stream_config()).await?;
         for lane in Lane::ALL {
             let config = self.consumer_config(lane);
             jobs.create_consumer(config)

@@ -19,7 +19,8 @@
 //! - `chat_api`: the chat completions wire format clients speak: the request and its
 //!   validation, the completion and chunk shapes.
 //! - `auth`: API keys to tenants, with a short-lived cache.
-//! - `extract`: extractors that turn bad input into clear 4xx answers.
+//! - `extract`: extractors that turn bad input into clear 4xx answers; `body_limit`: the 413 for
+//!   an oversized body, which every client gets to read.
 //! - `validate`: request bodies and their limits.
 //! - `views`: the JSON shapes of the API.
 //! - `queue_monitor`: queue depth per lane and the drain rate behind `Retry-After`.
@@ -29,6 +30,7 @@
 //! - [`error`]: the one error type, in the OpenAI error shape.
 
 mod auth;
+mod body_limit;
 mod cancel;
 mod chat_api;
 pub mod error;

@@ -12,6 +12,7 @@ mod sse;
 
 mod backpressure;
 mod bad_input;
+mod body_limit;
 mod chat;
 mod completions;
 mod concurrency;

@@ -164,6 +164,138 @@ async fn when_one_of_three_workers_dies_the_others_take_over_its_share() {
     stack.stop().await;
 }
 
+/// Lets traffic run for `secs` seconds (time passing is what is measured here).
+async fn traffic_for(stack: &Stack, secs: u64) {
+    let started = Instant::now();
+    stack
+        .wait_until(
+            &format!("{secs} s of traffic"),
+            Duration::from_secs(secs + 30),
+            || async { started.elapsed() >= Duration::from_secs(secs) },
+        )
+        .await;
+}
+
+/// One of `workers` is paused (SIGSTOP) for longer than its capacity leases last, resumed, then
+/// paused again for less. The others take the paused worker's capacity only once its leases have
+/// expired, and it sends again only once it holds leases anew: the provider never sees more than
+/// the limit in any second, and gets the limit again afterwards.
+async fn pausing_one_worker_keeps_the_fleet_within_its_limit(name: &str, workers: usize) {
+    const RATE: usize = 60;
+    let mut stack = Stack::start(
+        name,
+        StackOptions {
+            workers,
+            worker_concurrency: 32,
+            mock: quick_provider(),
+            settings: vec![
+                ("CHATQ_PROVIDER_RPM", (RATE * 60).to_string()),
+                // Leases last three heartbeats: 3 s.
+                ("CHATQ_WORKER_HEARTBEAT_SECS", "1".into()),
+            ],
+        },
+    )
+    .await;
+    let conversations = stack.client.create_conversations(2400).await;
+    stack.client.send_to_each(&conversations, 64).await;
+    wait_for_fleet(&stack, workers).await;
+    let from = stack.mock.stats().arrivals_ms.len();
+    traffic_for(&stack, 3).await;
+
+    // Longer than its leases: the others take its capacity once they expire.
+    stack.workers[0].sigstop().await;
+    traffic_for(&stack, 6).await;
+    stack.workers[0].sigcont().await;
+    wait_for_fleet(&stack, workers).await;
+    traffic_for(&stack, 4).await;
+    // Shorter than its leases: nobody else may take them meanwhile.
+    stack.workers[0].sigstop().await;
+    traffic_for(&stack, 1).await;
+    stack.workers[0].sigcont().await;
+    let settled = stack.mock.stats().arrivals_ms.len();
+    traffic_for(&stack, 4).await;
+
+    let arrivals = arrivals_since(&stack, from);
+    let busiest = busiest_second(&arrivals);
+    let last = arrivals_since(&stack, settled);
+    let span_ms = last
+        .last()
+        .zip(last.first())
+        .map_or(1, |(b, a)| (b - a).max(1));
+    let throughput = last.len() as f64 * 1000.0 / span_ms as f64;
+    crate::ledger::note(
+        &stack,
+        &format!(
+            "{workers} workers, one paused twice: busiest second {busiest} (limit {RATE}), then {throughput:.1}/s"
+        ),
+    );
+    assert!(
+        busiest as f64 <= RATE as f64 * 1.05,
+        "{busiest} requests in one second, the limit is {RATE}/s (+5 %)"
+    );
+    assert!(
+        throughput >= RATE as f64 * 0.9,
+        "after the pauses the fleet runs at {throughput:.1}/s, not {RATE}/s"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_paused_worker_of_two_never_puts_the_fleet_over_its_limit() {
+    pausing_one_worker_keeps_the_fleet_within_its_limit("fleet_pause_two", 2).await;
+}
+
+#[tokio::test]
+async fn a_paused_worker_of_three_never_puts_the_fleet_over_its_limit() {
+    pausing_one_worker_keeps_the_fleet_within_its_limit("fleet_pause_three", 3).await;
+}
+
+#[tokio::test]
+async fn the_fleet_never_has_more_requests_in_flight_than_the_limit() {
+    const LIMIT: u64 = 5;
+    let stack = Stack::start(
+        "fleet_concurrency",
+        StackOptions {
+            workers: 3,
+            worker_concurrency: 8,
+            // Slow replies, so requests pile up in flight if anything lets them.
+            mock: MockConfig {
+                ttft_ms: 200,
+                tokens: 2,
+                ..MockConfig::default()
+            },
+            settings: vec![
+                ("CHATQ_PROVIDER_MAX_CONCURRENCY", LIMIT.to_string()),
+                ("CHATQ_WORKER_HEARTBEAT_SECS", "1".into()),
+            ],
+        },
+    )
+    .await;
+    let conversations = stack.client.create_conversations(150).await;
+    stack.client.send_to_each(&conversations, 64).await;
+    stack
+        .wait_until("every job succeeds", Duration::from_secs(60), || async {
+            stack.count_status("succeeded").await == 150
+        })
+        .await;
+    let stats = stack.mock.stats();
+    eprintln!(
+        "max concurrency {LIMIT} over three workers: at most {} in flight",
+        stats.max_in_flight
+    );
+    assert!(
+        stats.max_in_flight <= LIMIT,
+        "the provider had {} requests in flight at once, the limit is {LIMIT}",
+        stats.max_in_flight
+    );
+    assert!(
+        stats.max_in_flight >= LIMIT - 1,
+        "the fleet used at most {} of the {LIMIT} allowed",
+        stats.max_in_flight
+    );
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn a_limit_nobody_configured_is_found_without_failing_jobs() {
     const HIDDEN_LIMIT: u32 = 30;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chatq_common::db::jobs::reconcile::{StreamSighting, note_stream_created};
-use chatq_workers::mock_llm::MockConfig;
+use chatq_workers::mock_llm::{Fault, MockConfig};
 
 use crate::harness::{Stack, StackOptions};
 use crate::ledger::{self, settle};
@@ -116,6 +116,115 @@ async fn a_wiped_nats_store_is_rebuilt_from_postgres() {
     assert_ne!(
         first_stream, second_stream,
         "the reconciler did not notice the new stream"
+    );
+    stack.stop().await;
+}
+
+/// Queued jobs whose copy JetStream acknowledged (so no reconciler publishes them again unless it
+/// finds the copy gone).
+async fn published_queued(stack: &Stack) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE status = 'queued' AND published_at IS NOT NULL",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_lost_while_the_stream_survives_are_published_again() {
+    const LOST: usize = 50;
+    let mut stack = Stack::start(
+        "nats_copies_lost",
+        StackOptions {
+            workers: 0,
+            settings: vec![("CHATQ_RECONCILE_AUDIT_SECS", "5".into())],
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let conversations = stack.client.create_conversations(LOST).await;
+    let accepted = stack.client.send_to_each(&conversations, 16).await;
+    stack
+        .wait_until(
+            "every job is noted as published",
+            Duration::from_secs(30),
+            || async { published_queued(&stack).await == LOST as i64 },
+        )
+        .await;
+    // The copies vanish, the stream stays (as when NATS loses its last unsynced writes): no new
+    // stream for the reconciler to notice, and every job still marked published.
+    let jobs = stack
+        .jetstream
+        .get_stream(stack.jobs_stream())
+        .await
+        .unwrap();
+    jobs.purge().await.unwrap();
+    assert_eq!(stack.stream_messages(&stack.jobs_stream()).await, Some(0));
+    let lost_at = Instant::now();
+
+    stack.start_worker("worker-0", &[]).await;
+    let report = settle(&stack, &accepted, 1, lost_at, Duration::from_secs(60)).await;
+    report.assert_clean();
+    assert_eq!(report.with_status("succeeded"), LOST, "{report:#?}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_handed_back_to_a_recreated_stream_runs_again() {
+    let mut stack = Stack::start(
+        "nats_handed_back_after_wipe",
+        StackOptions {
+            // The provider takes the job's call and never answers, until the worker gives up on it.
+            mock: MockConfig {
+                fault: Some(Fault::Hang),
+                ..MockConfig::default()
+            },
+            settings: vec![
+                ("CHATQ_PROVIDER_IDLE_TIMEOUT_SECS", "8".into()),
+                ("CHATQ_RECONCILE_AUDIT_SECS", "5".into()),
+            ],
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let conversation = stack.client.create_conversations(1).await.remove(0);
+    let accepted = vec![stack.client.send(&conversation, "hello").await];
+    stack
+        .wait_until("the job is running", Duration::from_secs(30), || async {
+            stack.count_status("running").await == 1
+        })
+        .await;
+    let first_stream = recorded_stream(&stack).await;
+
+    // While the provider holds the call, NATS loses its store. The reconciler notices the new
+    // stream while the job still runs: a running job is not republished then.
+    stack.nats.kill().await;
+    stack.nats.wipe_store();
+    stack.nats.restart().await;
+    stack
+        .wait_until(
+            "the new stream is noticed",
+            Duration::from_secs(30),
+            || async { recorded_stream(&stack).await != first_stream },
+        )
+        .await;
+    assert_eq!(
+        stack.count_status("running").await,
+        1,
+        "the call still runs"
+    );
+    // The provider recovers; the hanging call times out and the job is handed back, queued,
+    // to a stream that never had its copy.
+    stack.mock.set_config(MockConfig::default());
+    let healed_at = Instant::now();
+    let report = settle(&stack, &accepted, 1, healed_at, Duration::from_secs(60)).await;
+    report.assert_clean();
+    assert_eq!(report.with_status("succeeded"), 1, "{report:#?}");
+    assert_eq!(
+        stack.mock.stats().requests,
+        2,
+        "the hung call, then one that answered"
     );
     stack.stop().await;
 }

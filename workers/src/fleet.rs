@@ -1,25 +1,30 @@
-//! The fleet: which workers are alive, so each can take its share of the provider's limits.
+//! The fleet: which workers are alive, and the capacity leases each holds.
 //!
 //! Every worker puts a heartbeat (a [`WorkerStatus`]) in the NATS KV bucket `<ns>_workers` every
 //! `worker_heartbeat_secs`, and the bucket forgets a key three heartbeats after its last put. After
 //! each heartbeat the worker lists the live keys: sorted, they give the fleet's size and this
-//! worker's place in it ([`Membership`]), from which [`Membership::share`] and
-//! [`Membership::integer_share`] divide a fleet-wide limit.
+//! worker's place in it ([`Membership`]). Then it runs a round of its capacity leases
+//! ([`crate::leases`]): the membership says how much it should aim to hold, and what it holds
+//! (not the membership) says what it may use, as a [`Grant`].
 //!
-//! Timing: a worker that joins is counted by the others within one heartbeat; one that stops
-//! cleanly deletes its key and is uncounted within one heartbeat; one that dies is uncounted
-//! within three heartbeats plus one (the key's age limit, then the next listing). Until then
-//! shares are computed for the old fleet: right after a join the fleet may briefly run up to
-//! `(n+1)/n` of a limit, and right after a death it runs below it.
+//! Timing: a worker that joins is counted by the others within one heartbeat, and holds its share
+//! once they have given back theirs (a heartbeat later); one that stops cleanly gives its leases
+//! back and deletes its key, and the others take over within a heartbeat; one that dies, or is
+//! paused, keeps its leases until they expire (three heartbeats after its last renewal), so until
+//! then its capacity goes unused, never used twice.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use chatq_common::heartbeat::WorkerStatus;
+use chatq_common::settings::LimitSettings;
+use chatq_common::topology::Topology;
 use futures::TryStreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::leases::{Grant, Leases};
 
 /// The live workers, as this worker last saw them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,11 +58,6 @@ impl Membership {
         self.members.len().max(1)
     }
 
-    /// This worker's share of a divisible limit (a rate).
-    pub fn share(&self, total: f64) -> f64 {
-        total / self.size() as f64
-    }
-
     /// This worker's share of a whole-number limit (concurrent requests): the remainder goes to
     /// the first workers in id order, so the shares always add up to exactly `total`.
     pub fn integer_share(&self, total: u32) -> u32 {
@@ -80,34 +80,49 @@ fn key_for(id: &str) -> String {
         .collect()
 }
 
-/// This worker's membership in the fleet.
+/// This worker's membership in the fleet, and its leases.
 pub struct Fleet {
     store: kv::Store,
     id: String,
     key: String,
     every: Duration,
     membership: watch::Sender<Membership>,
+    leases: Leases,
+    grants: watch::Sender<Grant>,
 }
 
 impl Fleet {
-    /// Opens the workers bucket ([`chatq_common::topology::Topology::ensure`] creates it).
+    /// Opens the workers and leases buckets ([`Topology::ensure`] creates them).
     ///
     /// # Errors
-    /// NATS is unreachable or the bucket is missing.
+    /// NATS is unreachable or a bucket is missing.
     pub async fn join(
         jetstream: &async_nats::jetstream::Context,
-        bucket: &str,
+        topology: &Topology,
         id: &str,
-        every: Duration,
+        limits: &LimitSettings,
     ) -> Result<Self, async_nats::jetstream::context::KeyValueError> {
-        let store = jetstream.get_key_value(bucket).await?;
-        let (membership, _) = watch::channel(Membership::alone(id));
+        let store = jetstream.get_key_value(topology.workers_bucket()).await?;
+        let leases = Leases::new(
+            jetstream.get_key_value(topology.leases_bucket()).await?,
+            id,
+            topology.lease_ttl(),
+            limits.provider_rpm.is_some() || limits.provider_tpm.is_some(),
+            limits.provider_max_concurrency,
+        );
+        let first = if leases.needed() {
+            Grant::nothing(limits.provider_max_concurrency.is_some())
+        } else {
+            Grant::unlimited()
+        };
         Ok(Self {
             store,
             id: id.to_owned(),
             key: key_for(id),
-            every,
-            membership,
+            every: topology.heartbeat(),
+            membership: watch::channel(Membership::alone(id)).0,
+            leases,
+            grants: watch::channel(first).0,
         })
     }
 
@@ -116,15 +131,22 @@ impl Fleet {
         self.membership.subscribe()
     }
 
-    /// One heartbeat now: a worker announces itself and learns the fleet before it pulls a job,
-    /// so it starts with its share, not with the whole limit.
-    pub async fn introduce(&self, status: &WorkerStatus) {
-        self.beat(status).await;
+    /// What this worker may use, after every lease round.
+    pub fn grants(&self) -> watch::Receiver<Grant> {
+        self.grants.subscribe()
     }
 
-    /// Heartbeats until `shutdown`, then removes this worker's key so the others rebalance at once.
+    /// One heartbeat and lease round now: a worker announces itself, learns the fleet and takes
+    /// what capacity is free before it pulls a job.
+    pub async fn introduce(&mut self, status: &WorkerStatus) {
+        self.beat(status).await;
+        self.hold().await;
+    }
+
+    /// Heartbeats and lease rounds until `shutdown`; then gives the leases back and removes this
+    /// worker's key, so the others take over at once.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         status: Arc<dyn Fn() -> WorkerStatus + Send + Sync>,
         shutdown: CancellationToken,
     ) {
@@ -136,10 +158,34 @@ impl Fleet {
                 () = shutdown.cancelled() => break,
             }
             self.beat(&status()).await;
+            self.hold().await;
         }
+        self.leases.release_all().await;
+        self.grants.send_replace(Grant::nothing(false));
         if let Err(err) = self.store.delete(&self.key).await {
             tracing::debug!(error = %err, "could not remove this worker's heartbeat; it will expire");
         }
+    }
+
+    /// A lease round for the fleet as last seen.
+    async fn hold(&mut self) {
+        let membership = self.membership.borrow().clone();
+        let grant = self.leases.round(&membership).await;
+        self.grants.send_if_modified(|current| {
+            if *current == grant {
+                return false;
+            }
+            if current.rate_units != grant.rate_units || current.concurrency != grant.concurrency {
+                tracing::info!(
+                    rate_units = grant.rate_units,
+                    concurrency = ?grant.concurrency,
+                    id = %self.id,
+                    "capacity held changed"
+                );
+            }
+            *current = grant;
+            true
+        });
     }
 
     async fn beat(&self, status: &WorkerStatus) {
@@ -164,7 +210,7 @@ impl Fleet {
                     if *current == next {
                         return false;
                     }
-                    tracing::info!(workers = next.size(), id = %self.id, "fleet changed; rebalancing provider limits");
+                    tracing::info!(workers = next.size(), id = %self.id, "fleet changed");
                     *current = next;
                     true
                 });
@@ -197,11 +243,11 @@ mod tests {
     }
 
     #[test]
-    fn rate_shares_divide_by_the_fleet_and_this_worker_always_counts() {
+    fn this_worker_always_counts() {
         let membership = fleet(&["b", "c"], "a");
         assert_eq!(membership.members, ["a", "b", "c"]);
         assert_eq!(membership.index, 0);
-        assert!((membership.share(90.0) - 30.0).abs() < 1e-9);
+        assert_eq!(membership.integer_share(64), 22);
     }
 
     #[test]

@@ -16,8 +16,12 @@
 //! - [`events`]: publishing a job's events while it runs.
 //! - [`reconciler`]: rebuilding the JetStream queue from Postgres (unpublished jobs, a lost
 //!   stream, jobs of dead workers).
-//! - [`fleet`]: heartbeats in a NATS KV bucket, so each worker knows the fleet and its share.
-//! - [`limits`]: the provider's fleet-wide limits and the adaptive reaction to 429s.
+//! - [`fleet`]: heartbeats in a NATS KV bucket, so each worker knows the fleet, and the lease
+//!   rounds that follow them.
+//! - [`leases`]: capacity leases: the fleet-wide limits cut into units a worker holds before it
+//!   uses them.
+//! - [`limits`]: the provider's limits as granted to this worker, and the adaptive reaction to
+//!   429s.
 //! - [`slots`]: job slots whose number can change while jobs hold them.
 //! - [`writes`]: claims and replies of concurrent jobs, written in batches.
 //! - [`provider`]: the `Provider` trait and its implementations (OpenAI-compatible, simulated).
@@ -29,6 +33,7 @@ pub mod cancel;
 pub mod events;
 pub mod failure;
 pub mod fleet;
+pub mod leases;
 pub mod limits;
 pub mod mock_llm;
 pub mod process;

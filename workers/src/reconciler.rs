@@ -17,6 +17,14 @@
 //!    `Nats-Msg-Id` of its current publication ([`message_id`]): a copy JetStream still holds is
 //!    not stored twice. The rows of a batch stay locked while it is published (`FOR UPDATE SKIP
 //!    LOCKED`), so reconcilers share the work instead of repeating it.
+//! 4. **Lost copies.** A queued job can lose its copy while the stream survives: NATS lost its
+//!    last unsynced writes, a copy was handed back (NAK) to a stream recreated meanwhile, or
+//!    JetStream stopped delivering it. Every `CHATQ_RECONCILE_AUDIT_SECS` (one reconciler of the
+//!    fleet, which claims the audit in Postgres), or at the next pass when the stream holds fewer
+//!    copies than Postgres has queued or running jobs published, the reconciler reads the ids the
+//!    stream holds (headers only) and marks every queued job published before the read and
+//!    missing from it as unpublished, under a new publication: step 3 of the next pass publishes
+//!    it.
 //!
 //! # Timing bounds
 //!
@@ -33,9 +41,8 @@
 //! lost stream: NATS restarting and a reconciler noticing take seconds. A job published twice is
 //! harmless: the claim in Postgres runs it once.
 //!
-//! One case is left to an operator: a queued job whose message JetStream stopped delivering
-//! (`max_deliver`) while Postgres was unreachable throughout (about ten minutes of deliveries,
-//! see `failure::database_retry`), so that nobody could note that it needs a new copy.
+//! - a queued job whose copy was lost while the stream survived is published again within the
+//!   audit period plus I (within 2 I when the loss shows in the stream's message count).
 //!
 //! [`Topology::ensure`]: chatq_common::topology::Topology::ensure
 
@@ -77,6 +84,8 @@ pub struct PassReport {
     pub abandoned: u64,
     /// Jobs published.
     pub published: u64,
+    /// Queued jobs found without a copy in the stream.
+    pub lost: u64,
 }
 
 /// Rebuilds the JetStream queue from Postgres. See the module documentation.
@@ -108,6 +117,7 @@ impl Reconciler {
                 Ok(report) => tracing::info!(
                     stream_lost = report.stream_lost,
                     abandoned = report.abandoned,
+                    lost = report.lost,
                     published = report.published,
                     "reconciler put jobs back in the queue"
                 ),
@@ -126,6 +136,7 @@ impl Reconciler {
         let stream_lost = self.check_stream().await?;
         let after = self.ctx.worker.reconcile_after_secs as f64;
         let abandoned = reconcile::requeue_abandoned(&self.ctx.pool, after).await?;
+        let lost = self.audit().await?;
         let mut published = 0;
         loop {
             let (found, stored) = self.publish_batch(after).await?;
@@ -138,7 +149,109 @@ impl Reconciler {
             stream_lost,
             abandoned,
             published,
+            lost,
         })
+    }
+
+    /// Step 4. Returns how many queued jobs were found without a copy (0 when no audit was due,
+    /// or NATS cannot be asked).
+    async fn audit(&self) -> Result<u64, ReconcileError> {
+        let ctx = &self.ctx;
+        let name = ctx.topology.jobs_stream();
+        // Every job published before this instant has its copy in the stream read after it.
+        let cutoff = reconcile::now(&ctx.pool).await? - time::Duration::SECOND;
+        let Ok(mut stream) = ctx.jetstream.get_stream(&name).await else {
+            return Ok(0);
+        };
+        let Ok(info) = stream.info().await else {
+            return Ok(0);
+        };
+        let held_count = info.state.messages;
+        let expected = reconcile::expected_copies(&ctx.pool, cutoff).await?;
+        let short = i64::try_from(held_count).unwrap_or(i64::MAX) < expected;
+        // Short: at once, but by one reconciler per pass interval; otherwise once a period.
+        let every = if short {
+            ctx.worker.reconcile_interval_secs.max(1)
+        } else {
+            ctx.worker.reconcile_audit_secs.max(1)
+        };
+        if !reconcile::claim_audit(&ctx.pool, &name, every as f64).await? {
+            return Ok(0);
+        }
+        let Some(held) = self.held_copies(&stream, held_count).await else {
+            return Ok(0);
+        };
+        let mut lost = 0;
+        let mut after = None;
+        loop {
+            let page = reconcile::published_queued(&ctx.pool, cutoff, after, BATCH).await?;
+            let Some(last) = page.last().copied() else {
+                break;
+            };
+            after = Some(last);
+            let missing: Vec<uuid::Uuid> = page
+                .iter()
+                .copied()
+                .filter(|id| !held.contains(id))
+                .collect();
+            if !missing.is_empty() {
+                lost += reconcile::forget_lost_copies(&ctx.pool, &missing, cutoff).await?;
+            }
+            if page.len() < BATCH as usize {
+                break;
+            }
+        }
+        if lost > 0 {
+            tracing::warn!(
+                stream = %name, jobs = lost, held = held_count, expected,
+                "queued jobs had lost their copy in the jobs stream; publishing them again"
+            );
+        }
+        Ok(lost)
+    }
+
+    /// The ids of the jobs the stream holds a copy of, read from the copies' `Nats-Msg-Id`
+    /// headers; `None` when the stream cannot be read through.
+    async fn held_copies(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream,
+        count: u64,
+    ) -> Option<std::collections::HashSet<uuid::Uuid>> {
+        let mut held = std::collections::HashSet::new();
+        if count == 0 {
+            return Some(held);
+        }
+        let config = async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("{}.jobs.>", self.ctx.topology.namespace()),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            headers_only: true,
+            ..Default::default()
+        };
+        let consumer = stream.create_consumer(config).await.ok()?;
+        let mut messages = consumer.messages().await.ok()?;
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                .await
+                .ok()??
+                .ok()?;
+            if let Some(id) = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get("Nats-Msg-Id"))
+                .and_then(|id| {
+                    id.as_str()
+                        .split('.')
+                        .next()?
+                        .parse::<chatq_common::ids::JobId>()
+                        .ok()
+                })
+            {
+                held.insert(id.as_uuid());
+            }
+            if message.info().map(|info| info.pending == 0).unwrap_or(true) {
+                return Some(held);
+            }
+        }
     }
 
     /// Step 1. Returns how many queued jobs were marked unpublished (0 when the stream is the

@@ -104,16 +104,11 @@ impl Worker {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         chatq_common::metrics::install();
-        let limits = ProviderLimits::new(&settings.limits, settings.worker.concurrency, &worker_id);
+        let limits = ProviderLimits::new(&settings.limits, settings.worker.concurrency);
         let provider: Arc<dyn Provider> = Arc::new(LimitedProvider::new(provider, limits.clone()));
-        let fleet = Fleet::join(
-            &jetstream,
-            &topology.workers_bucket(),
-            &worker_id,
-            topology.heartbeat(),
-        )
-        .await
-        .context("cannot open the workers bucket")?;
+        let fleet = Fleet::join(&jetstream, &topology, &worker_id, &settings.limits)
+            .await
+            .context("cannot open the workers and leases buckets")?;
         let writers = TaskTracker::new();
         let writers_stop = CancellationToken::new();
         let writes = JobWrites::start(
@@ -192,12 +187,12 @@ impl Worker {
                 .run_until_stopped(background_stop.clone()),
         );
         // Take this worker's share of the provider limits, and follow the fleet as it changes.
-        if let Some(fleet) = self.fleet.take() {
+        if let Some(mut fleet) = self.fleet.take() {
             let status = self.status_reporter(&jobs);
             fleet.introduce(&status()).await;
-            self.limits.rebalance(fleet.membership().borrow().clone());
             background.spawn(follow_fleet(
                 fleet.membership(),
+                fleet.grants(),
                 self.limits.clone(),
                 background_stop.clone(),
             ));
@@ -454,18 +449,21 @@ impl Worker {
     }
 }
 
-/// Rebalances this worker's share of the provider limits whenever the fleet changes.
+/// Applies every grant of capacity the fleet task's lease rounds make, and notes the fleet's size.
 async fn follow_fleet(
     mut membership: tokio::sync::watch::Receiver<crate::fleet::Membership>,
+    mut grants: tokio::sync::watch::Receiver<crate::leases::Grant>,
     limits: Arc<ProviderLimits>,
     stop: CancellationToken,
 ) {
     loop {
-        let current = membership.borrow_and_update().clone();
-        metrics::gauge!(names::FLEET_WORKERS).set(current.size() as f64);
-        limits.rebalance(current);
+        let size = membership.borrow_and_update().size();
+        metrics::gauge!(names::FLEET_WORKERS).set(size as f64);
+        limits.note_fleet_size(size);
+        limits.apply(*grants.borrow_and_update());
         tokio::select! {
             changed = membership.changed() => if changed.is_err() { return },
+            changed = grants.changed() => if changed.is_err() { return },
             () = stop.cancelled() => return,
         }
     }

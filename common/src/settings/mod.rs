@@ -246,6 +246,8 @@ settings! {
         reconcile_interval_secs: u64 = "5";
         /// Seconds a queued job may stay unpublished, or a dead worker's job unclaimed past its lease, before the reconciler publishes it again.
         reconcile_after_secs: u64 = "10";
+        /// Seconds between checks, by one reconciler of the fleet, that every queued job still has a copy in the jobs stream (sooner when the stream holds fewer jobs than Postgres expects).
+        reconcile_audit_secs: u64 = "60";
         /// Seconds a stopping worker has to finish what it holds before handing the rest back.
         shutdown_grace_secs: u64 = "30";
     }

@@ -65,6 +65,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            body_limit,
+            crate::body_limit::limit_body,
+        ))
         .layer(middleware::from_fn(observe::record));
     api.with_state(state)
 }

@@ -39,12 +39,17 @@ fn log_file(path: &Path) -> (Stdio, Stdio) {
 
 /// Sends SIGTERM (std only sends SIGKILL).
 async fn terminate(pid: u32) {
+    signal(pid, "TERM").await;
+}
+
+/// Sends a signal (`TERM`, `STOP`, `CONT`, …) to a process.
+async fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .await
         .expect("kill runs");
-    assert!(status.success(), "kill -TERM {pid} failed");
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 /// The nats-server this suite tests against: a modern one, not the shared development server.
@@ -175,6 +180,16 @@ impl ChatqProcess {
 
     pub async fn sigterm(&mut self) {
         terminate(self.pid()).await;
+    }
+
+    /// Pauses the process (SIGSTOP), as a stalled machine or a long GC pause would.
+    pub async fn sigstop(&mut self) {
+        signal(self.pid(), "STOP").await;
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub async fn sigcont(&mut self) {
+        signal(self.pid(), "CONT").await;
     }
 
     /// Waits up to `timeout` for the process to exit.

@@ -2,7 +2,6 @@
 //! rate and concurrency, below whatever share of the configured limits it holds.
 
 use std::collections::VecDeque;
-use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use super::ProviderLimits;
@@ -148,12 +147,8 @@ impl ProviderLimits {
 
     /// The configured share of the request rate, or "none" as a very large number.
     fn rate_ceiling(&self) -> f64 {
-        let membership = self
-            .membership
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         self.rpm
-            .map_or(f64::MAX, |rpm| membership.share(f64::from(rpm)) / 60.0)
+            .map_or(f64::MAX, |rpm| self.rate_share() * f64::from(rpm) / 60.0)
     }
 
     /// The adaptive limits now, for heartbeats and logs: (requests per second, concurrency).

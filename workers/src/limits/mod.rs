@@ -2,28 +2,32 @@
 //!
 //! Three configured limits apply to the fleet as a whole: requests per minute
 //! (`provider_rpm`), tokens per minute (`provider_tpm`) and requests in flight
-//! (`provider_max_concurrency`). Each worker enforces its share ([`crate::fleet::Membership`]):
-//! rates are divided evenly, concurrency in whole requests. Adding a worker shrinks every share, so
-//! the fleet's total stays the configured one.
+//! (`provider_max_concurrency`). A worker uses only the capacity it holds a lease on
+//! ([`crate::leases`]): a [`Grant`] of so many rate units (each `1/RATE_UNITS` of the rates) and
+//! so many requests in flight, valid until a deadline. A call starts only under a valid grant;
+//! one whose grant lapsed (the worker was paused, or could not renew) waits for a new one.
 //!
-//! - Requests: a GCRA limiter (`governor`) at `rpm / 60 / n` per second. A request may start up
-//!   to half an interval after its turn without losing it: a timer that wakes a waiter a
-//!   millisecond late would otherwise push every later turn back, and the fleet would run below
-//!   its limit (6 % below at 100 requests/s, as measured). Never earlier than its turn, so over
-//!   any one-second window the fleet makes at most `rpm / 60 + n` requests.
-//! - Tokens: a GCRA limiter at `tpm / 60 / n` tokens per second. A call takes its estimate
-//!   (prompt tokens + `max_tokens`, or [`DEFAULT_COMPLETION_ESTIMATE`]) before it starts; what the
-//!   provider reports beyond the estimate is taken from the next calls.
+//! - Requests: a GCRA limiter (`governor`) at the granted share of `rpm / 60` per second. A
+//!   request may start up to half an interval after its turn without losing it: a timer that
+//!   wakes a waiter a millisecond late would otherwise push every later turn back, and the fleet
+//!   would run below its limit (6 % below at 100 requests/s, as measured). Never earlier than its
+//!   turn, so over any one-second window the fleet makes at most `rpm / 60 + n` requests.
+//! - Tokens: a GCRA limiter at the granted share of `tpm / 60` tokens per second. A call takes its
+//!   whole estimate (prompt tokens + `max_tokens`, or [`DEFAULT_COMPLETION_ESTIMATE`]) before it
+//!   starts, in pieces of at most the limiter's burst, so a call larger than a second's share
+//!   waits as long as its size needs; what the provider reports beyond the estimate is taken from
+//!   the next calls the same way.
 //! - Concurrency: the worker's job slots ([`Slots`]) are the smallest of `worker_concurrency`, its
-//!   share of `provider_max_concurrency`, and the adaptive limit below.
+//!   granted requests in flight, and the adaptive limit below.
 //!
 //! Adaptive limits: when the provider answers 429 anyway (a limit nobody configured, or shared
 //! with other clients), the worker cuts its request rate to 90 % of what the provider accepted
 //! over the last two seconds (70 % of what it tried, if nothing was accepted; never below one
-//! request a second) and halves its concurrency, at most once a second. After two quiet seconds it raises both again every second: the rate by a quarter while
-//! below half the rate where the 429s began, then by 5 %; concurrency by a quarter. Once past
-//! twice that rate, or the configured share, the adaptive limits are lifted. The fleet settles
-//! just under the provider's real limit, and a burst of 429s that stops costs seconds, not minutes.
+//! request a second) and halves its concurrency, at most once a second. After two quiet seconds
+//! it raises both again every second: the rate by a quarter while below half the rate where the
+//! 429s began, then by 5 %; concurrency by a quarter. Once past twice that rate, or the granted
+//! share, the adaptive limits are lifted. The fleet settles just under the provider's real limit,
+//! and a burst of 429s that stops costs seconds, not minutes.
 
 mod adaptive;
 mod limited;
@@ -31,15 +35,17 @@ mod rate;
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use chatq_common::settings::LimitSettings;
+use tokio::sync::watch;
 
 use self::adaptive::Adaptive;
 pub use self::limited::LimitedProvider;
 use self::rate::{SharedLimiter, current, limiter, replace, request_limiter, wait_turn};
-use crate::fleet::Membership;
+use crate::leases::{Grant, RATE_UNITS};
 use crate::slots::Slots;
 
 /// Completion tokens assumed for a request that names no `max_tokens`.
@@ -49,9 +55,11 @@ pub const DEFAULT_COMPLETION_ESTIMATE: u32 = 256;
 pub struct ProviderLimits {
     rpm: Option<u32>,
     tpm: Option<u32>,
-    max_concurrency: Option<u32>,
     worker_concurrency: usize,
-    membership: Mutex<Membership>,
+    /// What this worker may use now, from the leases it holds.
+    grant: watch::Sender<Grant>,
+    /// Live workers as this worker last saw the fleet, for its heartbeat.
+    fleet_size: AtomicUsize,
     requests: SharedLimiter,
     tokens: SharedLimiter,
     /// Largest token count one call can take at once (the token limiter's burst).
@@ -64,13 +72,23 @@ pub struct ProviderLimits {
 }
 
 impl ProviderLimits {
-    pub fn new(limits: &LimitSettings, worker_concurrency: usize, worker_id: &str) -> Arc<Self> {
+    /// A worker's limits, holding nothing yet when a fleet-wide limit is set (its first lease
+    /// round grants its share), everything otherwise.
+    pub fn new(limits: &LimitSettings, worker_concurrency: usize) -> Arc<Self> {
+        let leased = limits.provider_rpm.is_some()
+            || limits.provider_tpm.is_some()
+            || limits.provider_max_concurrency.is_some();
+        let first = if leased {
+            Grant::nothing(limits.provider_max_concurrency.is_some())
+        } else {
+            Grant::unlimited()
+        };
         let limits = Arc::new(Self {
             rpm: limits.provider_rpm,
             tpm: limits.provider_tpm,
-            max_concurrency: limits.provider_max_concurrency,
             worker_concurrency: worker_concurrency.max(1),
-            membership: Mutex::new(Membership::alone(worker_id)),
+            grant: watch::channel(first).0,
+            fleet_size: AtomicUsize::new(1),
             requests: RwLock::new(None),
             tokens: RwLock::new(None),
             token_burst: Mutex::new(u32::MAX),
@@ -87,16 +105,27 @@ impl ProviderLimits {
             }),
             slots: Slots::new(worker_concurrency.max(1)),
         });
-        limits.rebalance(Membership::alone(worker_id));
+        limits.apply(first);
         limits
     }
 
     /// Live workers, as this worker last saw the fleet.
     pub fn fleet_size(&self) -> usize {
-        self.membership
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .size()
+        self.fleet_size.load(Ordering::Relaxed)
+    }
+
+    pub fn note_fleet_size(&self, size: usize) {
+        self.fleet_size.store(size.max(1), Ordering::Relaxed);
+    }
+
+    /// The grant in force.
+    pub fn grant(&self) -> Grant {
+        *self.grant.borrow()
+    }
+
+    /// This worker's share of the request and token rates (0 to 1).
+    fn rate_share(&self) -> f64 {
+        f64::from(self.grant().rate_units) / f64::from(RATE_UNITS)
     }
 
     /// The job slots of this worker, sized by these limits.
@@ -104,41 +133,39 @@ impl ProviderLimits {
         &self.slots
     }
 
-    /// Recomputes this worker's shares for a new fleet.
-    pub fn rebalance(&self, membership: Membership) {
-        if let Some(rpm) = self.rpm {
-            replace(
-                &self.requests,
-                request_limiter(membership.share(f64::from(rpm)) / 60.0),
-            );
+    /// Uses a new grant: the rates and slots follow what it allows. Unchanged shares keep their
+    /// limiters (and the calls waiting on them) as they are.
+    pub fn apply(&self, grant: Grant) {
+        let before = self.grant.send_replace(grant);
+        if before.rate_units != grant.rate_units
+            || self.rpm.is_some() && current(&self.requests).is_none()
+        {
+            let share = f64::from(grant.rate_units) / f64::from(RATE_UNITS);
+            if let Some(rpm) = self.rpm {
+                replace(
+                    &self.requests,
+                    request_limiter(share * f64::from(rpm) / 60.0),
+                );
+            }
+            if let Some(tpm) = self.tpm {
+                // A burst of a second's worth of the share, at least one default request.
+                let per_second = share * f64::from(tpm) / 60.0;
+                let burst = (per_second.ceil() as u32).max(DEFAULT_COMPLETION_ESTIMATE);
+                *self
+                    .token_burst
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = burst;
+                replace(&self.tokens, limiter(per_second, burst));
+            }
         }
-        if let Some(tpm) = self.tpm {
-            // A burst of a second's worth of the share, at least one default request, so that a
-            // single call can always go through eventually.
-            let per_second = membership.share(f64::from(tpm)) / 60.0;
-            let burst = (per_second.ceil() as u32).max(DEFAULT_COMPLETION_ESTIMATE);
-            *self
-                .token_burst
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = burst;
-            replace(&self.tokens, limiter(per_second, burst));
-        }
-        *self
-            .membership
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = membership;
         self.resize_slots();
     }
 
     fn resize_slots(&self) {
-        let membership = self
-            .membership
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
         let share = self
-            .max_concurrency
-            .map_or(usize::MAX, |total| membership.integer_share(total) as usize);
+            .grant()
+            .concurrency
+            .map_or(usize::MAX, |granted| granted as usize);
         let adaptive = self.lock_adaptive().concurrency.unwrap_or(usize::MAX);
         self.slots
             .set_limit(self.worker_concurrency.min(share).min(adaptive));
@@ -148,29 +175,21 @@ impl ProviderLimits {
         self.adaptive.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits until a call estimated at `tokens` may start. Returns how long it waited.
+    /// Waits until a call estimated at `tokens` may start: under a valid grant, at its turn of
+    /// the request rate, once its tokens (and the debt of earlier calls) are taken. Returns how
+    /// long it waited.
     pub async fn admit(&self, tokens: u32) -> Duration {
         let started = Instant::now();
         self.maybe_raise();
-        wait_turn(&self.requests).await;
-        wait_turn(&self.adaptive_pace).await;
-        if let Some(limiter) = current(&self.tokens) {
-            let debt = std::mem::take(
-                &mut *self
-                    .token_debt
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
-            let burst = *self
-                .token_burst
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let wanted = tokens.saturating_add(debt).clamp(1, burst);
-            if let Some(n) = NonZeroU32::new(wanted)
-                && limiter.until_n_ready(n).await.is_err()
-            {
-                // Cannot happen: `wanted` is within the burst.
-                tracing::debug!(tokens = wanted, "token estimate above the limiter's burst");
+        loop {
+            self.until_granted().await;
+            wait_turn(&self.requests).await;
+            wait_turn(&self.adaptive_pace).await;
+            self.take_tokens(tokens).await;
+            // A grant that lapsed while this call waited (the worker was paused, or could not
+            // renew its leases) does not cover it: wait for the next one, and take a turn there.
+            if self.grant().is_valid(Instant::now()) {
+                break;
             }
         }
         let mut adaptive = self.lock_adaptive();
@@ -182,6 +201,49 @@ impl ProviderLimits {
         let waited = started.elapsed();
         metrics::histogram!(chatq_common::metrics::RATE_LIMITER_WAIT).record(waited.as_secs_f64());
         waited
+    }
+
+    /// Waits for a grant that is valid and allows requests.
+    async fn until_granted(&self) {
+        let mut grants = self.grant.subscribe();
+        loop {
+            let grant = *grants.borrow_and_update();
+            if grant.is_valid(Instant::now()) && grant.rate_units > 0 {
+                return;
+            }
+            // Nothing held, or a lapsed grant: wait for the next lease round's.
+            if grants.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Takes `tokens` and the debt of earlier calls from the token limiter, a burst at a time.
+    async fn take_tokens(&self, tokens: u32) {
+        let Some(limiter) = current(&self.tokens) else {
+            return;
+        };
+        let debt = std::mem::take(
+            &mut *self
+                .token_debt
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let burst = *self
+            .token_burst
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut left = tokens.saturating_add(debt).max(1);
+        while left > 0 {
+            let piece = left.min(burst.max(1));
+            if let Some(n) = NonZeroU32::new(piece)
+                && limiter.until_n_ready(n).await.is_err()
+            {
+                // Cannot happen: a piece is within the burst.
+                tracing::debug!(tokens = piece, "token piece above the limiter's burst");
+            }
+            left -= piece;
+        }
     }
 
     /// Takes tokens the provider reported beyond the estimate from later calls.
@@ -207,37 +269,36 @@ mod tests {
             provider_max_concurrency: max_concurrency,
             ..chatq_common::Settings::default().limits
         };
-        ProviderLimits::new(&settings, 8, "a")
+        ProviderLimits::new(&settings, 8)
+    }
+
+    fn granted(rate_units: u32, concurrency: Option<u32>) -> Grant {
+        Grant {
+            rate_units,
+            concurrency,
+            valid_until: Some(Instant::now() + Duration::from_secs(60)),
+        }
     }
 
     #[tokio::test]
-    async fn concurrency_shares_follow_the_fleet() {
+    async fn concurrency_follows_the_grant() {
         let limits = limits(None, Some(10));
+        assert_eq!(limits.slots().limit(), 0, "nothing held yet: no job runs");
+        limits.apply(granted(RATE_UNITS, Some(10)));
         assert_eq!(
             limits.slots().limit(),
             8,
-            "alone: the worker's own bound is smaller"
+            "the worker's own bound is smaller"
         );
-        limits.rebalance(Membership {
-            members: vec!["a".into(), "b".into(), "c".into()],
-            index: 0,
-        });
+        limits.apply(granted(RATE_UNITS, Some(4)));
         assert_eq!(limits.slots().limit(), 4);
-        limits.rebalance(Membership {
-            members: vec!["a".into(), "b".into(), "c".into()],
-            index: 2,
-        });
-        assert_eq!(limits.slots().limit(), 3);
     }
 
     #[tokio::test]
     async fn the_request_rate_is_the_fleet_share() {
-        // 1200 rpm over two workers: 10 requests a second each.
+        // Half of 1200 rpm: 10 requests a second.
         let limits = limits(Some(1200), None);
-        limits.rebalance(Membership {
-            members: vec!["a".into(), "b".into()],
-            index: 0,
-        });
+        limits.apply(granted(RATE_UNITS / 2, None));
         let started = Instant::now();
         for _ in 0..11 {
             limits.admit(1).await;
@@ -247,6 +308,47 @@ mod tests {
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(940), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_for_a_grant_and_not_past_one_that_lapsed() {
+        let limits = limits(Some(6000), None);
+        let admitted = tokio::time::timeout(Duration::from_millis(200), limits.admit(1)).await;
+        assert!(admitted.is_err(), "no call starts before any lease is held");
+        limits.apply(Grant {
+            rate_units: RATE_UNITS,
+            concurrency: None,
+            valid_until: Some(Instant::now() - Duration::from_millis(1)),
+        });
+        let admitted = tokio::time::timeout(Duration::from_millis(200), limits.admit(1)).await;
+        assert!(admitted.is_err(), "nor under a grant that has lapsed");
+        let waiting = {
+            let limits = limits.clone();
+            tokio::spawn(async move { limits.admit(1).await })
+        };
+        limits.apply(granted(RATE_UNITS, None));
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("a renewed grant lets the waiting call start")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_call_larger_than_a_second_of_tokens_waits_for_all_of_them() {
+        // 6,000 tokens a minute: 100 a second, a burst of 256. A call of 300 more tokens than
+        // the burst takes its whole estimate: the second call waits about three seconds.
+        let settings = LimitSettings {
+            provider_tpm: Some(6000),
+            ..chatq_common::Settings::default().limits
+        };
+        let limits = ProviderLimits::new(&settings, 8);
+        limits.apply(granted(RATE_UNITS, None));
+        limits.admit(256).await;
+        let started = Instant::now();
+        limits.admit(300).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(2800), "{waited:?}");
+        assert!(waited < Duration::from_millis(4500), "{waited:?}");
     }
 
     #[tokio::test]

@@ -113,6 +113,99 @@ pub async fn requeue_undeliverable(pool: &PgPool, id: JobId) -> Result<bool, sql
     Ok(result.rows_affected() == 1)
 }
 
+/// Jobs that must have a copy in the jobs stream: queued or running, and published before
+/// `before` (a running job's copy stays in the stream until its result is committed).
+///
+/// # Errors
+/// Database errors.
+pub async fn expected_copies(pool: &PgPool, before: OffsetDateTime) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM jobs
+            WHERE status IN ('queued', 'running') AND published_at < $1"#,
+        before,
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Claims the audit of a stream for this reconciler, if no reconciler audited it in the last
+/// `every_secs`. Returns whether this one should audit now.
+///
+/// # Errors
+/// Database errors.
+pub async fn claim_audit(
+    pool: &PgPool,
+    stream: &str,
+    every_secs: f64,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query_scalar!(
+        r#"UPDATE jetstream_streams SET audited_at = now()
+            WHERE name = $1
+              AND (audited_at IS NULL OR audited_at < now() - make_interval(secs => $2))
+        RETURNING name"#,
+        stream,
+        every_secs,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(claimed.is_some())
+}
+
+/// A page of queued jobs published before `before`, by id, after `after`.
+///
+/// # Errors
+/// Database errors.
+pub async fn published_queued(
+    pool: &PgPool,
+    before: OffsetDateTime,
+    after: Option<uuid::Uuid>,
+    limit: i64,
+) -> Result<Vec<uuid::Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT id FROM jobs
+            WHERE status = 'queued' AND published_at < $1 AND ($2::uuid IS NULL OR id > $2)
+            ORDER BY id
+            LIMIT $3"#,
+        before,
+        after,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks queued jobs whose copy the stream no longer holds as unpublished, under a new
+/// publication (the old copy's id may still be in the duplicate window), for the next pass to
+/// publish. Returns how many were still queued with that mark.
+///
+/// # Errors
+/// Database errors.
+pub async fn forget_lost_copies(
+    pool: &PgPool,
+    ids: &[uuid::Uuid],
+    before: OffsetDateTime,
+) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query!(
+        r#"UPDATE jobs SET published_at = NULL, publication = publication + 1
+            WHERE id = ANY($1) AND status = 'queued' AND published_at < $2"#,
+        ids,
+        before,
+    )
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// The database's clock now.
+///
+/// # Errors
+/// Database errors.
+pub async fn now(pool: &PgPool) -> Result<OffsetDateTime, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
+        .fetch_one(pool)
+        .await
+}
+
 /// Queued jobs without an acknowledged copy in JetStream, recorded more than `older_than_secs`
 /// ago (younger ones are still being published by the ingress), oldest first, locked for this
 /// reconciler pass (other reconcilers skip them).
