@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use chatq_common::Settings;
 use chatq_common::settings::SettingsFlags;
-use chatq_workers::mock_llm::MockConfig;
+use chatq_mock_llm::MockConfig;
 use clap::{Parser, Subcommand};
 
 use crate::roles;

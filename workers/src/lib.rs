@@ -20,8 +20,8 @@
 //! - [`limits`]: the provider's fleet-wide limits and the adaptive reaction to 429s.
 //! - [`slots`]: job slots whose number can change while jobs hold them.
 //! - [`writes`]: claims and replies of concurrent jobs, written in batches.
-//! - [`provider`]: the `Provider` trait and its implementations (OpenAI-compatible, simulated).
-//! - [`mock_llm`]: `chatq mock-llm`, an OpenAI-compatible server for tests and benchmarks.
+//! - [`provider`]: the `Provider` trait and its implementations (OpenAI-compatible, simulated,
+//!   with the simulated provider's deterministic text in [`provider::simulated::text`]).
 
 pub mod attempt;
 pub mod call;
@@ -30,7 +30,6 @@ pub mod events;
 pub mod failure;
 pub mod fleet;
 pub mod limits;
-pub mod mock_llm;
 pub mod process;
 pub mod prompt;
 pub mod provider;
