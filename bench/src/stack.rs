@@ -1,5 +1,5 @@
-//! The system under test, as real processes: this very binary started as `chatq mock-llm`,
-//! `chatq ingress` and N × `chatq worker`, each configured only through `CHATQ_*` variables,
+//! The system under test, as real processes: the `chatq` executable (beside this one, or
+//! `--chatq PATH`) started as `chatq mock-llm`, `chatq ingress` and N × `chatq worker`, each configured only through `CHATQ_*` variables,
 //! exactly as an operator would run them. Nothing of chatq runs inside the bench process, so the
 //! load generator and the server never share a runtime.
 //!
@@ -91,6 +91,8 @@ pub struct Stack {
     pub mock: Option<SocketAddr>,
     pub api_key: String,
     pub tenant: Uuid,
+    /// The chatq executable every child is started from.
+    chatq: PathBuf,
     children: Vec<ChildProcess>,
     log_dir: PathBuf,
     /// The `CHATQ_*` variables every chatq process gets.
@@ -127,6 +129,7 @@ impl Stack {
             mock: None,
             api_key: String::new(),
             tenant: Uuid::nil(),
+            chatq: services.chatq.clone(),
             children: Vec::new(),
             log_dir,
         };
@@ -244,9 +247,8 @@ impl Stack {
         self.children.iter().filter(|c| c.role == role).count()
     }
 
-    fn command(&self, args: &[String]) -> anyhow::Result<Command> {
-        let exe = std::env::current_exe().context("cannot find the chatq executable")?;
-        let mut command = Command::new(exe);
+    fn command(&self, args: &[String]) -> Command {
+        let mut command = Command::new(&self.chatq);
         command.args(args).kill_on_drop(true);
         // Only the settings chosen here: none inherited from the shell running the bench.
         for (name, _) in std::env::vars_os() {
@@ -255,7 +257,7 @@ impl Stack {
             }
         }
         command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        Ok(command)
+        command
     }
 
     fn spawn(&mut self, role: &'static str, args: &[String]) -> anyhow::Result<()> {
@@ -263,7 +265,7 @@ impl Stack {
         let log = self.log_dir.join(format!("{role}-{index}.log"));
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = self.command(args)?;
+        let mut command = self.command(args);
         if role == "ingress" {
             command.env("CHATQ_HTTP_ADDR", self.ingress.to_string());
         }
@@ -280,7 +282,7 @@ impl Stack {
     /// `chatq keys create --tenant bench`: the key is the only line on standard output.
     async fn create_key(&self) -> anyhow::Result<String> {
         let output = self
-            .command(&["keys".into(), "create".into(), format!("--tenant={TENANT}")])?
+            .command(&["keys".into(), "create".into(), format!("--tenant={TENANT}")])
             .stdin(Stdio::null())
             .output()
             .await

@@ -1,5 +1,10 @@
-//! `chatq bench`: measures chatq on this machine and reports it beside the machine's own limits,
-//! measured in the same run.
+//! # chatq-bench
+//!
+//! The benchmark harness: measures chatq on this machine and reports it beside the machine's own
+//! limits, measured in the same run. It is an executable of its own, `chatq-bench`, usually
+//! started as `chatq bench` (which hands over to it), so the `chatq` that is deployed carries no
+//! load generator. It benchmarks the `chatq` executable next to its own (or `--chatq PATH`),
+//! started as real processes.
 //!
 //! # Layout
 //!
@@ -78,8 +83,11 @@ pub enum Scenario {
     Lanes,
 }
 
-/// Options of `chatq bench`. The defaults finish each scenario in a minute or two.
-#[derive(Debug, Clone, clap::Args)]
+/// Benchmark chatq on this machine, beside the machine's own limits measured in the same run.
+///
+/// The defaults finish each scenario in a minute or two.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "chatq-bench", version, about, long_about)]
 pub struct BenchArgs {
     /// What to measure. Every scenario but `limits` measures the limits first (see --no-limits).
     #[arg(value_enum, default_value = "all")]
@@ -130,6 +138,9 @@ pub struct BenchArgs {
     /// --env CHATQ_DATABASE_MAX_CONNECTIONS=64.
     #[arg(long = "env", value_name = "CHATQ_NAME=VALUE")]
     pub env: Vec<String>,
+    /// The chatq executable to benchmark [default: the `chatq` next to this executable].
+    #[arg(long, value_name = "PATH")]
+    pub chatq: Option<PathBuf>,
     /// Keep the chatq processes' logs (they are kept anyway when something failed).
     #[arg(long)]
     pub keep_logs: bool,
@@ -160,6 +171,8 @@ impl BenchArgs {
 /// bench's own.
 #[derive(Debug, Clone)]
 pub struct Services {
+    /// The chatq executable every process of the system under test is started from.
+    pub chatq: PathBuf,
     pub postgres_url: String,
     pub nats_url: String,
     pub extra_env: Vec<(String, String)>,
@@ -183,12 +196,31 @@ impl Services {
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
+            chatq: chatq_executable(args.chatq.as_deref())?,
             postgres_url: args.postgres_url.clone(),
             nats_url: args.nats_url.clone(),
             extra_env,
             keep_logs: args.keep_logs,
         })
     }
+}
+
+/// The chatq executable to benchmark: `--chatq`, or the `chatq` beside this executable (where
+/// `cargo build --workspace` puts both).
+fn chatq_executable(named: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    let path = match named {
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe()
+            .context("cannot find this executable, to find chatq beside it; use --chatq PATH")?
+            .with_file_name(format!("chatq{}", std::env::consts::EXE_SUFFIX)),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "no chatq executable at {}: build it beside chatq-bench (`cargo build --release \
+         --workspace`, or `--bin chatq`), or name one with --chatq PATH",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// Runs the chosen scenarios, prints the report, and writes it as JSON if asked.
