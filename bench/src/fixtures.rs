@@ -21,17 +21,6 @@ use super::scratch::Scratch;
 /// Most conversations inserted by one statement.
 const INSERT_CHUNK: usize = 50_000;
 
-/// The id of the tenant named `name`.
-///
-/// # Errors
-/// No such tenant, or a database error.
-pub async fn tenant_id(pool: &PgPool, name: &str) -> anyhow::Result<Uuid> {
-    sqlx::query_scalar!("SELECT id FROM tenants WHERE name = $1", name)
-        .fetch_optional(pool)
-        .await?
-        .with_context(|| format!("no tenant named {name:?}"))
-}
-
 /// Creates `count` empty conversations for the tenant and returns their ids (UUIDv7, in order).
 /// Far faster than `count` HTTP requests, and not part of what is measured.
 ///

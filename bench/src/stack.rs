@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chatq_common::job::Lane;
+use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use super::scratch::Scratch;
-use super::{Services, fixtures, load, progress};
+use super::services::Services;
+use super::{load, progress};
 
 /// How long a process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -201,7 +203,7 @@ impl Stack {
 
         step.set_message("API key");
         self.api_key = self.create_key().await?;
-        self.tenant = fixtures::tenant_id(&self.scratch.pool, TENANT).await?;
+        self.tenant = tenant_id(&self.scratch.pool, TENANT).await?;
 
         if plan.workers > 0 {
             step.set_message(format!("{} workers", plan.workers));
@@ -406,6 +408,64 @@ impl Stack {
         removed?;
         Ok(StackStop { problems, logs })
     }
+}
+
+/// Starts a stack, runs `scenario` on it, and always stops the stack and removes its scratch
+/// resources afterwards, also when the scenario fails or is interrupted with Ctrl-C.
+///
+/// # Errors
+/// The stack does not start, the scenario fails, or a chatq process did not run cleanly.
+pub async fn with_stack<T>(
+    services: &Services,
+    plan: &StackPlan,
+    scenario: impl AsyncFnOnce(&mut Stack) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut stack = Stack::start(services, plan).await?;
+    let outcome = tokio::select! {
+        outcome = scenario(&mut stack) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let stopped = stack.stop(services.keep_logs || outcome.is_err()).await;
+    let outcome = match (outcome, &stopped) {
+        (
+            Err(err),
+            Ok(StackStop {
+                logs: Some(logs), ..
+            }),
+        ) => Err(err.context(format!("chatq logs kept in {}", logs.display()))),
+        (outcome, _) => outcome,
+    };
+    let outcome = outcome?;
+    let stopped = stopped?;
+    if let Some(logs) = &stopped.logs
+        && stopped.problems.is_empty()
+    {
+        #[expect(clippy::print_stderr, reason = "where to find what --keep-logs kept")]
+        {
+            eprintln!("chatq logs kept in {}", logs.display());
+        }
+    }
+    anyhow::ensure!(
+        stopped.problems.is_empty(),
+        "the measurement finished, but not every chatq process ran cleanly: {}{}",
+        stopped.problems.join("; "),
+        stopped
+            .logs
+            .map(|logs| format!(" (logs in {})", logs.display()))
+            .unwrap_or_default()
+    );
+    Ok(outcome)
+}
+
+/// The id of the tenant named `name`.
+///
+/// # Errors
+/// No such tenant, or a database error.
+async fn tenant_id(pool: &PgPool, name: &str) -> anyhow::Result<Uuid> {
+    sqlx::query_scalar!("SELECT id FROM tenants WHERE name = $1", name)
+        .fetch_optional(pool)
+        .await?
+        .with_context(|| format!("no tenant named {name:?}"))
 }
 
 /// Asks a child to stop, as an operator's SIGTERM would.
