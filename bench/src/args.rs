@@ -5,8 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Options of the run and of every scenario. The defaults finish each scenario in a minute or
-/// two.
+/// Options of the run and of every scenario.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GeneralArgs {
     /// Skip the limits (the report then has no ratios).

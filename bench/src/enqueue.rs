@@ -2,8 +2,8 @@
 //! only the ingress, Postgres and JetStream are measured.
 //!
 //! Each request goes to its own conversation (a conversation accepts one pending job at a time),
-//! created beforehand directly in the scratch database. A warm-up load on other conversations
-//! opens the ingress's database connections and fills its key cache first. Afterwards the job
+//! created beforehand in bulk ([`super::fixtures`]), not over HTTP. A warm-up load on other
+//! conversations opens the ingress's database connections and fills its key cache first. Afterwards the job
 //! stream must hold one message per 202: an accepted job that JetStream does not have would be a
 //! bug, not a slow run.
 

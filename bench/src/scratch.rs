@@ -18,7 +18,7 @@ use sqlx::migrate::MigrateDatabase as _;
 use super::services::Services;
 
 /// Connections the bench itself keeps to the scratch database (fixtures, backlogs of jobs queued
-/// directly, polling). Idle ones cost nothing, and CPU is counted per backend only when busy.
+/// without HTTP, polling). Idle ones cost nothing, and CPU is counted per backend only when busy.
 const BENCH_POOL_SIZE: u32 = 16;
 
 pub struct Scratch {
