@@ -16,9 +16,11 @@ WORKDIR /src
 ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never
 
-# The whole workspace (.dockerignore keeps target/ and .git out). The cache mounts keep the
-# crates.io downloads and compiled dependencies between builds, so a source change recompiles
-# only chatq's own crates; --locked builds exactly what Cargo.lock says.
+# The whole workspace (.dockerignore keeps target/ and .git out), so Cargo can load every member,
+# but only the chatq binary is built: the image carries neither the benchmark harness (bench/)
+# nor anything it alone needs. The cache mounts keep the crates.io downloads and compiled
+# dependencies between builds, so a source change recompiles only chatq's own crates; --locked
+# builds exactly what Cargo.lock says.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \

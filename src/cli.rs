@@ -1,10 +1,11 @@
 //! The command line: one subcommand per role, each with every setting as a flag.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 
 use chatq_common::Settings;
 use chatq_common::settings::SettingsFlags;
-use chatq_workers::mock_llm::MockConfig;
+use chatq_mock_llm::MockConfig;
 use clap::{Parser, Subcommand};
 
 use crate::roles;
@@ -46,7 +47,15 @@ enum Command {
         log: LogArgs,
     },
     /// Benchmark chatq on this machine, beside the machine's own limits measured in the same run.
-    Bench(Box<crate::bench::BenchArgs>),
+    ///
+    /// Runs chatq-bench, which is built on its own: `cargo build --release --workspace`.
+    /// `chatq bench --help` lists its options.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// chatq-bench's scenario and options, passed on as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,7 +106,7 @@ impl Cli {
                     },
             } => roles::create_key(load(&settings)?, &tenant, admin).await,
             Command::MockLlm { addr, config, log } => roles::mock_llm(addr, config, &log.log).await,
-            Command::Bench(args) => crate::bench::run(*args).await,
+            Command::Bench { args } => crate::bench::run(args),
         }
     }
 }

@@ -1,6 +1,13 @@
 //! The `chatq` command: parses the command line and starts one role. Everything else lives in
 //! the libraries (`chatq-common`, `chatq-ingress`, `chatq-workers`), so tests drive the same code
 //! this binary runs.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the subcommands, each with every setting as a flag.
+//! - [`roles`]: starting each role (`serve`, `ingress`, `worker`, `migrate`, `keys`, `mock-llm`,
+//!   the last from the `chatq-mock-llm` crate) and draining it on a signal.
+//! - [`bench`]: `chatq bench`, handing over to the separately built `chatq-bench` executable.
 
 mod bench;
 mod cli;

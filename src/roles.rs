@@ -8,8 +8,8 @@ use chatq_common::settings::ProviderKind;
 use chatq_common::topology::Topology;
 use chatq_common::{Settings, db, nats};
 use chatq_ingress::Application;
+use chatq_mock_llm::{MockConfig, MockLlm};
 use chatq_workers::Worker;
-use chatq_workers::mock_llm::{MockConfig, MockLlm};
 use tokio_util::sync::CancellationToken;
 
 /// Which roles this process runs.

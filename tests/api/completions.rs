@@ -2,8 +2,8 @@
 //! `openai` Python SDK pointed at chatq.
 
 use chatq_common::chat::{ChatMessage, Role};
-use chatq_workers::mock_llm::MockConfig;
-use chatq_workers::mock_llm::reply::{prompt_tokens, reply_tokens};
+use chatq_mock_llm::MockConfig;
+use chatq_mock_llm::reply::{prompt_tokens, reply_tokens};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

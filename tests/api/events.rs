@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chatq_workers::mock_llm::{Fault, MockConfig};
+use chatq_mock_llm::{Fault, MockConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 

@@ -1,6 +1,6 @@
 //! `Idempotency-Key`: a retried send creates nothing new; the same key for another request is 409.
 
-use chatq_workers::mock_llm::MockConfig;
+use chatq_mock_llm::MockConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

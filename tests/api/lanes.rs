@@ -7,7 +7,7 @@ use chatq_common::db::jobs::{self, NewJob};
 use chatq_common::ids::{JobId, TenantId};
 use chatq_common::job::{JobRequest, Lane};
 use chatq_common::queue::publish_job;
-use chatq_workers::mock_llm::MockConfig;
+use chatq_mock_llm::MockConfig;
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -1,8 +1,10 @@
-//! Listing conversations (newest first, keyset pages), one conversation's counters, and history
-//! pages.
+//! Listing conversations (newest first, keyset pages), one conversation's counters, history
+//! pages, and conversations created in bulk (`db::conversations::create_many`).
 
 use std::collections::HashSet;
 
+use chatq_common::db::conversations;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{id_of, messages_path, spawn_app};
@@ -150,5 +152,43 @@ async fn history_pages_backwards_with_limit_and_before() {
         page("limit=6".into()).await,
         (vec![1, 2, 3, 4, 5, 6], false)
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn conversations_created_in_bulk_are_the_tenants_own_empty_and_usable() {
+    let app = spawn_app().await;
+    // Another key of the tenant the test's key belongs to, for its id.
+    let tenant = chatq_common::db::keys::create_key(&app.pool, "tenant-a", false)
+        .await
+        .unwrap()
+        .tenant_id;
+    let created = conversations::create_many(&app.pool, tenant, Some("bulk"), 5)
+        .await
+        .unwrap();
+    let created: HashSet<String> = created.iter().map(ToString::to_string).collect();
+    assert_eq!(created.len(), 5);
+
+    let listed = app.get_ok("/v1/conversations").await;
+    assert_eq!(ids(&listed).into_iter().collect::<HashSet<_>>(), created);
+    for conversation in listed["data"].as_array().unwrap() {
+        assert_eq!(conversation["title"], "bulk", "{conversation}");
+        assert_eq!(conversation["message_count"], 0, "{conversation}");
+    }
+    let other = app.other_tenant_key("tenant-b").await;
+    let theirs: Value = app
+        .request_as(&other, Method::GET, "/v1/conversations")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(ids(&theirs).is_empty(), "{theirs}");
+
+    let one = created.iter().next().unwrap();
+    let job = app.turn(one, "hello").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(app.history(one).await.len(), 2);
     app.stop().await;
 }

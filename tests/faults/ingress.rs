@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use chatq_workers::mock_llm::MockConfig;
+use chatq_mock_llm::MockConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;

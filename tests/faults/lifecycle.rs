@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chatq_common::events::{EventIds, JobEvent};
-use chatq_workers::mock_llm::{Fault, MockConfig};
+use chatq_mock_llm::{Fault, MockConfig};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chatq_common::db::jobs::reconcile::{StreamSighting, note_stream_created};
-use chatq_workers::mock_llm::{Fault, MockConfig};
+use chatq_mock_llm::{Fault, MockConfig};
 
 use crate::harness::{Stack, StackOptions};
 use crate::ledger::{self, settle};

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use chatq_workers::mock_llm::{Fault, MockConfig};
+use chatq_mock_llm::{Fault, MockConfig};
 use reqwest::{Method, StatusCode};
 
 use crate::harness::{Stack, StackOptions};

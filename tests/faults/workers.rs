@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use chatq_workers::mock_llm::MockConfig;
+use chatq_mock_llm::MockConfig;
 use uuid::Uuid;
 
 use crate::harness::{Stack, StackOptions};

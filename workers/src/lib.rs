@@ -24,8 +24,8 @@
 //!   429s.
 //! - [`slots`]: job slots whose number can change while jobs hold them.
 //! - [`writes`]: claims and replies of concurrent jobs, written in batches.
-//! - [`provider`]: the `Provider` trait and its implementations (OpenAI-compatible, simulated).
-//! - [`mock_llm`]: `chatq mock-llm`, an OpenAI-compatible server for tests and benchmarks.
+//! - [`provider`]: the `Provider` trait and its implementations (OpenAI-compatible, simulated,
+//!   with the simulated provider's deterministic text in [`provider::simulated::text`]).
 
 pub mod attempt;
 pub mod call;
@@ -35,7 +35,6 @@ pub mod failure;
 pub mod fleet;
 pub mod leases;
 pub mod limits;
-pub mod mock_llm;
 pub mod process;
 pub mod prompt;
 pub mod provider;

@@ -51,6 +51,33 @@ pub async fn create(
     .await
 }
 
+/// Creates `count` empty conversations for a tenant in one statement, all with the same title
+/// and no system prompt, model or metadata, and returns their ids (UUIDv7, in order). For
+/// loading many at once, as a benchmark does before it measures; a client creates one at a
+/// time with [`create`].
+///
+/// # Errors
+/// Database errors.
+pub async fn create_many(
+    pool: &PgPool,
+    tenant: TenantId,
+    title: Option<&str>,
+    count: usize,
+) -> Result<Vec<ConversationId>, sqlx::Error> {
+    let ids: Vec<ConversationId> = (0..count).map(|_| ConversationId::new()).collect();
+    let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+    sqlx::query!(
+        "INSERT INTO conversations (id, tenant_id, title)
+         SELECT id, $2, $3 FROM unnest($1::uuid[]) AS new(id)",
+        &uuids,
+        tenant.as_uuid(),
+        title,
+    )
+    .execute(pool)
+    .await?;
+    Ok(ids)
+}
+
 /// # Errors
 /// Database errors.
 pub async fn get(

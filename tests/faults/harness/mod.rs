@@ -12,7 +12,7 @@ pub mod processes;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chatq_workers::mock_llm::{MockConfig, MockLlm};
+use chatq_mock_llm::{MockConfig, MockLlm};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 

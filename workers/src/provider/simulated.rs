@@ -2,6 +2,10 @@
 //! failure rate, and no network. It is the default, so a first `chatq serve` works with nothing
 //! else configured; it says so at start-up and in the `model` of every reply
 //! (`simulated/<model>`), so nobody mistakes it for a real model.
+//!
+//! Its replies come from [`text`]: the same prompt always gets the same words.
+
+pub mod text;
 
 use std::time::Duration;
 
@@ -11,8 +15,8 @@ use chatq_common::settings::SimulatedSettings;
 use futures::StreamExt;
 use rand::Rng;
 
+use self::text::{prompt_tokens, reply_tokens};
 use super::{Provider, ProviderError, ProviderReply, ProviderRequest, ReplyStream, StreamItem};
-use crate::mock_llm::reply::{prompt_tokens, reply_tokens};
 
 /// The simulated provider.
 #[derive(Debug, Clone)]

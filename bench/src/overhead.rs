@@ -14,13 +14,14 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::args::GeneralArgs;
 use super::cpu::CpuWatch;
-use super::ledger;
+use super::figures::Percentiles;
 use super::phase::{self, PhaseSummary};
-use super::report::Percentiles;
-use super::stack::{MockPlan, Stack, StackPlan};
-use super::ttft::{completions_load, job_ids};
-use super::{BenchArgs, Services, openloop};
+use super::services::Services;
+use super::stack::{MockPlan, Stack, StackPlan, with_stack};
+use super::traffic::{completions_load, job_ids};
+use super::{ledger, openloop};
 
 /// The design's targets for the added latency at 500 requests/s.
 pub const TARGET_P50_MS: f64 = 3.0;
@@ -71,8 +72,11 @@ pub struct OverheadResult {
 ///
 /// # Errors
 /// The stack does not start, or a load cannot run.
-pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<OverheadResult> {
-    let overhead = &args.overhead;
+pub async fn run(
+    args: &GeneralArgs,
+    overhead: &OverheadArgs,
+    services: &Services,
+) -> anyhow::Result<OverheadResult> {
     let mock = MockPlan {
         ttft_ms: overhead.mock_ms,
         token_delay_ms: 0,
@@ -80,7 +84,7 @@ pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<Overhe
     };
     let plan =
         StackPlan::new(args.workers, args.worker_concurrency, Some(mock)).without_key_rate_limit();
-    super::with_stack(services, &plan, async |stack: &mut Stack| {
+    with_stack(services, &plan, async |stack: &mut Stack| {
         let mock = stack
             .mock
             .ok_or_else(|| anyhow::anyhow!("no mock provider"))?;

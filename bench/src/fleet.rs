@@ -16,11 +16,12 @@ use chatq_common::job::Lane;
 use serde::Serialize;
 
 use super::cpu::{CpuUsage, CpuWatch};
+use super::figures::{cpu_line, thousands};
 use super::machine::LoadAverage;
 use super::mock::{self, ArrivalRate};
-use super::report::{cpu_line, thousands};
-use super::stack::{MockPlan, Stack, StackPlan};
-use super::{BenchArgs, Services, fixtures, ledger, progress};
+use super::services::Services;
+use super::stack::{MockPlan, Stack, StackPlan, with_stack};
+use super::{fixtures, ledger, progress};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
@@ -94,8 +95,7 @@ pub struct FleetResult {
 ///
 /// # Errors
 /// A stack does not start, or a step cannot be measured.
-pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<FleetResult> {
-    let fleet = &args.fleet;
+pub async fn run(fleet: &FleetArgs, services: &Services) -> anyhow::Result<FleetResult> {
     let mut runs = vec![run_once(fleet, services, None).await?];
     if fleet.rpm > 0 {
         runs.push(run_once(fleet, services, Some(fleet.rpm)).await?);
@@ -122,7 +122,7 @@ async fn run_once(
     if let Some(rpm) = rpm {
         plan = plan.with_env("CHATQ_PROVIDER_RPM", rpm);
     }
-    super::with_stack(services, &plan, async |stack: &mut Stack| {
+    with_stack(services, &plan, async |stack: &mut Stack| {
         let mock = stack
             .mock
             .ok_or_else(|| anyhow::anyhow!("no mock provider"))?;

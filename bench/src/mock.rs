@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use chatq_workers::mock_llm::MockStats;
+use chatq_mock_llm::MockStats;
 use http_body_util::{BodyExt as _, Full};
 use hyper::header::HOST;
 use hyper::{Method, Request};

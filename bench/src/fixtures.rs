@@ -1,12 +1,17 @@
-//! What the bench reads and writes directly in the scratch database: conversations created in
-//! bulk before a load (one per request, since a conversation accepts one pending job at a time),
-//! backlogs of jobs queued without HTTP, and the jobs' outcomes afterwards. The queries touch
-//! only the bench's own scratch database.
+//! What the bench sets up in the scratch database before a load, and reads back after it:
+//! conversations created in bulk (one per request, since a conversation accepts one pending job
+//! at a time), backlogs of jobs queued without HTTP, and the jobs' outcomes afterwards.
+//!
+//! Every write goes through chatq's own database and queue functions (`chatq_common::db`,
+//! `chatq_common::queue`), so what the bench sets up is what chatq itself would have written;
+//! only the reads, for the report, are the bench's own SQL. They touch only the bench's own
+//! scratch database.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use chatq_common::chat::{ChatMessage, GenerationParams, Role};
+use chatq_common::db::conversations;
 use chatq_common::db::jobs::{self, NewJob};
 use chatq_common::ids::{JobId, TenantId};
 use chatq_common::job::{JobRequest, Lane};
@@ -21,17 +26,6 @@ use super::scratch::Scratch;
 /// Most conversations inserted by one statement.
 const INSERT_CHUNK: usize = 50_000;
 
-/// The id of the tenant named `name`.
-///
-/// # Errors
-/// No such tenant, or a database error.
-pub async fn tenant_id(pool: &PgPool, name: &str) -> anyhow::Result<Uuid> {
-    sqlx::query_scalar!("SELECT id FROM tenants WHERE name = $1", name)
-        .fetch_optional(pool)
-        .await?
-        .with_context(|| format!("no tenant named {name:?}"))
-}
-
 /// Creates `count` empty conversations for the tenant and returns their ids (UUIDv7, in order).
 /// Far faster than `count` HTTP requests, and not part of what is measured.
 ///
@@ -42,17 +36,16 @@ pub async fn create_conversations(
     tenant: Uuid,
     count: usize,
 ) -> anyhow::Result<Vec<Uuid>> {
-    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
-    for chunk in ids.chunks(INSERT_CHUNK) {
-        sqlx::query!(
-            "INSERT INTO conversations (id, tenant_id, title)
-             SELECT id, $2, 'bench' FROM unnest($1::uuid[]) AS new(id)",
-            chunk,
-            tenant,
-        )
-        .execute(pool)
-        .await
-        .context("cannot create the bench's conversations")?;
+    let tenant = TenantId::from_uuid(tenant);
+    let mut ids = Vec::with_capacity(count);
+    let mut left = count;
+    while left > 0 {
+        let chunk = left.min(INSERT_CHUNK);
+        let created = conversations::create_many(pool, tenant, Some("bench"), chunk)
+            .await
+            .context("cannot create the bench's conversations")?;
+        ids.extend(created.into_iter().map(|id| id.as_uuid()));
+        left -= chunk;
     }
     Ok(ids)
 }

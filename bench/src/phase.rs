@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::cpu::{CpuUsage, CpuWatch};
+use super::figures::{Percentiles, cpu_cost_line, cpu_line, thousands};
 use super::machine::LoadAverage;
 use super::openloop::{self, OpenLoop, OpenLoopOutcome, Read};
-use super::report::{Percentiles, cpu_cost_line, cpu_line, thousands};
 
 /// An open-loop phase, summarised.
 #[derive(Debug, Clone, Serialize)]

@@ -9,6 +9,7 @@
 //! - Postgres: single-row INSERT transactions of a 1 KB row into a scratch table of the scratch
 //!   database, from 16 and from 64 connections.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,12 +28,14 @@ use sqlx::{Connection as _, PgConnection};
 use std::future::IntoFuture as _;
 use tokio::task::JoinSet;
 
+use super::args::GeneralArgs;
 use super::cpu::{CpuUsage, CpuWatch};
+use super::figures::{cpu_line, thousands};
 use super::load::{Load, Requests};
+use super::load_summary::LoadSummary;
 use super::machine::LoadAverage;
-use super::report::LoadSummary;
+use super::progress;
 use super::stack::Stack;
-use super::{BenchArgs, progress};
 
 /// Acknowledgements in flight in the pipelined JetStream probe.
 pub const JETSTREAM_IN_FLIGHT: usize = 256;
@@ -66,7 +69,7 @@ pub struct RateProbe {
 ///
 /// # Errors
 /// A probe cannot set up its scratch stream or table.
-pub async fn measure(args: &BenchArgs, stack: &Stack) -> anyhow::Result<Limits> {
+pub async fn measure(args: &GeneralArgs, stack: &Stack) -> anyhow::Result<Limits> {
     let duration = args.duration();
     let watch = CpuWatch::new(stack.processes(), &stack.scratch.database);
     let http = http_ceiling(args, stack, &watch).await?;
@@ -86,7 +89,7 @@ pub async fn measure(args: &BenchArgs, stack: &Stack) -> anyhow::Result<Limits> 
 }
 
 async fn http_ceiling(
-    args: &BenchArgs,
+    args: &GeneralArgs,
     stack: &Stack,
     watch: &CpuWatch,
 ) -> anyhow::Result<LoadSummary> {
@@ -273,4 +276,84 @@ async fn postgres_inserts(
         load_average,
         cpu,
     })
+}
+
+impl Limits {
+    /// `rate` as a fraction of each ceiling: `0.13 × HTTP GET /healthz, ...`.
+    pub fn ratios(&self, rate: f64) -> Vec<(String, f64)> {
+        let ratio = |limit: f64| if limit > 0.0 { rate / limit } else { 0.0 };
+        let http = format!("HTTP {} of the ingress", self.http.label);
+        let mut all = vec![(http, ratio(self.http.per_second))];
+        all.extend(
+            self.probes()
+                .map(|probe| (probe.name.clone(), ratio(probe.per_second))),
+        );
+        all
+    }
+
+    /// Every probe but the HTTP one, in the order they are reported.
+    fn probes(&self) -> impl Iterator<Item = &RateProbe> {
+        [&self.jetstream_sequential, &self.jetstream_pipelined]
+            .into_iter()
+            .chain(self.postgres.iter())
+    }
+
+    /// The limits' lines of the report.
+    pub fn render(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "\nLIMITS of this machine, measured in this run");
+        let http = &self.http;
+        let _ = writeln!(
+            out,
+            "  {:<52} {:>9}/s",
+            format!(
+                "HTTP: {} of the ingress, {} connections",
+                http.label, http.connections
+            ),
+            thousands(http.per_second),
+        );
+        let _ = writeln!(
+            out,
+            "      latency ms: {}; answers: {}",
+            http.latency_ms,
+            http.answers()
+        );
+        let _ = writeln!(
+            out,
+            "      load {}; CPU {}",
+            http.load_average,
+            cpu_line(&http.cpu)
+        );
+        for probe in self.probes() {
+            let errors = if probe.errors > 0 {
+                format!(" ({} errors)", thousands(probe.errors as f64))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  {:<52} {:>9}/s{errors}",
+                probe.name,
+                thousands(probe.per_second)
+            );
+            let _ = writeln!(
+                out,
+                "      load {}; CPU {}",
+                probe.load_average,
+                cpu_line(&probe.cpu)
+            );
+        }
+    }
+}
+
+/// The lines every scenario prints under its rate: the ratios to the limits.
+pub fn render_ratios(out: &mut String, rate: f64, limits: Option<&Limits>) {
+    let Some(limits) = limits else {
+        let _ = writeln!(out, "  ratio to limits: not measured (--no-limits)");
+        return;
+    };
+    let _ = writeln!(out, "  as a fraction of the limits measured in this run:");
+    for (name, ratio) in limits.ratios(rate) {
+        let _ = writeln!(out, "    {ratio:>6.3} of {name}");
+    }
 }

@@ -1,10 +1,22 @@
-//! `chatq mock-llm`: an OpenAI-compatible server for demos, tests and benchmarks.
+//! # chatq-mock-llm
+//!
+//! An OpenAI-compatible mock LLM server for demos, tests and benchmarks: `chatq mock-llm` runs
+//! it, the integration tests start one per test on a free port, and `chatq-bench` starts it as
+//! the provider of the system under test. It is a test tool: it depends on chatq-common and
+//! chatq-workers (whose simulated provider's text it answers with), never the other way round.
 //!
 //! It answers `POST /v1/chat/completions` (JSON, or SSE with `stream: true`) with deterministic
 //! replies ([`reply`]), and `GET /v1/models`. Its behaviour is set at start-up and can be changed
 //! while it runs with `POST /control` (a JSON [`MockConfig`]), so one test can turn on a 429 storm
 //! or a stalled stream halfway through. It counts what it sees: `GET /stats` ([`MockStats`]) and
 //! `GET /requests` (the most recent request bodies).
+//!
+//! # Layout
+//!
+//! - this file: [`MockConfig`] (its flags double as `chatq mock-llm`'s), the [`Fault`]s it can
+//!   play, what it counts ([`MockStats`], [`RecordedRequest`]), and [`MockLlm`], a running server.
+//! - [`reply`]: the reply text and token counts, borrowed from the simulated provider.
+//! - `server`: the HTTP handlers: completions (JSON and SSE), faults, limits, stats, control.
 
 pub mod reply;
 mod server;

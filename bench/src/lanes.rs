@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use chatq_common::job::Lane;
 use serde::Serialize;
 
+use super::args::GeneralArgs;
 use super::cpu::CpuWatch;
+use super::figures::{Percentiles, thousands};
 use super::phase::{self, PhaseSummary};
-use super::report::{Percentiles, thousands};
-use super::spike::messages_load;
-use super::stack::{MockPlan, Stack, StackPlan};
-use super::{BenchArgs, Services, fixtures, ledger, progress};
+use super::services::Services;
+use super::stack::{MockPlan, Stack, StackPlan, with_stack};
+use super::traffic::messages_load;
+use super::{fixtures, ledger, progress};
 
 /// How long the interactive jobs may take to finish after the last was sent.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -68,15 +70,18 @@ pub struct LanesResult {
 ///
 /// # Errors
 /// The stack does not start, or a step cannot run.
-pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<LanesResult> {
-    let lanes = &args.lanes;
+pub async fn run(
+    args: &GeneralArgs,
+    lanes: &LanesArgs,
+    services: &Services,
+) -> anyhow::Result<LanesResult> {
     let mock = MockPlan {
         ttft_ms: lanes.mock_ms,
         token_delay_ms: 0,
         tokens: 16,
     };
     let plan = StackPlan::new(0, lanes.worker_concurrency, Some(mock));
-    super::with_stack(services, &plan, async |stack: &mut Stack| {
+    with_stack(services, &plan, async |stack: &mut Stack| {
         let pool = stack.scratch.pool.clone();
         let count = (lanes.rate * lanes.seconds).round().max(1.0) as usize;
         let conversations = fixtures::create_conversations(&pool, stack.tenant, count).await?;

@@ -1,5 +1,5 @@
-//! The system under test, as real processes: this very binary started as `chatq mock-llm`,
-//! `chatq ingress` and N × `chatq worker`, each configured only through `CHATQ_*` variables,
+//! The system under test, as real processes: the `chatq` executable (beside this one, or
+//! `--chatq PATH`) started as `chatq mock-llm`, `chatq ingress` and N × `chatq worker`, each configured only through `CHATQ_*` variables,
 //! exactly as an operator would run them. Nothing of chatq runs inside the bench process, so the
 //! load generator and the server never share a runtime.
 //!
@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chatq_common::job::Lane;
+use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use super::scratch::Scratch;
-use super::{Services, fixtures, load, progress};
+use super::services::Services;
+use super::{load, progress};
 
 /// How long a process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,6 +93,8 @@ pub struct Stack {
     pub mock: Option<SocketAddr>,
     pub api_key: String,
     pub tenant: Uuid,
+    /// The chatq executable every child is started from.
+    chatq: PathBuf,
     children: Vec<ChildProcess>,
     log_dir: PathBuf,
     /// The `CHATQ_*` variables every chatq process gets.
@@ -127,6 +131,7 @@ impl Stack {
             mock: None,
             api_key: String::new(),
             tenant: Uuid::nil(),
+            chatq: services.chatq.clone(),
             children: Vec::new(),
             log_dir,
         };
@@ -198,7 +203,7 @@ impl Stack {
 
         step.set_message("API key");
         self.api_key = self.create_key().await?;
-        self.tenant = fixtures::tenant_id(&self.scratch.pool, TENANT).await?;
+        self.tenant = tenant_id(&self.scratch.pool, TENANT).await?;
 
         if plan.workers > 0 {
             step.set_message(format!("{} workers", plan.workers));
@@ -244,9 +249,8 @@ impl Stack {
         self.children.iter().filter(|c| c.role == role).count()
     }
 
-    fn command(&self, args: &[String]) -> anyhow::Result<Command> {
-        let exe = std::env::current_exe().context("cannot find the chatq executable")?;
-        let mut command = Command::new(exe);
+    fn command(&self, args: &[String]) -> Command {
+        let mut command = Command::new(&self.chatq);
         command.args(args).kill_on_drop(true);
         // Only the settings chosen here: none inherited from the shell running the bench.
         for (name, _) in std::env::vars_os() {
@@ -255,7 +259,7 @@ impl Stack {
             }
         }
         command.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        Ok(command)
+        command
     }
 
     fn spawn(&mut self, role: &'static str, args: &[String]) -> anyhow::Result<()> {
@@ -263,7 +267,7 @@ impl Stack {
         let log = self.log_dir.join(format!("{role}-{index}.log"));
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = self.command(args)?;
+        let mut command = self.command(args);
         if role == "ingress" {
             command.env("CHATQ_HTTP_ADDR", self.ingress.to_string());
         }
@@ -280,7 +284,7 @@ impl Stack {
     /// `chatq keys create --tenant bench`: the key is the only line on standard output.
     async fn create_key(&self) -> anyhow::Result<String> {
         let output = self
-            .command(&["keys".into(), "create".into(), format!("--tenant={TENANT}")])?
+            .command(&["keys".into(), "create".into(), format!("--tenant={TENANT}")])
             .stdin(Stdio::null())
             .output()
             .await
@@ -404,6 +408,64 @@ impl Stack {
         removed?;
         Ok(StackStop { problems, logs })
     }
+}
+
+/// Starts a stack, runs `scenario` on it, and always stops the stack and removes its scratch
+/// resources afterwards, also when the scenario fails or is interrupted with Ctrl-C.
+///
+/// # Errors
+/// The stack does not start, the scenario fails, or a chatq process did not run cleanly.
+pub async fn with_stack<T>(
+    services: &Services,
+    plan: &StackPlan,
+    scenario: impl AsyncFnOnce(&mut Stack) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut stack = Stack::start(services, plan).await?;
+    let outcome = tokio::select! {
+        outcome = scenario(&mut stack) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let stopped = stack.stop(services.keep_logs || outcome.is_err()).await;
+    let outcome = match (outcome, &stopped) {
+        (
+            Err(err),
+            Ok(StackStop {
+                logs: Some(logs), ..
+            }),
+        ) => Err(err.context(format!("chatq logs kept in {}", logs.display()))),
+        (outcome, _) => outcome,
+    };
+    let outcome = outcome?;
+    let stopped = stopped?;
+    if let Some(logs) = &stopped.logs
+        && stopped.problems.is_empty()
+    {
+        #[expect(clippy::print_stderr, reason = "where to find what --keep-logs kept")]
+        {
+            eprintln!("chatq logs kept in {}", logs.display());
+        }
+    }
+    anyhow::ensure!(
+        stopped.problems.is_empty(),
+        "the measurement finished, but not every chatq process ran cleanly: {}{}",
+        stopped.problems.join("; "),
+        stopped
+            .logs
+            .map(|logs| format!(" (logs in {})", logs.display()))
+            .unwrap_or_default()
+    );
+    Ok(outcome)
+}
+
+/// The id of the tenant named `name`.
+///
+/// # Errors
+/// No such tenant, or a database error.
+async fn tenant_id(pool: &PgPool, name: &str) -> anyhow::Result<Uuid> {
+    sqlx::query_scalar!("SELECT id FROM tenants WHERE name = $1", name)
+        .fetch_optional(pool)
+        .await?
+        .with_context(|| format!("no tenant named {name:?}"))
 }
 
 /// Asks a child to stop, as an operator's SIGTERM would.

@@ -13,20 +13,18 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use bytes::Bytes;
-use hyper::{Method, Uri};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::args::GeneralArgs;
 use super::cpu::CpuWatch;
-use super::enqueue::MESSAGE;
+use super::figures::thousands;
 use super::mock::{self, ArrivalRate};
-use super::openloop::{OpenLoop, Planned, Read};
 use super::phase::{self, PhaseSummary};
-use super::report::thousands;
-use super::stack::{MockPlan, Stack, StackPlan};
-use super::{BenchArgs, Services, fixtures, ledger, progress};
+use super::services::Services;
+use super::stack::{MockPlan, Stack, StackPlan, with_stack};
+use super::traffic::messages_load;
+use super::{fixtures, ledger, progress};
 
 /// How far the drain rate may be from the limit.
 pub const TOLERANCE: f64 = 0.05;
@@ -109,23 +107,27 @@ pub struct SpikeResult {
 ///
 /// # Errors
 /// A stack does not start, or a step cannot run.
-pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<SpikeResult> {
+pub async fn run(
+    args: &GeneralArgs,
+    spike: &SpikeArgs,
+    services: &Services,
+) -> anyhow::Result<SpikeResult> {
     let mut runs = Vec::new();
-    for &queue_max_jobs in &args.spike.queue_max_jobs {
-        runs.push(run_once(args, services, queue_max_jobs).await?);
+    for &queue_max_jobs in &spike.queue_max_jobs {
+        runs.push(run_once(args, spike, services, queue_max_jobs).await?);
     }
     Ok(SpikeResult {
-        rpm: args.spike.rpm,
+        rpm: spike.rpm,
         runs,
     })
 }
 
 async fn run_once(
-    args: &BenchArgs,
+    args: &GeneralArgs,
+    spike: &SpikeArgs,
     services: &Services,
     queue_max_jobs: i64,
 ) -> anyhow::Result<SpikeRun> {
-    let spike = &args.spike;
     let mock = MockPlan {
         ttft_ms: spike.mock_ms,
         token_delay_ms: 0,
@@ -135,7 +137,7 @@ async fn run_once(
         .without_key_rate_limit()
         .with_env("CHATQ_PROVIDER_RPM", spike.rpm)
         .with_env("CHATQ_QUEUE_MAX_JOBS", queue_max_jobs);
-    super::with_stack(services, &plan, async |stack: &mut Stack| {
+    with_stack(services, &plan, async |stack: &mut Stack| {
         let mock = stack
             .mock
             .ok_or_else(|| anyhow::anyhow!("no mock provider"))?;
@@ -203,7 +205,7 @@ async fn run_once(
                 .count(),
             accepted_without_job,
             shed_with_job,
-            stream_left: jobs_in_stream(stack).await?,
+            stream_left: stack.scratch.jobs_in_stream().await?,
             drain_timed_out: !drained,
             seconds_to_drain,
             provider: ArrivalRate::of(&stats.arrivals_ms),
@@ -212,41 +214,6 @@ async fn run_once(
         })
     })
     .await
-}
-
-/// One message to each conversation, due at `rate` per second.
-pub fn messages_load(
-    label: &str,
-    stack: &Stack,
-    conversations: &[Uuid],
-    rate: f64,
-    connections: usize,
-) -> OpenLoop {
-    let body = Bytes::from_static(MESSAGE.as_bytes());
-    let requests = conversations
-        .iter()
-        .filter_map(|id| {
-            let id = chatq_common::ids::ConversationId::from_uuid(*id);
-            let path = Uri::try_from(format!("/v1/conversations/{id}/messages")).ok()?;
-            Some(Planned {
-                method: Method::POST,
-                path,
-                body: body.clone(),
-            })
-        })
-        .collect();
-    OpenLoop {
-        label: label.into(),
-        target: stack.ingress,
-        rate,
-        requests,
-        api_key: Some(stack.api_key.clone()),
-        warm_connections: connections.min(256),
-        max_connections: connections,
-        read: Read::Whole,
-        capture_header: None,
-        timeout: Duration::from_secs(120),
-    }
 }
 
 /// Waits until no job is queued or running; `false` if that took longer than `timeout` from
@@ -266,21 +233,6 @@ async fn drain(stack: &Stack, started: Instant, timeout: Duration) -> anyhow::Re
         spinner.set_message(format!("{active} jobs queued or running"));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-async fn jobs_in_stream(stack: &Stack) -> anyhow::Result<u64> {
-    let mut stream = stack
-        .scratch
-        .jetstream
-        .get_stream(stack.scratch.topology.jobs_stream())
-        .await
-        .context("cannot find the job stream")?;
-    Ok(stream
-        .info()
-        .await
-        .context("cannot read the job stream")?
-        .state
-        .messages)
 }
 
 impl SpikeResult {

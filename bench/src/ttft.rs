@@ -11,20 +11,17 @@
 //! which of these it is.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::{Method, Uri};
 use serde::Serialize;
-use uuid::Uuid;
 
+use super::args::GeneralArgs;
 use super::cpu::CpuWatch;
+use super::figures::Percentiles;
 use super::ledger;
-use super::openloop::{OpenLoop, Planned, Read};
 use super::phase::{self, PhaseSummary};
-use super::report::Percentiles;
-use super::stack::{MODEL, MockPlan, Stack, StackPlan};
-use super::{BenchArgs, Services};
+use super::services::Services;
+use super::stack::{MockPlan, Stack, StackPlan, with_stack};
+use super::traffic::{completions_load, job_ids};
 
 /// The design's target: provider TTFT + at most this, at p99.
 pub const TARGET_ADDED_MS: f64 = 5.0;
@@ -64,67 +61,22 @@ pub struct TtftResult {
     pub target_added_ms: f64,
 }
 
-/// `count` chat completion requests, each with a prompt of its own.
-pub fn chat_completions(count: usize, stream: bool) -> Vec<Planned> {
-    (0..count)
-        .map(|index| {
-            let body = serde_json::json!({
-                "model": MODEL,
-                "messages": [{"role": "user", "content": format!(
-                    "Request {index}: summarise the plot of Moby-Dick in three sentences."
-                )}],
-                "stream": stream,
-            });
-            Planned {
-                method: Method::POST,
-                path: Uri::from_static("/v1/chat/completions"),
-                body: Bytes::from(body.to_string()),
-            }
-        })
-        .collect()
-}
-
-/// An open-loop load of chat completions at `rate` for `seconds`.
-pub fn completions_load(
-    label: &str,
-    stack: &Stack,
-    target: std::net::SocketAddr,
-    rate: f64,
-    seconds: f64,
-    stream: bool,
-) -> OpenLoop {
-    let count = (rate * seconds).round().max(1.0) as usize;
-    OpenLoop {
-        label: label.into(),
-        target,
-        rate,
-        requests: chat_completions(count, stream),
-        api_key: Some(stack.api_key.clone()),
-        warm_connections: (rate / 5.0).ceil().clamp(4.0, 256.0) as usize,
-        max_connections: 4_096,
-        read: if stream {
-            Read::FirstContent
-        } else {
-            Read::Whole
-        },
-        capture_header: Some("x-chatq-job-id"),
-        timeout: Duration::from_secs(60),
-    }
-}
-
 /// Runs the scenario on a stack of its own (mock, ingress, workers).
 ///
 /// # Errors
 /// The stack does not start, or a load cannot run.
-pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<TtftResult> {
-    let ttft = &args.ttft;
+pub async fn run(
+    args: &GeneralArgs,
+    ttft: &TtftArgs,
+    services: &Services,
+) -> anyhow::Result<TtftResult> {
     let mock = MockPlan {
         ttft_ms: ttft.mock_ttft_ms,
         token_delay_ms: TOKEN_DELAY_MS,
         tokens: TOKENS,
     };
     let plan = StackPlan::new(args.workers, args.worker_concurrency, Some(mock));
-    super::with_stack(services, &plan, async |stack: &mut Stack| {
+    with_stack(services, &plan, async |stack: &mut Stack| {
         let mock = stack
             .mock
             .ok_or_else(|| anyhow::anyhow!("no mock provider"))?;
@@ -188,14 +140,6 @@ pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<TtftRe
         })
     })
     .await
-}
-
-/// The job ids of `x-chatq-job-id` headers, as UUIDs.
-pub fn job_ids<'a>(headers: impl Iterator<Item = &'a str>) -> Vec<Uuid> {
-    headers
-        .filter_map(|text| text.parse::<chatq_common::ids::JobId>().ok())
-        .map(|id| id.as_uuid())
-        .collect()
 }
 
 impl TtftResult {

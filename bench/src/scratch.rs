@@ -15,10 +15,10 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use sqlx::migrate::MigrateDatabase as _;
 
-use super::Services;
+use super::services::Services;
 
 /// Connections the bench itself keeps to the scratch database (fixtures, backlogs of jobs queued
-/// directly, polling). Idle ones cost nothing, and CPU is counted per backend only when busy.
+/// without HTTP, polling). Idle ones cost nothing, and CPU is counted per backend only when busy.
 const BENCH_POOL_SIZE: u32 = 16;
 
 pub struct Scratch {
@@ -67,6 +67,23 @@ impl Scratch {
     /// The prefix of every stream name in this namespace (`CQBENCH…_`).
     pub fn stream_prefix(&self) -> String {
         format!("{}_", self.namespace.as_str().to_ascii_uppercase())
+    }
+
+    /// Messages in the namespace's job stream: every job published and not yet acknowledged.
+    ///
+    /// # Errors
+    /// The stream cannot be found or read.
+    pub async fn jobs_in_stream(&self) -> anyhow::Result<u64> {
+        let mut stream = self
+            .jetstream
+            .get_stream(self.topology.jobs_stream())
+            .await
+            .context("cannot find the job stream")?;
+        let info = stream
+            .info()
+            .await
+            .context("cannot read the job stream's state")?;
+        Ok(info.state.messages)
     }
 
     /// Deletes every stream of the namespace (its job, dead-letter and event streams, and the

@@ -22,12 +22,14 @@ use chatq_common::ids::JobId;
 use chatq_common::job::Lane;
 use serde::Serialize;
 
+use super::args::GeneralArgs;
 use super::cpu::{CpuUsage, CpuWatch};
+use super::figures::{cpu_line, thousands};
 use super::machine::LoadAverage;
-use super::report::{cpu_line, thousands};
-use super::stack::{MockPlan, Stack, StackPlan};
+use super::services::Services;
+use super::stack::{MockPlan, Stack, StackPlan, with_stack};
 use super::subscribers::{Received, Subscribers};
-use super::{BenchArgs, Services, fixtures, ledger, progress};
+use super::{fixtures, ledger, progress};
 
 /// The design's targets: this many subscribers, in at most this much ingress memory.
 pub const TARGET_SUBSCRIBERS: usize = 10_000;
@@ -145,8 +147,11 @@ pub struct SseResult {
 ///
 /// # Errors
 /// The file-descriptor limit is too low, a stack does not start, or a step times out.
-pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<SseResult> {
-    let sse = &args.sse;
+pub async fn run(
+    args: &GeneralArgs,
+    sse: &SseArgs,
+    services: &Services,
+) -> anyhow::Result<SseResult> {
     let most = sse
         .spreads
         .iter()
@@ -156,7 +161,7 @@ pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<SseRes
     let fd_limit = raise_fd_limit(most as u64 + SPARE_FDS)?;
     let mut spreads = Vec::new();
     for spread in &sse.spreads {
-        spreads.push(run_spread(args, services, *spread, fd_limit).await?);
+        spreads.push(run_spread(args, sse, services, *spread, fd_limit).await?);
     }
     Ok(SseResult {
         tokens: sse.tokens,
@@ -167,12 +172,12 @@ pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<SseRes
 }
 
 async fn run_spread(
-    args: &BenchArgs,
+    args: &GeneralArgs,
+    sse: &SseArgs,
     services: &Services,
     spread: Spread,
     fd_limit: u64,
 ) -> anyhow::Result<SpreadResult> {
-    let sse = &args.sse;
     let subscribers = spread.jobs * spread.per_job;
     let mock = MockPlan {
         ttft_ms: 200,
@@ -182,7 +187,7 @@ async fn run_spread(
     let plan = StackPlan::new(0, sse.worker_concurrency, Some(mock))
         .without_key_rate_limit()
         .with_env("CHATQ_MAX_EVENT_STREAMS", (subscribers + 1_000).max(20_000));
-    super::with_stack(services, &plan, async |stack: &mut Stack| {
+    with_stack(services, &plan, async |stack: &mut Stack| {
         let ingress = stack
             .pid("ingress")
             .ok_or_else(|| anyhow::anyhow!("the ingress has no pid"))?;

@@ -12,6 +12,8 @@ use anyhow::Context as _;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::figures::thousands;
+
 /// One job, as recorded.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRecord {
@@ -95,7 +97,7 @@ pub fn describe(counts: &BTreeMap<String, u64>) -> String {
     }
     counts
         .iter()
-        .map(|(status, count)| format!("{status} × {}", super::report::thousands(*count as f64)))
+        .map(|(status, count)| format!("{status} × {}", thousands(*count as f64)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -1,5 +1,9 @@
-//! Deterministic replies: the same prompt always gets the same text, so tests can compare what was
-//! streamed with what was stored, and a replay with what was first sent.
+//! The simulated provider's text: deterministic replies, so the same prompt always gets the same
+//! text and tests can compare what was streamed with what was stored, and a replay with what was
+//! first sent; and the rule by which it counts a prompt's tokens.
+//!
+//! The mock provider (`chatq-mock-llm`) answers with this same text and counts with this same
+//! rule, so a test's expectation holds whichever of the two produced the reply.
 
 use chatq_common::chat::{ChatMessage, estimate_tokens};
 
@@ -104,7 +108,8 @@ pub fn reply_tokens(messages: &[ChatMessage], count: usize) -> Vec<String> {
         .collect()
 }
 
-/// Prompt tokens as the mock and the simulated provider count them.
+/// Prompt tokens as the simulated provider (and the mock) count them: the estimate of each
+/// message's content, plus 4 for its role and framing.
 pub fn prompt_tokens(messages: &[ChatMessage]) -> u32 {
     let tokens: usize = messages
         .iter()

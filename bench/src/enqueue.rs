@@ -2,32 +2,27 @@
 //! only the ingress, Postgres and JetStream are measured.
 //!
 //! Each request goes to its own conversation (a conversation accepts one pending job at a time),
-//! created beforehand directly in the scratch database. A warm-up load on other conversations
-//! opens the ingress's database connections and fills its key cache first. Afterwards the job
+//! created beforehand in bulk ([`super::fixtures`]), not over HTTP. A warm-up load on other
+//! conversations opens the ingress's database connections and fills its key cache first. Afterwards the job
 //! stream must hold one message per 202: an accepted job that JetStream does not have would be a
 //! bug, not a slow run.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
-use anyhow::Context as _;
-use bytes::Bytes;
-use hyper::{Method, Uri};
 use serde::Serialize;
-use uuid::Uuid;
 
+use super::args::GeneralArgs;
 use super::cpu::CpuWatch;
-use super::limits::Limits;
-use super::load::{Load, Requests};
-use super::report::{LoadSummary, cpu_cost_line, cpu_line, render_ratios, thousands};
-use super::stack::{Stack, StackPlan};
-use super::{BenchArgs, Services, fixtures};
+use super::figures::{cpu_cost_line, cpu_line, thousands};
+use super::fixtures;
+use super::limits::{Limits, render_ratios};
+use super::load_summary::LoadSummary;
+use super::services::Services;
+use super::stack::{Stack, StackPlan, with_stack};
+use super::traffic::send_messages;
 
 /// The design's target for this scenario, on a 2-core machine.
 pub const TARGET_PER_SECOND: f64 = 5_000.0;
-
-/// The message every request sends: a typical short chat turn.
-pub const MESSAGE: &str = r#"{"content":"Summarise the plot of Moby-Dick in three sentences, for a reader who has not read it."}"#;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EnqueueResult {
@@ -43,9 +38,9 @@ pub struct EnqueueResult {
 ///
 /// # Errors
 /// The stack does not start, or the load cannot run.
-pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<EnqueueResult> {
+pub async fn run(args: &GeneralArgs, services: &Services) -> anyhow::Result<EnqueueResult> {
     let plan = StackPlan::new(0, args.worker_concurrency, None).without_key_rate_limit();
-    super::with_stack(services, &plan, async |stack: &mut Stack| {
+    with_stack(services, &plan, async |stack: &mut Stack| {
         let warm_up =
             fixtures::create_conversations(&stack.scratch.pool, stack.tenant, args.warmup).await?;
         let measured =
@@ -65,7 +60,7 @@ pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<Enqueu
         )
         .await?;
         stack.check_alive()?;
-        let jobs_in_stream = jobs_in_stream(stack).await?;
+        let jobs_in_stream = stack.scratch.jobs_in_stream().await?;
         Ok(EnqueueResult {
             target_per_second: TARGET_PER_SECOND,
             jobs_in_stream,
@@ -74,46 +69,6 @@ pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<Enqueu
         })
     })
     .await
-}
-
-/// A load sending [`MESSAGE`] once to each conversation.
-pub fn send_messages(
-    label: &str,
-    stack: &Stack,
-    conversations: &[Uuid],
-    connections: usize,
-) -> anyhow::Result<Load> {
-    let paths = conversations
-        .iter()
-        .map(|id| {
-            let id = chatq_common::ids::ConversationId::from_uuid(*id);
-            Uri::try_from(format!("/v1/conversations/{id}/messages"))
-                .context("a conversation path is not a valid URI")
-        })
-        .collect::<anyhow::Result<Vec<Uri>>>()?;
-    Ok(Load {
-        label: label.into(),
-        target: stack.ingress,
-        method: Method::POST,
-        requests: Requests::EachOnce(Arc::from(paths)),
-        body: Bytes::from_static(MESSAGE.as_bytes()),
-        api_key: Some(stack.api_key.clone()),
-        connections,
-    })
-}
-
-async fn jobs_in_stream(stack: &Stack) -> anyhow::Result<u64> {
-    let mut stream = stack
-        .scratch
-        .jetstream
-        .get_stream(stack.scratch.topology.jobs_stream())
-        .await
-        .context("cannot find the job stream")?;
-    let info = stream
-        .info()
-        .await
-        .context("cannot read the job stream's state")?;
-    Ok(info.state.messages)
 }
 
 impl EnqueueResult {

@@ -13,13 +13,16 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::args::GeneralArgs;
 use super::cpu::{CpuUsage, CpuWatch};
-use super::enqueue::send_messages;
-use super::limits::Limits;
+use super::figures::{Percentiles, cpu_cost_line, cpu_line, thousands};
+use super::limits::{Limits, render_ratios};
+use super::load_summary::LoadSummary;
 use super::machine::LoadAverage;
-use super::report::{LoadSummary, Percentiles, cpu_cost_line, cpu_line, render_ratios, thousands};
-use super::stack::{MockPlan, Stack, StackPlan};
-use super::{BenchArgs, Services, fixtures, progress};
+use super::services::Services;
+use super::stack::{MockPlan, Stack, StackPlan, with_stack};
+use super::traffic::send_messages;
+use super::{fixtures, progress};
 
 /// The design's target for this scenario, on a 2-core machine with zero provider latency.
 pub const TARGET_PER_SECOND: f64 = 2_000.0;
@@ -60,7 +63,7 @@ pub struct E2eResult {
 ///
 /// # Errors
 /// The stack does not start, or the load cannot run.
-pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<E2eResult> {
+pub async fn run(args: &GeneralArgs, services: &Services) -> anyhow::Result<E2eResult> {
     let mock = MockPlan {
         ttft_ms: args.mock_ttft_ms,
         token_delay_ms: args.mock_token_delay_ms,
@@ -69,7 +72,7 @@ pub async fn run(args: &BenchArgs, services: &Services) -> anyhow::Result<E2eRes
     let plan =
         StackPlan::new(args.workers, args.worker_concurrency, Some(mock)).without_key_rate_limit();
     let timeout = Duration::from_secs(args.timeout_secs);
-    super::with_stack(services, &plan, async |stack: &mut Stack| {
+    with_stack(services, &plan, async |stack: &mut Stack| {
         let pool = stack.scratch.pool.clone();
         let warm_up = fixtures::create_conversations(&pool, stack.tenant, args.warmup).await?;
         let measured = fixtures::create_conversations(&pool, stack.tenant, args.jobs).await?;

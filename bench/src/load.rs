@@ -26,6 +26,7 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::figures::latency_histogram;
 use super::progress;
 
 /// Which requests a load sends.
@@ -80,11 +81,6 @@ impl LoadOutcome {
 pub fn per_second(count: u64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
-}
-
-/// A histogram for latencies in microseconds, from 1 µs to 5 minutes, at 3 significant digits.
-pub fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
-    Histogram::new_with_bounds(1, 300_000_000, 3).context("cannot create a latency histogram")
 }
 
 /// Runs the load to its end and returns what it measured.

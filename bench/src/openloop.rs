@@ -24,7 +24,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use super::load::{Connection, latency_histogram};
+use super::figures::latency_histogram;
+use super::load::Connection;
 use super::progress;
 use super::sse_frames::{SseBuffer, chunk_content};
 
