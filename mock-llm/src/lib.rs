@@ -114,6 +114,10 @@ pub struct MockStats {
     pub max_in_flight: u64,
     /// Milliseconds since start of each request's arrival (the most recent 1,000,000).
     pub arrivals_ms: Vec<u64>,
+    /// For each request answered, when it arrived (ms since start) and the tokens its usage
+    /// counts (prompt and completion): what a tokens-per-minute limit is measured in. The most
+    /// recent 1,000,000.
+    pub tokens_ms: Vec<(u64, u32)>,
 }
 
 /// One recorded request: what a test checks the provider was asked.

@@ -296,6 +296,78 @@ async fn the_fleet_never_has_more_requests_in_flight_than_the_limit() {
     stack.stop().await;
 }
 
+/// The most tokens the provider counted in any window of `window_ms`, among (arrival ms, tokens)
+/// in arrival order.
+fn busiest_window_tokens(tokens_ms: &[(u64, u32)], window_ms: u64) -> u64 {
+    let mut most = 0;
+    let mut sum = 0u64;
+    let mut start = 0;
+    for (at, tokens) in tokens_ms {
+        sum += u64::from(*tokens);
+        while tokens_ms[start].0 + window_ms <= *at {
+            sum -= u64::from(tokens_ms[start].1);
+            start += 1;
+        }
+        most = most.max(sum);
+    }
+    most
+}
+
+#[tokio::test]
+async fn large_prompts_stay_within_the_fleets_tokens_per_minute() {
+    const TPM: u64 = 12_000;
+    let stack = Stack::start(
+        "fleet_tpm",
+        StackOptions {
+            workers: 2,
+            worker_concurrency: 16,
+            mock: quick_provider(),
+            settings: vec![
+                ("CHATQ_PROVIDER_TPM", TPM.to_string()),
+                ("CHATQ_WORKER_HEARTBEAT_SECS", "1".into()),
+            ],
+        },
+    )
+    .await;
+    // About 2,000 tokens a prompt: each is ten seconds' worth of the limit.
+    let prompt = "lorem ipsum ".repeat(666);
+    let conversations = stack.client.create_conversations(40).await;
+    for conversation in &conversations {
+        let (status, body) = stack
+            .client
+            .request(
+                Method::POST,
+                &format!("/v1/conversations/{conversation}/messages"),
+            )
+            .json(&serde_json::json!({ "content": prompt }))
+            .send()
+            .await
+            .map(|r| (r.status(), r))
+            .unwrap();
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{:?}", body.text().await);
+    }
+    traffic_for(&stack, 65).await;
+    let stats = stack.mock.stats();
+    let busiest = busiest_window_tokens(&stats.tokens_ms, 60_000);
+    crate::ledger::note(
+        &stack,
+        &format!(
+            "{} calls of about 2,000 tokens under {TPM} tokens/min over two workers: busiest minute {busiest} tokens",
+            stats.tokens_ms.len()
+        ),
+    );
+    assert!(
+        busiest as f64 <= TPM as f64 * 1.05,
+        "the provider counted {busiest} tokens in one minute, the limit is {TPM} (+5 %)"
+    );
+    assert!(
+        stats.tokens_ms.len() >= 4,
+        "only {} calls in a minute: the limit allows five",
+        stats.tokens_ms.len()
+    );
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn a_limit_nobody_configured_is_found_without_failing_jobs() {
     const HIDDEN_LIMIT: u32 = 30;

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::leases::{Grant, Leases};
+use crate::slots::Slots;
 
 /// The live workers, as this worker last saw them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +90,9 @@ pub struct Fleet {
     membership: watch::Sender<Membership>,
     leases: Leases,
     grants: watch::Sender<Grant>,
+    /// This worker's job slots: how many jobs it runs decides which concurrency leases it can
+    /// give back.
+    slots: Slots,
 }
 
 impl Fleet {
@@ -101,6 +105,7 @@ impl Fleet {
         topology: &Topology,
         id: &str,
         limits: &LimitSettings,
+        slots: Slots,
     ) -> Result<Self, async_nats::jetstream::context::KeyValueError> {
         let store = jetstream.get_key_value(topology.workers_bucket()).await?;
         let leases = Leases::new(
@@ -123,6 +128,7 @@ impl Fleet {
             membership: watch::channel(Membership::alone(id)).0,
             leases,
             grants: watch::channel(first).0,
+            slots,
         })
     }
 
@@ -170,7 +176,7 @@ impl Fleet {
     /// A lease round for the fleet as last seen.
     async fn hold(&mut self) {
         let membership = self.membership.borrow().clone();
-        let grant = self.leases.round(&membership).await;
+        let grant = self.leases.round(&membership, self.slots.in_use()).await;
         self.grants.send_if_modified(|current| {
             if *current == grant {
                 return false;

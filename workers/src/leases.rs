@@ -19,7 +19,10 @@
 //! - A worker renews what it holds every heartbeat; aims at its share of each pool from the
 //!   fleet's membership (the shares of a consistent view add up to the pool), gives back units
 //!   beyond it and takes free ones up to it. A momentary wrong view only leaves units unused for a
-//!   round, never used twice.
+//!   round, never used twice. A concurrency unit beyond the share is used no more at once (the
+//!   worker's slots shrink to its share), but given back only once the jobs it holds fit in what
+//!   the worker keeps: requests still in flight on it must end before another worker may start
+//!   new ones.
 //!
 //! The bound: at any instant each unit is used by at most one worker, so the fleet's rates never
 //! exceed the configured ones and its requests in flight never exceed `provider_max_concurrency`.
@@ -121,6 +124,9 @@ pub struct Leases {
     rate_limited: bool,
     /// `provider_max_concurrency`, when set.
     concurrency: Option<u32>,
+    /// Concurrency units this worker aims at (its share): what it holds beyond them it does not
+    /// use, and gives back as its jobs end.
+    concurrency_target: usize,
     held: HashMap<String, Held>,
 }
 
@@ -142,6 +148,7 @@ impl Leases {
             margin: (ttl / 9).min(Duration::from_secs(1)),
             rate_limited,
             concurrency,
+            concurrency_target: usize::MAX,
             held: HashMap::new(),
         }
     }
@@ -182,9 +189,10 @@ impl Leases {
         Some((pool, unit.parse().ok()?))
     }
 
-    /// One round: renew what is held, give back what is beyond this worker's share of the fleet,
-    /// take free units up to it. Returns what may be used now. NATS errors only shrink the grant.
-    pub async fn round(&mut self, membership: &Membership) -> Grant {
+    /// One round: renew what is held, give back what is beyond this worker's share of the fleet
+    /// (concurrency units only once `running` jobs fit without them), take free units up to it.
+    /// Returns what may be used now. NATS errors only shrink the grant.
+    pub async fn round(&mut self, membership: &Membership, running: usize) -> Grant {
         if !self.needed() {
             return Grant::unlimited();
         }
@@ -195,14 +203,40 @@ impl Leases {
                 continue;
             }
             let target = membership.integer_share(units) as usize;
-            let mine: Vec<String> = self
+            let mut mine: Vec<(u32, String)> = self
                 .held
                 .keys()
-                .filter(|key| Self::parse(key).is_some_and(|(p, _)| p == pool))
-                .cloned()
+                .filter_map(|key| match Self::parse(key) {
+                    Some((p, unit)) if p == pool => Some((unit, key.clone())),
+                    _ => None,
+                })
                 .collect();
+            // The most valuable first (concurrency units at the front are worth one more).
+            mine.sort_unstable();
+            if pool == Pool::Concurrency {
+                self.concurrency_target = target;
+            }
             if mine.len() > target {
-                self.give_back(&mine[target..]).await;
+                let mut beyond: Vec<String> = mine.split_off(target).into_iter().map(|(_, key)| key).collect();
+                if pool == Pool::Concurrency {
+                    // Keep what the running jobs still need; the rest goes back now.
+                    let kept: u32 = mine
+                        .iter()
+                        .map(|(unit, _)| self.concurrency_worth(*unit))
+                        .sum();
+                    let mut needed =
+                        u32::try_from(running).unwrap_or(u32::MAX).saturating_sub(kept);
+                    beyond.retain(|key| {
+                        if needed == 0 {
+                            return true;
+                        }
+                        let worth = Self::parse(key)
+                            .map_or(0, |(_, unit)| self.concurrency_worth(unit));
+                        needed = needed.saturating_sub(worth);
+                        false
+                    });
+                }
+                self.give_back(&beyond).await;
             } else if mine.len() < target {
                 self.take(pool, units, target - mine.len()).await;
             }
@@ -221,14 +255,21 @@ impl Leases {
             .filter(|(_, held)| now < held.valid_until)
             .collect();
         let mut rate_units = 0;
-        let mut concurrency = 0;
+        let mut concurrency_units = Vec::new();
         for (key, _) in &valid {
             match Self::parse(key) {
                 Some((Pool::Rate, _)) => rate_units += 1,
-                Some((Pool::Concurrency, unit)) => concurrency += self.concurrency_worth(unit),
+                Some((Pool::Concurrency, unit)) => concurrency_units.push(unit),
                 None => {}
             }
         }
+        // Only the share is used; units held beyond it wait for the running jobs to end.
+        concurrency_units.sort_unstable();
+        let concurrency: u32 = concurrency_units
+            .iter()
+            .take(self.concurrency_target)
+            .map(|unit| self.concurrency_worth(*unit))
+            .sum();
         Grant {
             rate_units: if self.rate_limited {
                 rate_units

@@ -106,7 +106,13 @@ impl Worker {
         chatq_common::metrics::install();
         let limits = ProviderLimits::new(&settings.limits, settings.worker.concurrency);
         let provider: Arc<dyn Provider> = Arc::new(LimitedProvider::new(provider, limits.clone()));
-        let fleet = Fleet::join(&jetstream, &topology, &worker_id, &settings.limits)
+        let fleet = Fleet::join(
+            &jetstream,
+            &topology,
+            &worker_id,
+            &settings.limits,
+            limits.slots().clone(),
+        )
             .await
             .context("cannot open the workers and leases buckets")?;
         let writers = TaskTracker::new();

@@ -66,6 +66,9 @@ pub struct ProviderLimits {
     token_burst: Mutex<u32>,
     /// Tokens used beyond estimates, taken from the next call.
     token_debt: Mutex<u32>,
+    /// One call at a time takes its tokens, piece by piece: calls taking pieces in turn would all
+    /// finish late together instead of one after another.
+    token_turn: tokio::sync::Mutex<()>,
     adaptive_pace: SharedLimiter,
     adaptive: Mutex<Adaptive>,
     slots: Slots,
@@ -93,6 +96,7 @@ impl ProviderLimits {
             tokens: RwLock::new(None),
             token_burst: Mutex::new(u32::MAX),
             token_debt: Mutex::new(0),
+            token_turn: tokio::sync::Mutex::new(()),
             adaptive_pace: RwLock::new(None),
             adaptive: Mutex::new(Adaptive {
                 rate: None,
@@ -223,6 +227,7 @@ impl ProviderLimits {
         let Some(limiter) = current(&self.tokens) else {
             return;
         };
+        let _turn = self.token_turn.lock().await;
         let debt = std::mem::take(
             &mut *self
                 .token_debt
