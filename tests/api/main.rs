@@ -23,5 +23,6 @@ mod lanes;
 mod lifecycle;
 mod listing;
 mod tenancy;
+mod traces;
 mod web;
 mod write_path;
