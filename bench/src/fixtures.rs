@@ -91,11 +91,12 @@ pub async fn queue_completions(
                 idempotency: None,
                 deadline_secs,
                 turn: None,
+                trace: None,
             };
             jobs::record(&scratch.pool, &[new])
                 .await
                 .context("cannot record a job")?;
-            publish_job(&scratch.jetstream, &scratch.topology, job_id, lane)
+            publish_job(&scratch.jetstream, &scratch.topology, job_id, lane, None)
                 .await
                 .context("cannot publish a job")?;
             Ok::<JobId, anyhow::Error>(job_id)

@@ -7,7 +7,9 @@
 //!
 //! - [`settings`]: the settings, typed and grouped by component, their layers (defaults, file,
 //!   `CHATQ_*`, flags) and the generated command-line flags.
-//! - [`telemetry`]: logging set-up, pretty or JSON, always to standard error.
+//! - [`telemetry`]: logging set-up, pretty or JSON, always to standard error; JSON lines carry
+//!   the trace id of the request or job they belong to.
+//! - [`trace`]: the W3C `traceparent` that makes a request and its job one trace.
 //! - [`ids`]: typed, prefixed identifiers (`conv_…`, `msg_…`, `job_…`).
 //! - [`api_key`]: key format, generation and the hash that is stored.
 //! - [`batch`]: group commit: concurrent writes of one kind gathered into one statement.
@@ -20,7 +22,8 @@
 //! - [`topology`]: every stream, subject and consumer, created idempotently at start-up.
 //! - [`metrics`]: every Prometheus metric, described once, and the recorder behind `/metrics`.
 //! - [`nats`]: connecting to NATS with start-up logging.
-//! - [`queue`]: publishing a job to JetStream, with its id as `Nats-Msg-Id`.
+//! - [`queue`]: publishing a job to JetStream, with its id as `Nats-Msg-Id` and its trace as
+//!   `traceparent`.
 //! - [`db`]: the Postgres pool, migrations, and one module of queries per table.
 
 pub mod api_key;
@@ -39,5 +42,6 @@ pub mod queue;
 pub mod settings;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 
 pub use settings::Settings;

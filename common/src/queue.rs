@@ -7,6 +7,9 @@
 //! When chatq knows or suspects that a job's copy in JetStream is gone while the duplicate window
 //! may still remember it (a claim abandoned by a dead worker, a retry from the dead letters), it
 //! publishes a new copy with a new id: [`message_id`] of the job's next `publication`.
+//!
+//! A job's trace goes with every copy, as the `traceparent` header (see [`crate::trace`]): the
+//! worker that runs it continues the trace of the request that created it.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
@@ -15,6 +18,7 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use crate::ids::JobId;
 use crate::job::{JobEnvelope, Lane};
 use crate::topology::Topology;
+use crate::trace::{TRACEPARENT, TraceContext};
 
 /// JetStream's error code for a store that refused a message (with `discard: new`, a full stream).
 const STORE_FAILED: u64 = 10077;
@@ -40,7 +44,8 @@ pub fn message_id(job_id: JobId, publication: i32) -> String {
 }
 
 /// Publishes a new job and waits for JetStream to store it. Returns whether JetStream saw it as a
-/// duplicate of one already stored.
+/// duplicate of one already stored. `trace` is the trace the job belongs to (none: the worker
+/// starts one).
 ///
 /// # Errors
 /// [`PublishJobError::QueueFull`] when the stream refuses new jobs; otherwise NATS is unreachable,
@@ -50,8 +55,9 @@ pub async fn publish_job(
     topology: &Topology,
     job_id: JobId,
     lane: Lane,
+    trace: Option<&TraceContext>,
 ) -> Result<bool, PublishJobError> {
-    publish_copy(js, topology, job_id, lane, 0).await
+    publish_copy(js, topology, job_id, lane, 0, trace).await
 }
 
 /// Publishes one copy of a job (see [`message_id`]), as [`publish_job`] does the first.
@@ -64,11 +70,15 @@ pub async fn publish_copy(
     job_id: JobId,
     lane: Lane,
     publication: i32,
+    trace: Option<&TraceContext>,
 ) -> Result<bool, PublishJobError> {
     let envelope = JobEnvelope { job_id, lane };
     let payload = serde_json::to_vec(&envelope).unwrap_or_default();
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", message_id(job_id, publication).as_str());
+    if let Some(trace) = trace {
+        headers.insert(TRACEPARENT, trace.to_string().as_str());
+    }
     let ack = js
         .publish_with_headers(topology.job_subject(lane), headers, payload.into())
         .await

@@ -26,6 +26,8 @@
 //! - `queue_monitor`: queue depth per lane and the drain rate behind `Retry-After`.
 //! - `ratelimit`: per-key request rate limits.
 //! - `observe`: request metrics and `GET /metrics`.
+//! - `trace_context`: one trace per request (`traceparent` in and out), named by the request's
+//!   span and recorded on the jobs it creates.
 //! - `published_marks`: batching the "JetStream stored it" notes.
 //! - [`error`]: the one error type, in the OpenAI error shape.
 
@@ -43,6 +45,7 @@ mod ratelimit;
 mod routes;
 mod state;
 mod submit;
+mod trace_context;
 mod validate;
 mod views;
 mod waiting;
@@ -52,7 +55,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::http::{HeaderName, Request};
+use axum::http::HeaderName;
 use chatq_common::Settings;
 use chatq_common::settings::ProviderKind;
 use chatq_common::topology::Topology;
@@ -172,16 +175,9 @@ impl Application {
         };
         let request_id = HeaderName::from_static("x-request-id");
         let router = routes::router(state)
-            .layer(
-                TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                    let id = request
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
-                }),
-            )
+            .layer(TraceLayer::new_for_http().make_span_with(trace_context::request_span))
+            // Outside the span's layer, so the span can name the trace.
+            .layer(axum::middleware::from_fn(trace_context::begin))
             .layer(PropagateRequestIdLayer::new(request_id.clone()))
             .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
         Ok(Self {

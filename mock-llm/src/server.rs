@@ -214,12 +214,14 @@ async fn chat_completions(State(state): State<Arc<MockState>>, body: Bytes) -> R
         "completion_tokens": count,
         "total_tokens": prompt_tokens(&messages) + count,
     });
-    let arrived_ms = u64::try_from(arrival.duration_since(state.started).as_millis()).unwrap_or(u64::MAX);
+    let arrived_ms =
+        u64::try_from(arrival.duration_since(state.started).as_millis()).unwrap_or(u64::MAX);
     state.with_stats(|s| {
         if s.tokens_ms.len() >= MAX_ARRIVALS {
             s.tokens_ms.remove(0);
         }
-        s.tokens_ms.push((arrived_ms, prompt_tokens(&messages) + count));
+        s.tokens_ms
+            .push((arrived_ms, prompt_tokens(&messages) + count));
     });
     let id = format!("chatcmpl-mock{}", rand::rng().random::<u32>());
     let created = time::OffsetDateTime::now_utc().unix_timestamp();

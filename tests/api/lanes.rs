@@ -40,9 +40,10 @@ async fn queue_batch_jobs(app: &crate::helpers::TestApp, tenant: TenantId, n: us
                     idempotency: None,
                     deadline_secs: 3600.0,
                     turn: None,
+                    trace: None,
                 };
                 jobs::record(&app.pool, &[new]).await.unwrap();
-                publish_job(&jetstream, &app.topology, job_id, Lane::Batch)
+                publish_job(&jetstream, &app.topology, job_id, Lane::Batch, None)
                     .await
                     .unwrap();
             }

@@ -24,5 +24,6 @@ mod lanes;
 mod lifecycle;
 mod listing;
 mod tenancy;
+mod traces;
 mod web;
 mod write_path;

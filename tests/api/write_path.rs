@@ -77,6 +77,7 @@ impl Fixture {
                 content: content.to_owned(),
                 max_messages: 1_000,
             }),
+            trace: None,
         }
     }
 

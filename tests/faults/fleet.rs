@@ -344,7 +344,12 @@ async fn large_prompts_stay_within_the_fleets_tokens_per_minute() {
             .await
             .map(|r| (r.status(), r))
             .unwrap();
-        assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{:?}", body.text().await);
+        assert_eq!(
+            status,
+            reqwest::StatusCode::ACCEPTED,
+            "{:?}",
+            body.text().await
+        );
     }
     traffic_for(&stack, 65).await;
     let stats = stack.mock.stats();

@@ -16,6 +16,8 @@
 //! - [`lifecycle`]: cancellation and deadlines.
 //! - [`fleet`]: provider limits held by a fleet of 1, 2 and 4 worker processes, a worker's death,
 //!   and a limit nobody configured.
+//! - [`traces`]: one trace per request in the JSON logs of an ingress and a worker, also for a
+//!   job the reconciler published after its ingress crashed.
 
 #![expect(
     clippy::unwrap_used,
@@ -32,4 +34,5 @@ mod lifecycle;
 mod nats;
 mod postgres;
 mod provider;
+mod traces;
 mod workers;

@@ -102,6 +102,7 @@ impl Attempt<'_> {
             }
         };
         events.started(self.attempt_number()).await;
+        tracing::debug!("job started");
         let mut params = request.params().clone();
         params.model = self.job.model.clone();
         let provider_request = ProviderRequest {
@@ -206,6 +207,7 @@ impl Attempt<'_> {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "commit", skip_all)]
     async fn succeed(&self, reply: Reply, events: &mut AttemptEvents) -> Outcome {
         let upstream_ms = reply.upstream_ms;
         let completion = Completion {
@@ -314,6 +316,7 @@ impl Attempt<'_> {
         outcome
     }
 
+    #[tracing::instrument(level = "debug", name = "commit", skip_all, fields(%status))]
     async fn finish(
         &self,
         status: JobStatus,

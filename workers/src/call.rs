@@ -37,6 +37,7 @@ fn elapsed_ms(since: Instant) -> i32 {
 ///
 /// # Errors
 /// The provider failed, or its stream ended before saying the reply was done.
+#[tracing::instrument(level = "debug", name = "call", skip_all, fields(model = %request.params.model))]
 pub async fn stream_reply(
     provider: &dyn Provider,
     request: &ProviderRequest,

@@ -217,21 +217,26 @@ impl Leases {
                 self.concurrency_target = target;
             }
             if mine.len() > target {
-                let mut beyond: Vec<String> = mine.split_off(target).into_iter().map(|(_, key)| key).collect();
+                let mut beyond: Vec<String> = mine
+                    .split_off(target)
+                    .into_iter()
+                    .map(|(_, key)| key)
+                    .collect();
                 if pool == Pool::Concurrency {
                     // Keep what the running jobs still need; the rest goes back now.
                     let kept: u32 = mine
                         .iter()
                         .map(|(unit, _)| self.concurrency_worth(*unit))
                         .sum();
-                    let mut needed =
-                        u32::try_from(running).unwrap_or(u32::MAX).saturating_sub(kept);
+                    let mut needed = u32::try_from(running)
+                        .unwrap_or(u32::MAX)
+                        .saturating_sub(kept);
                     beyond.retain(|key| {
                         if needed == 0 {
                             return true;
                         }
-                        let worth = Self::parse(key)
-                            .map_or(0, |(_, unit)| self.concurrency_worth(unit));
+                        let worth =
+                            Self::parse(key).map_or(0, |(_, unit)| self.concurrency_worth(unit));
                         needed = needed.saturating_sub(worth);
                         false
                     });

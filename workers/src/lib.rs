@@ -8,8 +8,9 @@
 //!
 //! - [`worker`]: the loop: pull (interactive lane first), bound concurrency, settle by outcome,
 //!   drain on shutdown.
-//! - [`process`]: one delivery of one job: claim, then run an [`attempt`], returning an
-//!   [`process::Outcome`]; [`call`]: the attempt's streamed provider call.
+//! - [`process`]: one delivery of one job, in the trace of the request that created it: claim,
+//!   then run an [`attempt`], returning an [`process::Outcome`]; [`call`]: the attempt's
+//!   streamed provider call.
 //! - [`failure`]: after a failed attempt: back-off, the error clients see, dead letters.
 //! - [`cancel`]: cancelling a running job at its worker.
 //! - [`prompt`]: the system prompt and a bounded history window.

@@ -16,10 +16,17 @@
 //! [`crate::cancel`]) or its deadline passes; it is handed back when the worker stops and its
 //! grace period runs out. A job whose cancel was requested while no live claim held it (its
 //! worker died) is ended `cancelled` by the next delivery, without calling the provider.
+//!
+//! # Spans
+//!
+//! A delivery runs in the [`job_span`] the loop opens (INFO, so that every line logged for the
+//! job carries its trace id and job id at the default log level). Its steps have DEBUG spans of
+//! their own: `claim`, `call` (the provider call) and `commit` (the reply or the failure written).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::message::Acker;
 use chatq_common::db::jobs::{self, NotClaimed};
 use chatq_common::events::{self, JobEvent};
@@ -28,8 +35,10 @@ use chatq_common::job::JobEnvelope;
 use chatq_common::metrics as names;
 use chatq_common::settings::{LimitSettings, WorkerSettings};
 use chatq_common::topology::Topology;
+use chatq_common::trace::{TRACEPARENT, TraceContext};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::attempt::Attempt;
@@ -83,6 +92,23 @@ pub enum Outcome {
     Abandon,
 }
 
+/// The span one delivery of a job runs in: `job`, with the job's `trace_id` (continuing the
+/// trace in the message's `traceparent` header, or a new one if it has none or an invalid one),
+/// `job_id`, `lane`, and the `attempt` [`process_one`] records once it has claimed the job.
+pub fn job_span(envelope: &JobEnvelope, headers: Option<&HeaderMap>) -> tracing::Span {
+    let traceparent = headers
+        .and_then(|headers| headers.get(TRACEPARENT))
+        .map(|value| value.as_str());
+    let trace = TraceContext::continue_or_start(traceparent);
+    tracing::info_span!(
+        "job",
+        trace_id = %trace.trace_id(),
+        job_id = %envelope.job_id,
+        lane = %envelope.lane,
+        attempt = tracing::field::Empty,
+    )
+}
+
 /// Runs one delivery of a job. See the module documentation for the order of steps.
 /// `delivered` is how many times JetStream has delivered this message (1 the first time).
 pub async fn process_one(
@@ -95,8 +121,10 @@ pub async fn process_one(
     // Before the claim, so a cancel notice that arrives once the job is ours is not missed.
     let switch = ctx.cancels.register(envelope.job_id);
     let token = Uuid::new_v4();
-    let claimed = match ctx.writes.claim(envelope.job_id, token).await {
+    let claim = ctx.writes.claim(envelope.job_id, token);
+    let claimed = match claim.instrument(tracing::debug_span!("claim")).await {
         Ok(Ok(job)) => {
+            tracing::Span::current().record("attempt", job.attempts);
             if job.attempts == 1 {
                 // Time in the queue, from creation to the first start.
                 let waited = (time::OffsetDateTime::now_utc() - job.created_at).as_seconds_f64();

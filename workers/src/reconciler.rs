@@ -15,8 +15,9 @@
 //! 3. **Publishing.** Every queued job without an acknowledged copy that was recorded more than A
 //!    ago (younger ones are still being published by their ingress) is published, with the
 //!    `Nats-Msg-Id` of its current publication ([`message_id`]): a copy JetStream still holds is
-//!    not stored twice. The rows of a batch stay locked while it is published (`FOR UPDATE SKIP
-//!    LOCKED`), so reconcilers share the work instead of repeating it.
+//!    not stored twice, and with the `traceparent` recorded with the job, so the job stays in the
+//!    trace of the request that created it. The rows of a batch stay locked while it is published
+//!    (`FOR UPDATE SKIP LOCKED`), so reconcilers share the work instead of repeating it.
 //! 4. **Lost copies.** A queued job can lose its copy while the stream survives: NATS lost its
 //!    last unsynced writes, a copy was handed back (NAK) to a stream recreated meanwhile, or
 //!    JetStream stopped delivering it. Every `CHATQ_RECONCILE_AUDIT_SECS` (one reconciler of the
@@ -56,6 +57,7 @@ use chatq_common::db::jobs::reconcile::{self, StreamSighting};
 use chatq_common::job::Lane;
 use chatq_common::queue::{PublishJobError, message_id, publish_copy};
 use chatq_common::topology::TopologyError;
+use chatq_common::trace::TraceContext;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -309,12 +311,15 @@ impl Reconciler {
         let mut publishes = futures::stream::iter(pending)
             .map(|copy| async move {
                 let lane: Lane = copy.lane.parse().unwrap_or(Lane::Interactive);
+                // In the trace of the request that created the job.
+                let trace = copy.traceparent.as_deref().and_then(TraceContext::parse);
                 let stored = publish_copy(
                     &ctx.jetstream,
                     &ctx.topology,
                     copy.id,
                     lane,
                     copy.publication,
+                    trace.as_ref(),
                 )
                 .await;
                 (copy, stored)

@@ -1,5 +1,6 @@
 //! The worker loop: pull jobs with bounded concurrency, interactive lane first, run each with
-//! [`process_one`], and settle its message by outcome.
+//! [`process_one`] in its [`job_span`] (the trace of the request that created it, from the
+//! message's `traceparent` header), and settle its message by outcome.
 //!
 //! The loop only pulls as many jobs as it has free slots, so nothing waits in a local buffer while
 //! its ack deadline runs: an interactive job that arrives while batch jobs are queued is pulled at
@@ -22,11 +23,12 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::cancel::{self, CancelSwitches};
 use crate::fleet::Fleet;
 use crate::limits::{LimitedProvider, ProviderLimits};
-use crate::process::{JobContext, Outcome, process_one};
+use crate::process::{JobContext, Outcome, job_span, process_one};
 use crate::provider::{self, Provider};
 use crate::reconciler::Reconciler;
 use crate::slots::{Slot, Slots};
@@ -113,8 +115,8 @@ impl Worker {
             &settings.limits,
             limits.slots().clone(),
         )
-            .await
-            .context("cannot open the workers and leases buckets")?;
+        .await
+        .context("cannot open the workers and leases buckets")?;
         let writers = TaskTracker::new();
         let writers_stop = CancellationToken::new();
         let writes = JobWrites::start(
@@ -359,18 +361,24 @@ async fn run_job(
 ) {
     let delivered = message.info().map_or(1, |info| info.delivered);
     let (message, delivery) = message.split();
-    let outcome = match serde_json::from_slice::<JobEnvelope>(&message.payload) {
+    let (outcome, span) = match serde_json::from_slice::<JobEnvelope>(&message.payload) {
         Ok(envelope) => {
-            let outcome = process_one(&ctx, &envelope, &delivery, delivered, &hand_back).await;
-            if matches!(outcome, Outcome::Nak(_)) && delivered >= ctx.topology.max_deliver() {
-                last_delivery(&ctx, &envelope, outcome).await
-            } else {
-                outcome
+            let span = job_span(&envelope, message.headers.as_ref());
+            let outcome = async {
+                let outcome = process_one(&ctx, &envelope, &delivery, delivered, &hand_back).await;
+                if matches!(outcome, Outcome::Nak(_)) && delivered >= ctx.topology.max_deliver() {
+                    last_delivery(&ctx, &envelope, outcome).await
+                } else {
+                    outcome
+                }
             }
+            .instrument(span.clone())
+            .await;
+            (outcome, span)
         }
         Err(err) => {
             tracing::error!(subject = %message.subject, error = %err, "discarding a message that is not a job envelope");
-            Outcome::Term
+            (Outcome::Term, tracing::Span::none())
         }
     };
     let settled = match outcome {
@@ -382,7 +390,9 @@ async fn run_job(
         Outcome::Abandon => Ok(()),
     };
     if let Err(err) = settled {
-        tracing::warn!(?outcome, error = %err, "could not settle a job message; JetStream will redeliver it");
+        span.in_scope(|| {
+            tracing::warn!(?outcome, error = %err, "could not settle a job message; JetStream will redeliver it");
+        });
     }
     processed.fetch_add(1, Ordering::Relaxed);
     drop(slot);

@@ -11,6 +11,7 @@ use chatq_common::db::jobs::dead_letters::{self, DeadLetterRow, RetryOutcome};
 use chatq_common::ids::{ConversationId, JobId, TenantId};
 use chatq_common::job::Lane;
 use chatq_common::queue::{PublishJobError, publish_copy};
+use chatq_common::trace::TraceContext;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Admin;
@@ -116,8 +117,13 @@ pub async fn retry_dead_letter(
     IdPath(id): IdPath<JobId>,
 ) -> ApiResult<Json<JobView>> {
     let deadline_secs = state.limits.job_deadline_secs as f64;
-    let (lane, publication) = match dead_letters::retry(&state.pool, id, deadline_secs).await? {
-        RetryOutcome::Requeued { lane, publication } => (lane, publication),
+    let retried = dead_letters::retry(&state.pool, id, deadline_secs).await?;
+    let (lane, publication, traceparent) = match retried {
+        RetryOutcome::Requeued {
+            lane,
+            publication,
+            traceparent,
+        } => (lane, publication, traceparent),
         RetryOutcome::NotFound => return Err(ApiError::not_found("job", id)),
         RetryOutcome::NotFailed(status) => {
             return Err(ApiError::Conflict {
@@ -140,7 +146,17 @@ pub async fn retry_dead_letter(
         .await?
         .ok_or_else(|| ApiError::not_found("job", id))?;
     let lane: Lane = lane.parse().unwrap_or(Lane::Interactive);
-    match publish_copy(&state.jetstream, &state.topology, id, lane, publication).await {
+    // The retry belongs to the trace of the request that created the job.
+    let trace = traceparent.as_deref().and_then(TraceContext::parse);
+    let published = publish_copy(
+        &state.jetstream,
+        &state.topology,
+        id,
+        lane,
+        publication,
+        trace.as_ref(),
+    );
+    match published.await {
         Ok(_) => jobs::mark_published(&state.pool, &[id.as_uuid()]).await?,
         Err(PublishJobError::QueueFull) => {
             tracing::warn!(job_id = %id, "queue full; the reconciler will queue the retried job");

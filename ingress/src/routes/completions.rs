@@ -16,15 +16,17 @@ use crate::routes::events::sse_response;
 use crate::state::AppState;
 use crate::submit::completion::{CompletionAnswer, run_completion};
 use crate::submit::idempotency::IdempotencyKey;
+use crate::trace_context::RequestTrace;
 
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    RequestTrace(trace): RequestTrace,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ChatCompletionRequest>,
 ) -> ApiResult<Response> {
     let key = IdempotencyKey::from_headers(&headers)?;
-    let started = run_completion(&state, &caller, body, key).await?;
+    let started = run_completion(&state, &caller, body, key, trace).await?;
     let mut response = match started.answer {
         CompletionAnswer::Whole(completion) => Json(completion).into_response(),
         CompletionAnswer::Stream {

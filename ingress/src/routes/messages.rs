@@ -14,6 +14,7 @@ use crate::extract::{IdPath, JsonBody};
 use crate::state::AppState;
 use crate::submit::idempotency::IdempotencyKey;
 use crate::submit::turn::{TurnRequest, send_turn};
+use crate::trace_context::RequestTrace;
 use crate::validate::{Feedback, SendMessage};
 use crate::views::FeedbackView;
 use crate::waiting::preferred_wait;
@@ -26,6 +27,7 @@ pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(conversation): IdPath<ConversationId>,
+    RequestTrace(trace): RequestTrace,
     headers: HeaderMap,
     JsonBody(body): JsonBody<SendMessage>,
 ) -> ApiResult<Response> {
@@ -34,6 +36,7 @@ pub async fn send(
         body,
         key: IdempotencyKey::from_headers(&headers)?,
         wait: preferred_wait(&headers).map(|secs| secs.min(state.limits.max_wait_secs)),
+        trace,
     };
     let answer = send_turn(&state, &caller, turn).await?;
     let body = Json(json!({ "job": answer.job, "message": answer.message }));

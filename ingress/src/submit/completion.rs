@@ -6,6 +6,7 @@ use std::time::Duration;
 use chatq_common::db::jobs::{self, NewJob, Recorded};
 use chatq_common::ids::JobId;
 use chatq_common::job::{JobRequest, Lane};
+use chatq_common::trace::TraceContext;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::idempotency::{self, IdempotencyKey};
@@ -43,11 +44,13 @@ pub enum CompletionAnswer {
 /// # Errors
 /// Invalid input (400), an unknown model (404), a reused idempotency key (409), a full queue or
 /// no message bus for a stream (503), a reply that failed or did not finish in time.
+#[tracing::instrument(level = "debug", skip_all, fields(job_id))]
 pub async fn run_completion(
     state: &AppState,
     caller: &Caller,
     body: ChatCompletionRequest,
     key: Option<IdempotencyKey>,
+    trace: TraceContext,
 ) -> ApiResult<StartedCompletion> {
     let idempotency = key.map(|key| key.bind("/v1/chat/completions", &body));
     let request = body.validate(&state.limits)?;
@@ -71,6 +74,7 @@ pub async fn run_completion(
         idempotency: idempotency.clone(),
         deadline_secs: state.limits.job_deadline_secs as f64,
         turn: None,
+        trace: Some(trace),
     };
     let job_id = job.id;
     let (job_id, created, replayed) = match super::record(state, job).await? {
@@ -84,6 +88,7 @@ pub async fn run_completion(
         }
         refused => return Err(super::refused(&refused, state, job_id)),
     };
+    tracing::Span::current().record("job_id", tracing::field::display(job_id));
     let writer = ChunkWriter {
         id: completion_id(job_id),
         created,
@@ -91,12 +96,12 @@ pub async fn run_completion(
         include_usage: request.include_usage,
     };
     let answer = if request.stream {
-        stream(state, job_id, writer, replayed).await?
+        stream(state, job_id, writer, replayed, &trace).await?
     } else {
         // Follow before publishing, so not even an instant reply can be missed.
         let waiting = JobWait::begin(state, job_id).await;
         if !replayed {
-            super::queue(state, job_id, Lane::Interactive).await?;
+            super::queue(state, job_id, Lane::Interactive, &trace).await?;
         }
         let deadline = Duration::from_secs(state.limits.job_deadline_secs);
         let job = match waiting.until_end(deadline).await {
@@ -121,6 +126,7 @@ async fn stream(
     job_id: JobId,
     writer: ChunkWriter,
     replayed: bool,
+    trace: &TraceContext,
 ) -> ApiResult<CompletionAnswer> {
     let slot = open_stream_slot(state)?;
     let cursor = match state.hubs.follow(job_id).await {
@@ -138,7 +144,7 @@ async fn stream(
         }
     };
     if !replayed {
-        super::queue(state, job_id, Lane::Interactive).await?;
+        super::queue(state, job_id, Lane::Interactive, trace).await?;
     }
     Ok(CompletionAnswer::Stream {
         cursor,

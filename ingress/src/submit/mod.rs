@@ -8,6 +8,11 @@
 //! Both kinds of job go through the same two steps, defined here once: [`record`] (with the jobs
 //! of concurrent requests, in one transaction) and [`queue`] (publish to JetStream, or take the
 //! job back when the queue is full).
+//!
+//! A job is recorded and published with the trace of the request that created it (see
+//! `crate::trace_context`). Each step runs in a DEBUG span that names the job: `send_turn` or
+//! `run_completion`, then `publish`, whose "job queued" line ties the request's trace id to the
+//! job id.
 
 pub mod completion;
 pub mod idempotency;
@@ -18,6 +23,7 @@ use chatq_common::db::jobs::{self, NewJob, Recorded};
 use chatq_common::ids::JobId;
 use chatq_common::job::Lane;
 use chatq_common::queue::{PublishJobError, publish_job};
+use chatq_common::trace::TraceContext;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -51,11 +57,13 @@ async fn record(state: &AppState, job: NewJob) -> ApiResult<Recorded> {
 /// Queues a recorded job. When the queue refuses it (full), the job is taken back, so the refused
 /// request leaves nothing behind, and the client gets 503 with `Retry-After`. When NATS cannot be
 /// reached the job stays accepted: it is recorded, and the reconciler publishes it.
-async fn queue(state: &AppState, job_id: JobId, lane: Lane) -> ApiResult<()> {
-    match publish_job(&state.jetstream, &state.topology, job_id, lane).await {
+#[tracing::instrument(level = "debug", name = "publish", skip_all, fields(%job_id, %lane))]
+async fn queue(state: &AppState, job_id: JobId, lane: Lane, trace: &TraceContext) -> ApiResult<()> {
+    match publish_job(&state.jetstream, &state.topology, job_id, lane, Some(trace)).await {
         Ok(_) => {
             state.published.mark(job_id);
             state.queue.note_room();
+            tracing::debug!("job queued");
             Ok(())
         }
         Err(PublishJobError::QueueFull) => {

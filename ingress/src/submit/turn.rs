@@ -7,6 +7,7 @@ use chatq_common::db::messages;
 use chatq_common::events::JobView;
 use chatq_common::ids::{ConversationId, JobId, MessageId};
 use chatq_common::job::{JobRequest, Lane};
+use chatq_common::trace::TraceContext;
 
 use super::idempotency::{self, IdempotencyKey};
 use crate::auth::Caller;
@@ -24,6 +25,8 @@ pub struct TurnRequest {
     pub key: Option<IdempotencyKey>,
     /// Seconds the client is willing to wait for the reply (`Prefer: wait=N`), already capped.
     pub wait: Option<u64>,
+    /// The request's trace, which the job joins.
+    pub trace: TraceContext,
 }
 
 /// What a send is answered with.
@@ -44,6 +47,7 @@ pub struct TurnAnswer {
 /// # Errors
 /// Invalid input (400), no such conversation (404), a busy or full conversation or a reused
 /// idempotency key (409), a full queue (503), database errors.
+#[tracing::instrument(level = "debug", skip_all, fields(job_id))]
 pub async fn send_turn(
     state: &AppState,
     caller: &Caller,
@@ -55,6 +59,7 @@ pub async fn send_turn(
         body,
         key,
         wait,
+        trace,
     } = turn;
     check_content("content", &body.content, limits)?;
     let params = body.sampling().into_params(limits)?;
@@ -78,14 +83,19 @@ pub async fn send_turn(
             content: body.content.clone(),
             max_messages: i32::try_from(limits.max_messages_per_conversation).unwrap_or(i32::MAX),
         }),
+        trace: Some(trace),
     };
     let recorded = match super::record(state, job).await? {
-        Recorded::Enqueued(recorded) => recorded,
+        Recorded::Enqueued(recorded) => {
+            tracing::Span::current().record("job_id", tracing::field::display(job_id));
+            recorded
+        }
         Recorded::DuplicateKey => {
             let Some(idempotency) = idempotency else {
                 return Err(super::refused(&Recorded::DuplicateKey, state, conversation));
             };
             let first = idempotency::first_job(state, caller.tenant, &idempotency).await?;
+            tracing::Span::current().record("job_id", tracing::field::display(first.id));
             let message_id = first.user_message_id;
             return answer_existing(state, caller, JobView::from(first), message_id, wait, true)
                 .await;
@@ -100,7 +110,7 @@ pub async fn send_turn(
     };
     #[cfg(feature = "fault-injection")]
     chatq_common::fault::reached(chatq_common::fault::FaultPoint::BeforePublish, job_id);
-    super::queue(state, job_id, Lane::Interactive).await?;
+    super::queue(state, job_id, Lane::Interactive, &trace).await?;
 
     if let Some((waiting, secs)) = waiting
         && let Some(job) = waiting.until_end(Duration::from_secs(secs)).await

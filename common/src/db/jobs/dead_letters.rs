@@ -56,10 +56,12 @@ pub async fn list(
 /// What retrying a dead letter did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetryOutcome {
-    /// Back in the queue with its attempts reset and a fresh deadline; publish this copy.
+    /// Back in the queue with its attempts reset and a fresh deadline; publish this copy, in the
+    /// trace of the request that created the job.
     Requeued {
         lane: String,
         publication: i32,
+        traceparent: Option<String>,
     },
     /// The job is not failed (it has this status): there is nothing to retry.
     NotFailed(JobStatus),
@@ -87,7 +89,7 @@ pub async fn retry(
                   finished_at = NULL, claim_token = NULL, claimed_by = NULL, lease_expires_at = NULL,
                   cancel_requested_at = NULL, error_type = NULL, error_message = NULL
             WHERE id = $1 AND status = 'failed'
-        RETURNING lane, publication"#,
+        RETURNING lane, publication, traceparent"#,
         id.as_uuid(),
         deadline_secs,
     )
@@ -97,6 +99,7 @@ pub async fn retry(
         Ok(Some(row)) => Ok(RetryOutcome::Requeued {
             lane: row.lane,
             publication: row.publication,
+            traceparent: row.traceparent,
         }),
         Ok(None) => {
             let status = sqlx::query_scalar!("SELECT status FROM jobs WHERE id = $1", id.as_uuid())

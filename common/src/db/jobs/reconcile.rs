@@ -16,6 +16,8 @@ pub struct QueuedCopy {
     pub id: JobId,
     pub lane: String,
     pub publication: i32,
+    /// The trace of the request that created the job, as recorded (see [`crate::trace`]).
+    pub traceparent: Option<String>,
 }
 
 /// How a stream's creation time compares with the one recorded.
@@ -219,7 +221,7 @@ pub async fn unpublished(
 ) -> Result<Vec<QueuedCopy>, sqlx::Error> {
     sqlx::query_as!(
         QueuedCopy,
-        r#"SELECT id AS "id: JobId", lane, publication FROM jobs
+        r#"SELECT id AS "id: JobId", lane, publication, traceparent FROM jobs
             WHERE status = 'queued' AND published_at IS NULL
               AND created_at < now() - make_interval(secs => $1)
             ORDER BY created_at

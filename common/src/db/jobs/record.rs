@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::ids::{ConversationId, JobId, MessageId, TenantId};
 use crate::job::{JobRequest, Lane};
+use crate::trace::TraceContext;
 
 /// A job to record.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct NewJob {
     pub deadline_secs: f64,
     /// For a conversation turn: the user message recorded with the job.
     pub turn: Option<NewTurnMessage>,
+    /// The trace of the request that created the job, published with every copy of it.
+    pub trace: Option<TraceContext>,
 }
 
 /// An `Idempotency-Key` and what it stands for.
@@ -380,6 +383,7 @@ struct Rows {
     idempotency_keys: Vec<Option<String>>,
     request_hashes: Vec<Option<Vec<u8>>>,
     deadlines: Vec<f64>,
+    traceparents: Vec<Option<String>>,
     // The user messages of turns.
     turn_message_ids: Vec<Uuid>,
     turn_conversations: Vec<Uuid>,
@@ -407,6 +411,8 @@ impl Rows {
         self.request_hashes
             .push(job.idempotency.as_ref().map(|i| i.request_hash.clone()));
         self.deadlines.push(job.deadline_secs);
+        self.traceparents
+            .push(job.trace.as_ref().map(TraceContext::to_string));
         if let (Some(turn), Some(seq)) = (&job.turn, seq) {
             self.turn_message_ids.push(turn.message_id.as_uuid());
             self.turn_conversations.push(turn.conversation.as_uuid());
@@ -443,14 +449,16 @@ impl Rows {
                           AS t(id, conversation_id, tenant_id, seq, content, job_id)
                ), job AS (
                    INSERT INTO jobs (id, tenant_id, conversation_id, lane, status, request, model,
-                                     user_message_id, idempotency_key, request_hash, deadline_at)
+                                     user_message_id, idempotency_key, request_hash, deadline_at,
+                                     traceparent)
                    SELECT t.id, t.tenant_id, t.conversation_id, t.lane, 'queued', t.request, t.model,
                           t.message_id, t.idempotency_key, t.request_hash,
-                          now() + make_interval(secs => t.deadline)
+                          now() + make_interval(secs => t.deadline), t.traceparent
                      FROM unnest($10::uuid[], $11::uuid[], $12::uuid[], $13::text[], $14::jsonb[],
-                                 $15::text[], $16::uuid[], $17::text[], $18::bytea[], $19::float8[])
+                                 $15::text[], $16::uuid[], $17::text[], $18::bytea[], $19::float8[],
+                                 $20::text[])
                           AS t(id, tenant_id, conversation_id, lane, request, model, message_id,
-                               idempotency_key, request_hash, deadline)
+                               idempotency_key, request_hash, deadline, traceparent)
                )
                SELECT now() AS "now!""#,
             &conversation_ids,
@@ -472,6 +480,7 @@ impl Rows {
             &self.idempotency_keys[..] as _,
             &self.request_hashes[..] as _,
             &self.deadlines,
+            &self.traceparents[..] as _,
         )
         .fetch_one(&mut *tx)
         .await
