@@ -357,8 +357,9 @@ async fn large_prompts_stay_within_the_fleets_tokens_per_minute() {
     crate::ledger::note(
         &stack,
         &format!(
-            "{} calls of about 2,000 tokens under {TPM} tokens/min over two workers: busiest minute {busiest} tokens",
-            stats.tokens_ms.len()
+            "{} calls of about 2,000 tokens under {TPM} tokens/min over two workers (at {:?} ms): busiest minute {busiest} tokens",
+            stats.tokens_ms.len(),
+            stats.tokens_ms.iter().map(|(at, _)| at).collect::<Vec<_>>()
         ),
     );
     assert!(

@@ -12,11 +12,11 @@
 //!   wakes a waiter a millisecond late would otherwise push every later turn back, and the fleet
 //!   would run below its limit (6 % below at 100 requests/s, as measured). Never earlier than its
 //!   turn, so over any one-second window the fleet makes at most `rpm / 60 + n` requests.
-//! - Tokens: a GCRA limiter at the granted share of `tpm / 60` tokens per second. A call takes its
-//!   whole estimate (prompt tokens + `max_tokens`, or [`DEFAULT_COMPLETION_ESTIMATE`]) before it
-//!   starts, in pieces of at most the limiter's burst, so a call larger than a second's share
-//!   waits as long as its size needs; what the provider reports beyond the estimate is taken from
-//!   the next calls the same way.
+//! - Tokens: a budget refilled at the granted share of `tpm / 60` tokens per second
+//!   ([`tokens`]). A call pays its whole estimate (prompt tokens + `max_tokens`, or
+//!   [`DEFAULT_COMPLETION_ESTIMATE`]) before it starts, so a call larger than a second's share
+//!   waits as long as its size needs; what the provider reports beyond the estimate is paid by
+//!   the next calls.
 //! - Concurrency: the worker's job slots ([`Slots`]) are the smallest of `worker_concurrency`, its
 //!   granted requests in flight, and the adaptive limit below.
 //!
@@ -32,9 +32,9 @@
 mod adaptive;
 mod limited;
 mod rate;
+mod tokens;
 
 use std::collections::VecDeque;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -44,7 +44,8 @@ use tokio::sync::watch;
 
 use self::adaptive::Adaptive;
 pub use self::limited::LimitedProvider;
-use self::rate::{SharedLimiter, current, limiter, replace, request_limiter, wait_turn};
+use self::rate::{SharedLimiter, current, replace, request_limiter, wait_turn};
+use self::tokens::TokenBudget;
 use crate::leases::{Grant, RATE_UNITS};
 use crate::slots::Slots;
 
@@ -61,14 +62,8 @@ pub struct ProviderLimits {
     /// Live workers as this worker last saw the fleet, for its heartbeat.
     fleet_size: AtomicUsize,
     requests: SharedLimiter,
-    tokens: SharedLimiter,
-    /// Largest token count one call can take at once (the token limiter's burst).
-    token_burst: Mutex<u32>,
-    /// Tokens used beyond estimates, taken from the next call.
-    token_debt: Mutex<u32>,
-    /// One call at a time takes its tokens, piece by piece: calls taking pieces in turn would all
-    /// finish late together instead of one after another.
-    token_turn: tokio::sync::Mutex<()>,
+    /// Present when `provider_tpm` is set.
+    tokens: Option<TokenBudget>,
     adaptive_pace: SharedLimiter,
     adaptive: Mutex<Adaptive>,
     slots: Slots,
@@ -93,10 +88,7 @@ impl ProviderLimits {
             grant: watch::channel(first).0,
             fleet_size: AtomicUsize::new(1),
             requests: RwLock::new(None),
-            tokens: RwLock::new(None),
-            token_burst: Mutex::new(u32::MAX),
-            token_debt: Mutex::new(0),
-            token_turn: tokio::sync::Mutex::new(()),
+            tokens: limits.provider_tpm.map(|_| TokenBudget::new()),
             adaptive_pace: RwLock::new(None),
             adaptive: Mutex::new(Adaptive {
                 rate: None,
@@ -151,15 +143,13 @@ impl ProviderLimits {
                     request_limiter(share * f64::from(rpm) / 60.0),
                 );
             }
-            if let Some(tpm) = self.tpm {
-                // A burst of a second's worth of the share, at least one default request.
+            if let (Some(tpm), Some(budget)) = (self.tpm, &self.tokens) {
+                // Saved up: a second's worth of the share, at least one default request.
                 let per_second = share * f64::from(tpm) / 60.0;
-                let burst = (per_second.ceil() as u32).max(DEFAULT_COMPLETION_ESTIMATE);
-                *self
-                    .token_burst
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = burst;
-                replace(&self.tokens, limiter(per_second, burst));
+                budget.set_rate(
+                    per_second,
+                    per_second.max(f64::from(DEFAULT_COMPLETION_ESTIMATE)),
+                );
             }
         }
         self.resize_slots();
@@ -222,43 +212,19 @@ impl ProviderLimits {
         }
     }
 
-    /// Takes `tokens` and the debt of earlier calls from the token limiter, a burst at a time.
+    /// Pays `tokens` from the token budget, if tokens are limited.
     async fn take_tokens(&self, tokens: u32) {
-        let Some(limiter) = current(&self.tokens) else {
-            return;
-        };
-        let _turn = self.token_turn.lock().await;
-        let debt = std::mem::take(
-            &mut *self
-                .token_debt
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        let burst = *self
-            .token_burst
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut left = tokens.saturating_add(debt).max(1);
-        while left > 0 {
-            let piece = left.min(burst.max(1));
-            if let Some(n) = NonZeroU32::new(piece)
-                && limiter.until_n_ready(n).await.is_err()
-            {
-                // Cannot happen: a piece is within the burst.
-                tracing::debug!(tokens = piece, "token piece above the limiter's burst");
-            }
-            left -= piece;
+        if let Some(budget) = &self.tokens {
+            budget.pay(tokens.max(1)).await;
         }
     }
 
     /// Takes tokens the provider reported beyond the estimate from later calls.
     pub fn settle_tokens(&self, estimated: u32, used: u32) {
-        if self.tpm.is_some() && used > estimated {
-            let mut debt = self
-                .token_debt
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            *debt = debt.saturating_add(used - estimated);
+        if let Some(budget) = &self.tokens
+            && used > estimated
+        {
+            budget.owe(used - estimated);
         }
     }
 }
@@ -340,8 +306,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_larger_than_a_second_of_tokens_waits_for_all_of_them() {
-        // 6,000 tokens a minute: 100 a second, a burst of 256. A call of 300 more tokens than
-        // the burst takes its whole estimate: the second call waits about three seconds.
+        // 6,000 tokens a minute: 100 a second, 256 saved up at most. The first call spends what
+        // is saved; the second, larger than a second's share, waits for all of its 300 tokens.
         let settings = LimitSettings {
             provider_tpm: Some(6000),
             ..chatq_common::Settings::default().limits
