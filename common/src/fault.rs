@@ -26,10 +26,21 @@ pub enum FaultPoint {
 static ARMED: OnceLock<FaultSettings> = OnceLock::new();
 static BEFORE_PUBLISH: AtomicU64 = AtomicU64::new(0);
 static AFTER_COMMIT: AtomicU64 = AtomicU64::new(0);
+static RECORD_ACKS: AtomicU64 = AtomicU64::new(0);
 
 /// Sets this process's fault points from its settings (once; later calls change nothing).
 pub fn arm(settings: &FaultSettings) {
     drop(ARMED.set(settings.clone()));
+}
+
+/// Whether the commit of a batch of recorded jobs should count as failed, as if its
+/// acknowledgement were lost (`CHATQ_FAULT_LOSE_RECORD_ACK`: the first that many batches).
+pub fn record_ack_lost() -> bool {
+    let Some(settings) = ARMED.get() else {
+        return false;
+    };
+    settings.lose_record_ack > 0
+        && RECORD_ACKS.fetch_add(1, Ordering::SeqCst) < settings.lose_record_ack
 }
 
 /// Passes a fault point with this job; ends the process if this is the configured pass.

@@ -172,6 +172,8 @@ impl Application {
             sse_keepalive: std::time::Duration::from_secs(
                 settings.ingress.sse_keepalive_secs.max(1),
             ),
+            cancel_abandoned_completions: settings.ingress.cancel_abandoned_completions,
+            tasks: background.clone(),
         };
         let request_id = HeaderName::from_static("x-request-id");
         let router = routes::router(state)

@@ -23,6 +23,12 @@ pub struct AppState {
     pub limits: Arc<LimitSettings>,
     /// Between keep-alive comments on an idle event stream (`sse_keepalive_secs`).
     pub sse_keepalive: std::time::Duration,
+    /// `cancel_abandoned_completions`: cancel a completion's job when its client goes away
+    /// before the provider was called.
+    pub cancel_abandoned_completions: bool,
+    /// Short background tasks a request leaves behind (a cancel after its client went away);
+    /// shutdown waits for them.
+    pub tasks: tokio_util::task::TaskTracker,
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,

@@ -276,3 +276,96 @@ async fn the_openai_python_sdk_works_against_chatq() {
     );
     app.stop().await;
 }
+
+fn completion_body() -> Value {
+    json!({
+        "model": "mock-model",
+        "messages": [{"role": "user", "content": "Say hi once"}],
+    })
+}
+
+#[tokio::test]
+async fn a_completion_retried_with_its_idempotency_key_calls_the_provider_once() {
+    let app = spawn_app_with(TestOptions {
+        mock: MockConfig {
+            ttft_ms: 300,
+            ..MockConfig::default()
+        },
+        ..TestOptions::default()
+    })
+    .await;
+    let send = |key: &'static str| {
+        app.request(Method::POST, "/v1/chat/completions")
+            .header("idempotency-key", key)
+            .json(&completion_body())
+            .send()
+    };
+    // Two at once (a client retrying while the first is still running), then once more.
+    let (first, second) = tokio::join!(send("completion-1"), send("completion-1"));
+    let third = send("completion-1").await.unwrap();
+    let mut ids = Vec::new();
+    for response in [first.unwrap(), second.unwrap(), third] {
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one completion: {ids:?}"
+    );
+    assert_eq!(app.mock.stats().requests, 1, "the provider was called once");
+    // The same key for another request is refused.
+    let other = app
+        .request(Method::POST, "/v1/chat/completions")
+        .header("idempotency-key", "completion-1")
+        .json(&json!({"model": "mock-model", "messages": [{"role": "user", "content": "else"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(other, StatusCode::CONFLICT, "conflict_error").await;
+    app.stop().await;
+}
+
+async fn abandoned_completion(cancel_abandoned: bool) -> (String, crate::helpers::TestApp) {
+    let app = spawn_app_with(TestOptions {
+        // No worker yet: the job waits in the queue while its client gives up.
+        workers: 0,
+        settings: Box::new(move |s| s.ingress.cancel_abandoned_completions = cancel_abandoned),
+        ..TestOptions::default()
+    })
+    .await;
+    let gave_up = app
+        .request(Method::POST, "/v1/chat/completions")
+        .json(&completion_body())
+        .timeout(std::time::Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gives up before any answer");
+    let job: uuid::Uuid = sqlx::query_scalar("SELECT id FROM jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    (chatq_common::ids::JobId::from_uuid(job).to_string(), app)
+}
+
+#[tokio::test]
+async fn a_completion_whose_client_left_before_it_started_is_cancelled() {
+    let (job, app) = abandoned_completion(true).await;
+    let ended = app.wait_for_job(&job).await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert_eq!(
+        app.mock.stats().requests,
+        0,
+        "the provider was never called"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_setting_off_an_abandoned_completion_still_runs() {
+    let (job, app) = abandoned_completion(false).await;
+    let polled = app.get_ok(&format!("/v1/jobs/{job}?wait=1")).await;
+    assert_eq!(polled["status"], "queued", "{polled}");
+    app.stop().await;
+}

@@ -60,3 +60,49 @@ async fn many_conversations_sent_at_once_over_two_workers_are_each_answered_exac
     assert_eq!(most_attempts, Some(1));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn deleting_a_conversation_while_its_reply_is_written_never_fails() {
+    let app = spawn_app_with(TestOptions {
+        mock: chatq_mock_llm::MockConfig {
+            ttft_ms: 5,
+            tokens: 2,
+            ..chatq_mock_llm::MockConfig::default()
+        },
+        ..TestOptions::default()
+    })
+    .await;
+    for round in 0..40u64 {
+        let conversation = id_of(&app.create_conversation(json!({})).await);
+        let accepted = app.send(&conversation, "race me").await;
+        let job = accepted["job"]["id"].as_str().unwrap().to_owned();
+        // A different head start each round, so the delete meets the reply at every point of
+        // its write: before, during, after.
+        tokio::time::sleep(std::time::Duration::from_millis(round % 10 * 2)).await;
+        let deleted = app
+            .request(
+                reqwest::Method::DELETE,
+                &format!("/v1/conversations/{conversation}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            deleted.status(),
+            reqwest::StatusCode::NO_CONTENT,
+            "round {round}: {}",
+            deleted.text().await.unwrap_or_default()
+        );
+        let polled = app.get(&format!("/v1/jobs/{job}")).await;
+        assert!(
+            matches!(polled.status().as_u16(), 200 | 404),
+            "round {round}: {}",
+            polled.status()
+        );
+    }
+    // The worker is still answering.
+    let conversation = id_of(&app.create_conversation(json!({})).await);
+    let job = app.turn(&conversation, "still there?").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    app.stop().await;
+}

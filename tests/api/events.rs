@@ -351,3 +351,47 @@ async fn bad_event_stream_requests_are_refused() {
     crate::helpers::assert_error(response, StatusCode::NOT_FOUND, "not_found_error").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_on_a_job_deleted_mid_reply_ends_with_a_terminal_event() {
+    let app = spawn_app_with(TestOptions {
+        // Long enough that the conversation is deleted while the provider still answers.
+        mock: MockConfig {
+            ttft_ms: 100,
+            token_delay_ms: 200,
+            tokens: 100,
+            ..MockConfig::default()
+        },
+        ..TestOptions::default()
+    })
+    .await;
+    let conversation = app.create_conversation(json!({})).await;
+    let conversation = conversation["id"].as_str().unwrap();
+    let job = app.send(conversation, "a long story, please").await["job"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut events = subscribe(&app, &job, None).await;
+    // Wait for the reply to be under way.
+    loop {
+        let event = events.next().await.expect("events before the end");
+        if event.kind() == "message.delta" {
+            break;
+        }
+    }
+    let deleted = app
+        .request(Method::DELETE, &format!("/v1/conversations/{conversation}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let started = tokio::time::Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(15), events.collect())
+        .await
+        .expect("the stream ends within seconds of its job being deleted");
+    let last = rest.last().expect("a terminal event");
+    assert_eq!(last.kind(), "job.failed", "{rest:?}");
+    assert_eq!(last.json()["error"]["type"], "not_found", "{rest:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    app.stop().await;
+}

@@ -366,9 +366,11 @@ async fn large_prompts_stay_within_the_fleets_tokens_per_minute() {
         busiest as f64 <= TPM as f64 * 1.05,
         "the provider counted {busiest} tokens in one minute, the limit is {TPM} (+5 %)"
     );
+    // Each worker's budget starts empty and refills at 100 tokens a second: a call every 23 s
+    // or so, two a worker in the time given (the third may still be paying at the end).
     assert!(
-        stats.tokens_ms.len() >= 4,
-        "only {} calls in a minute: the limit allows five",
+        stats.tokens_ms.len() >= 3,
+        "only {} calls: the limit allows about five a minute",
         stats.tokens_ms.len()
     );
     stack.stop().await;

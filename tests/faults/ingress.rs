@@ -154,3 +154,60 @@ async fn a_stopped_ingress_finishes_its_requests_first() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_turn_whose_commit_acknowledgement_was_lost_is_answered_with_its_job() {
+    const SENDS: usize = 6;
+    let mut stack = Stack::start(
+        "ingress_record_ack_lost",
+        StackOptions {
+            workers: 1,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let conversations = stack.client.create_conversations(SENDS).await;
+    // An ingress that takes the commits of its first batches as failed, as if the database's
+    // acknowledgement had been lost after the commit took effect.
+    stack.ingress().sigkill().await;
+    stack
+        .start_ingress(&[("CHATQ_FAULT_LOSE_RECORD_ACK", &SENDS.to_string())])
+        .await;
+    let mut accepted = Vec::new();
+    for conversation in &conversations {
+        // Once each, no retry: the first answer is what a client gets.
+        let response = stack
+            .client
+            .request(
+                Method::POST,
+                &format!("/v1/conversations/{conversation}/messages"),
+            )
+            .json(&json!({ "content": "hello" }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        accepted.push(crate::harness::client::Accepted {
+            job_id: body["job"]["id"].as_str().unwrap().to_owned(),
+            replayed: false,
+        });
+    }
+    let report = settle(
+        &stack,
+        &accepted,
+        SENDS as u64,
+        Instant::now(),
+        Duration::from_secs(30),
+    )
+    .await;
+    report.assert_clean();
+    assert_eq!(report.with_status("succeeded"), SENDS, "{report:#?}");
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, SENDS as i64, "one job per send, none recorded twice");
+    stack.stop().await;
+}

@@ -274,3 +274,104 @@ async fn in_progress_acks_keep_a_long_call_on_one_worker() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_of_a_job_in_one_pull_call_the_provider_once() {
+    const JOBS: usize = 20;
+    let mut stack = Stack::start(
+        "worker_duplicate_in_one_pull",
+        StackOptions {
+            workers: 0,
+            // Room for every copy in the worker's first pull.
+            worker_concurrency: 64,
+            mock: half_second_replies(),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let conversations = stack.client.create_conversations(JOBS).await;
+    let accepted = stack.client.send_to_each(&conversations, 16).await;
+    // A second copy of every job beside the first (as a republish after a suspected loss makes
+    // one), so that one pull delivers both copies of each job together.
+    for job in &accepted {
+        let id: chatq_common::ids::JobId = job.job_id.parse().unwrap();
+        let copy = chatq_common::queue::publish_copy(
+            &stack.jetstream,
+            &chatq_common::topology::Topology::for_namespace(
+                &chatq_common::settings::SettingValue::parse_setting(&stack.namespace).unwrap(),
+            ),
+            id,
+            chatq_common::job::Lane::Interactive,
+            1,
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(!copy, "the second copy is stored beside the first");
+    }
+    assert_eq!(
+        stack.stream_messages(&stack.jobs_stream()).await,
+        Some(2 * JOBS as u64)
+    );
+    let started = Instant::now();
+    stack.start_worker("worker-0", &[]).await;
+    let report = settle(&stack, &accepted, 0, started, Duration::from_secs(60)).await;
+    report.assert_clean();
+    assert_eq!(report.with_status("succeeded"), JOBS, "{report:#?}");
+    assert_eq!(
+        stack.mock.stats().requests,
+        JOBS as u64,
+        "each job reached the provider once, whichever of its copies won its claim"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_whose_terminal_event_is_never_sent_is_answered_within_seconds() {
+    let mut stack = Stack::start(
+        "completion_commit_then_crash",
+        StackOptions {
+            workers: 0,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    // The worker commits the reply and dies before it can publish the terminal event.
+    stack
+        .start_worker("doomed", &[("CHATQ_FAULT_EXIT_AFTER_COMMIT", "1")])
+        .await;
+    let started = Instant::now();
+    let response = stack
+        .client
+        .request(reqwest::Method::POST, "/v1/chat/completions")
+        .json(&serde_json::json!({
+            "model": "mock-model",
+            "messages": [{"role": "user", "content": "hello"}],
+        }))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("the completion is answered");
+    let waited = started.elapsed();
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .is_some_and(|text| !text.is_empty()),
+        "{body}"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "the client waited {waited:?} for a reply committed at once"
+    );
+    crate::ledger::note(
+        &stack,
+        &format!(
+            "completion answered {:.1} s after it was sent, its worker dead before the terminal event",
+            waited.as_secs_f64()
+        ),
+    );
+    stack.stop().await;
+}

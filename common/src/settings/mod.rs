@@ -151,6 +151,8 @@ settings! {
         http_addr: SocketAddr = "127.0.0.1:8080";
         /// Seconds between keep-alive comments on an idle event stream.
         sse_keepalive_secs: u64 = "15";
+        /// Cancel the job of a chat completion whose client went away before the provider was called (`true` or `false`).
+        cancel_abandoned_completions: bool = "true";
     }
     /// Postgres, the source of truth.
     database: DatabaseSettings {
@@ -276,6 +278,8 @@ settings! {
         exit_before_publish / fault_exit_before_publish: u64 = "0";
         /// For fault testing only: a worker exits right after committing this many results, before acknowledging the last (0: never).
         exit_after_commit / fault_exit_after_commit: u64 = "0";
+        /// For fault testing only: the ingress takes the commits of its first this many batches of recorded jobs as failed, as if their acknowledgement were lost (0: never).
+        lose_record_ack / fault_lose_record_ack: u64 = "0";
     }
 }
 

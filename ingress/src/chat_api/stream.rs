@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::response::{ChunkWriter, stream_error};
 use crate::hub::ResumingCursor;
+use crate::submit::abandoned::AbandonGuard;
 
 /// Where a streamed completion is.
 struct ChunkState {
@@ -29,15 +30,19 @@ struct ChunkState {
     pending: VecDeque<String>,
     finished: bool,
     _slot: OwnedSemaphorePermit,
+    /// Cancels the job if the client leaves before it started; disarmed at its end.
+    abandon: AbandonGuard,
     stop: CancellationToken,
 }
 
 /// The chunks of a completion whose events `cursor` follows. `slot` is the event-stream slot the
-/// response holds; `stop` ends the stream when the server shuts down.
+/// response holds; `abandon` cancels the job if the client leaves before it starts; `stop` ends
+/// the stream when the server shuts down.
 pub fn chunk_stream(
     cursor: ResumingCursor,
     writer: ChunkWriter,
     slot: OwnedSemaphorePermit,
+    abandon: AbandonGuard,
     stop: CancellationToken,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let state = ChunkState {
@@ -48,6 +53,7 @@ pub fn chunk_stream(
         pending: VecDeque::new(),
         finished: false,
         _slot: slot,
+        abandon,
         stop,
     };
     futures::stream::unfold(state, |mut state| async move {
@@ -103,6 +109,7 @@ impl ChunkState {
             }
             EventBody::Succeeded(job) | EventBody::Failed(job) | EventBody::Cancelled(job) => {
                 self.finished = true;
+                self.abandon.disarm();
                 match (&job.status, &job.reply) {
                     (JobStatus::Succeeded, Some(reply)) => {
                         let finish_reason = reply.finish_reason.as_deref().unwrap_or("stop");

@@ -33,8 +33,9 @@ pub async fn create(
             cursor,
             writer,
             slot,
+            abandon,
         } => {
-            let chunks = chunk_stream(cursor, writer, slot, state.streams_stop.clone());
+            let chunks = chunk_stream(cursor, writer, slot, abandon, state.streams_stop.clone());
             sse_response(chunks, &state)
         }
     };

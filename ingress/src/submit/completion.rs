@@ -9,6 +9,7 @@ use chatq_common::job::{JobRequest, Lane};
 use chatq_common::trace::TraceContext;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::abandoned::AbandonGuard;
 use super::idempotency::{self, IdempotencyKey};
 use crate::auth::Caller;
 use crate::chat_api::{ChatCompletion, ChatCompletionRequest, ChunkWriter, completion_id};
@@ -35,6 +36,8 @@ pub enum CompletionAnswer {
         cursor: ResumingCursor,
         writer: ChunkWriter,
         slot: OwnedSemaphorePermit,
+        /// Cancels the job if the stream is dropped before it started.
+        abandon: AbandonGuard,
     },
 }
 
@@ -95,8 +98,9 @@ pub async fn run_completion(
         model,
         include_usage: request.include_usage,
     };
+    let mut abandon = AbandonGuard::new(state, caller.tenant, job_id, replayed);
     let answer = if request.stream {
-        stream(state, job_id, writer, replayed, &trace).await?
+        stream(state, job_id, writer, replayed, &trace, abandon).await?
     } else {
         // Follow before publishing, so not even an instant reply can be missed.
         let waiting = JobWait::begin(state, job_id).await;
@@ -104,7 +108,9 @@ pub async fn run_completion(
             super::queue(state, job_id, Lane::Interactive, &trace).await?;
         }
         let deadline = Duration::from_secs(state.limits.job_deadline_secs);
-        let job = match waiting.until_end(deadline).await {
+        let ended = waiting.until_end(deadline).await;
+        abandon.disarm();
+        let job = match ended {
             Some(job) => job,
             None => jobs::get(&state.pool, caller.tenant, job_id)
                 .await?
@@ -127,6 +133,7 @@ async fn stream(
     writer: ChunkWriter,
     replayed: bool,
     trace: &TraceContext,
+    abandon: AbandonGuard,
 ) -> ApiResult<CompletionAnswer> {
     let slot = open_stream_slot(state)?;
     let cursor = match state.hubs.follow(job_id).await {
@@ -150,5 +157,6 @@ async fn stream(
         cursor,
         writer,
         slot,
+        abandon,
     })
 }

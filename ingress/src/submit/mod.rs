@@ -1,7 +1,8 @@
 //! Submitting work: the path every request that creates a job takes, under the handlers.
 //!
 //! - [`turn`]: record and queue a conversation turn (`POST /v1/conversations/{id}/messages`).
-//! - [`completion`]: record and queue a chat completion, then wait for it or stream it.
+//! - [`completion`]: record and queue a chat completion, then wait for it or stream it;
+//!   [`abandoned`]: cancel it if its client goes away before it starts.
 //! - [`idempotency`]: `Idempotency-Key`: what a key stands for, and answering a retry with the
 //!   job the key first created.
 //!
@@ -14,6 +15,7 @@
 //! `run_completion`, then `publish`, whose "job queued" line ties the request's trace id to the
 //! job id.
 
+pub mod abandoned;
 pub mod completion;
 pub mod idempotency;
 pub mod turn;

@@ -238,6 +238,34 @@ pub async fn request_cancel(
     })
 }
 
+/// Cancels a job only if it is still queued (no worker has it, so the provider was not called
+/// for it). Returns the job as committed, or `None` when it was no longer queued.
+///
+/// # Errors
+/// Database errors.
+pub async fn cancel_queued(
+    pool: &PgPool,
+    tenant: TenantId,
+    id: JobId,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    select_job_rows!(
+        r#"WITH cancelled AS (
+               UPDATE jobs
+                  SET cancel_requested_at = now(), status = 'cancelled', finished_at = now(),
+                      error_type = 'cancelled', error_message = $3
+                WHERE id = $1 AND tenant_id = $2 AND status = 'queued'
+            RETURNING *
+           )
+           "#,
+        "cancelled",
+        id.as_uuid(),
+        tenant.as_uuid(),
+        CANCELLED_MESSAGE,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
 /// Ends a job whose cancel was requested and that no live claim holds (it was queued, or its
 /// worker died): `cancelled`, without calling the provider. Returns the job as committed, or
 /// `None` when there was nothing to end (already finished, or held).

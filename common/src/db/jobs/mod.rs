@@ -40,7 +40,7 @@ pub const ONE_ACTIVE_PER_CONVERSATION: &str = "jobs_one_active_per_conversation"
 
 pub use claim::{ClaimedJob, NotClaimed, Renewal, claim, renew_leases};
 pub use finish::{
-    CANCELLED_MESSAGE, CancelOutcome, Completion, complete, finish_cancelled,
+    CANCELLED_MESSAGE, CancelOutcome, Completion, cancel_queued, complete, finish_cancelled,
     finish_unsuccessfully, release, request_cancel,
 };
 pub use read::{JobRow, find_by_idempotency_key, get, get_any};

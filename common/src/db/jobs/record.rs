@@ -95,7 +95,18 @@ pub async fn record_gathered(
     pool: &PgPool,
     jobs: Vec<NewJob>,
 ) -> Vec<Result<Recorded, sqlx::Error>> {
-    match record_in(pool, &jobs, false).await {
+    let recorded = record_in(pool, &jobs, false).await;
+    #[cfg(feature = "fault-injection")]
+    let recorded = recorded.and_then(|outcomes| {
+        if crate::fault::record_ack_lost() {
+            tracing::error!("CHATQ_FAULT_LOSE_RECORD_ACK: taking a committed batch as failed");
+            return Err(sqlx::Error::Protocol(
+                "fault injection: acknowledgement lost".into(),
+            ));
+        }
+        Ok(outcomes)
+    });
+    match recorded {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(err) => {
             tracing::debug!(error = %err, jobs = jobs.len(), "a batch of jobs failed; recording them one by one");
