@@ -16,7 +16,7 @@
 //! - [`prompt`]: the system prompt and a bounded history window.
 //! - [`events`]: publishing a job's events while it runs.
 //! - [`reconciler`]: rebuilding the JetStream queue from Postgres (unpublished jobs, a lost
-//!   stream, jobs of dead workers).
+//!   stream, jobs of dead workers, copies lost while the stream survived).
 //! - [`fleet`]: heartbeats in a NATS KV bucket, so each worker knows the fleet, and the lease
 //!   rounds that follow them.
 //! - [`leases`]: capacity leases: the fleet-wide limits cut into units a worker holds before it

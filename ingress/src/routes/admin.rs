@@ -6,18 +6,15 @@
 
 use axum::Json;
 use axum::extract::State;
-use chatq_common::db::jobs;
-use chatq_common::db::jobs::dead_letters::{self, DeadLetterRow, RetryOutcome};
+use chatq_common::db::jobs::dead_letters::{self, DeadLetterRow};
 use chatq_common::ids::{ConversationId, JobId, TenantId};
-use chatq_common::job::Lane;
-use chatq_common::queue::{PublishJobError, publish_copy};
-use chatq_common::trace::TraceContext;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{IdPath, QueryParams};
 use crate::state::AppState;
+use crate::submit::retry::requeue_dead_letter;
 use crate::views::{JobErrorView, JobView, ListView};
 
 /// Default and largest page sizes.
@@ -116,54 +113,7 @@ pub async fn retry_dead_letter(
     Admin(operator): Admin,
     IdPath(id): IdPath<JobId>,
 ) -> ApiResult<Json<JobView>> {
-    let deadline_secs = state.limits.job_deadline_secs as f64;
-    let retried = dead_letters::retry(&state.pool, id, deadline_secs).await?;
-    let (lane, publication, traceparent) = match retried {
-        RetryOutcome::Requeued {
-            lane,
-            publication,
-            traceparent,
-        } => (lane, publication, traceparent),
-        RetryOutcome::NotFound => return Err(ApiError::not_found("job", id)),
-        RetryOutcome::NotFailed(status) => {
-            return Err(ApiError::Conflict {
-                code: "job_not_failed",
-                message: format!(
-                    "This job is {status}, not failed; only failed jobs (dead letters) can be retried."
-                ),
-            });
-        }
-        RetryOutcome::ConversationBusy => {
-            return Err(ApiError::Conflict {
-                code: "conversation_busy",
-                message: "Another reply is being generated in this job's conversation; retry once it has finished.".into(),
-            });
-        }
-    };
+    let job = requeue_dead_letter(&state, id).await?;
     tracing::info!(job_id = %id, operator_tenant = %operator.tenant, "dead letter sent back to the queue");
-    // Read before publishing: the answer shows the job back in the queue, as the retry left it.
-    let job = jobs::get_any(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job", id))?;
-    let lane: Lane = lane.parse().unwrap_or(Lane::Interactive);
-    // The retry belongs to the trace of the request that created the job.
-    let trace = traceparent.as_deref().and_then(TraceContext::parse);
-    let published = publish_copy(
-        &state.jetstream,
-        &state.topology,
-        id,
-        lane,
-        publication,
-        trace.as_ref(),
-    );
-    match published.await {
-        Ok(_) => jobs::mark_published(&state.pool, &[id.as_uuid()]).await?,
-        Err(PublishJobError::QueueFull) => {
-            tracing::warn!(job_id = %id, "queue full; the reconciler will queue the retried job");
-        }
-        Err(PublishJobError::Unavailable(err)) => {
-            tracing::warn!(job_id = %id, error = %err, "publish failed; the reconciler will queue the retried job");
-        }
-    }
-    Ok(Json(job.into()))
+    Ok(Json(job))
 }

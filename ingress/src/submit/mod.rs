@@ -5,6 +5,7 @@
 //!   [`abandoned`]: cancel it if its client goes away before it starts.
 //! - [`idempotency`]: `Idempotency-Key`: what a key stands for, and answering a retry with the
 //!   job the key first created.
+//! - [`retry`]: a dead letter sent back to the queue by an operator.
 //!
 //! Both kinds of job go through the same two steps, defined here once: [`record`] (with the jobs
 //! of concurrent requests, in one transaction) and [`queue`] (publish to JetStream, or take the
@@ -18,6 +19,7 @@
 pub mod abandoned;
 pub mod completion;
 pub mod idempotency;
+pub mod retry;
 pub mod turn;
 
 use chatq_common::batch::Unanswered;

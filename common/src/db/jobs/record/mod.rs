@@ -12,13 +12,18 @@
 //! for jobs the failed attempt may have recorded after all, so a client always gets the job it
 //! created, never an error for a job that will be answered.
 
-use std::collections::{HashMap, HashSet};
+mod lookups;
+mod rows;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::Value;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use self::lookups::{already_recorded, lock_conversations, used_keys};
+use self::rows::Rows;
 
 use crate::ids::{ConversationId, JobId, MessageId, TenantId};
 use crate::job::{JobRequest, Lane};
@@ -139,13 +144,13 @@ pub async fn record(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Recorded>, sql
 }
 
 /// A conversation, locked for the batch, as the batch changes it.
-struct Conversation {
-    tenant: Uuid,
-    model: Option<String>,
-    message_count: i32,
-    next_seq: i64,
-    busy: bool,
-    touched: bool,
+pub(super) struct Conversation {
+    pub(super) tenant: Uuid,
+    pub(super) model: Option<String>,
+    pub(super) message_count: i32,
+    pub(super) next_seq: i64,
+    pub(super) busy: bool,
+    pub(super) touched: bool,
 }
 
 async fn record_in(
@@ -205,7 +210,7 @@ async fn record_in(
         });
     }
 
-    let now = if rows.ids.is_empty() {
+    let now = if rows.is_empty() {
         None
     } else {
         Some(rows.insert(&mut tx, &conversations).await?)
@@ -274,228 +279,6 @@ enum Decision {
         model: String,
         deadline_secs: f64,
     },
-}
-
-/// Jobs of this batch that are recorded already (an earlier attempt at the batch committed, but
-/// its acknowledgement was lost).
-async fn already_recorded(
-    tx: &mut sqlx::PgConnection,
-    jobs: &[NewJob],
-) -> Result<HashMap<Uuid, RecordedJob>, sqlx::Error> {
-    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id.as_uuid()).collect();
-    let rows = sqlx::query!(
-        r#"SELECT j.id AS "id!", j.created_at AS "created_at!", j.deadline_at AS "deadline_at!",
-                  j.model AS "model!", m.seq AS "seq?"
-             FROM jobs j LEFT JOIN messages m ON m.id = j.user_message_id
-            WHERE j.id = ANY($1)"#,
-        &ids,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let job = RecordedJob {
-                seq: row.seq,
-                created_at: row.created_at,
-                deadline_at: row.deadline_at,
-                model: row.model,
-            };
-            (row.id, job)
-        })
-        .collect())
-}
-
-/// Locks the conversations the batch's turns name, in id order (so concurrent batches cannot
-/// deadlock), and reads what deciding needs: owner, model, size, next sequence number and
-/// whether a reply is pending.
-async fn lock_conversations(
-    tx: &mut sqlx::PgConnection,
-    jobs: &[NewJob],
-) -> Result<HashMap<Uuid, Conversation>, sqlx::Error> {
-    let mut ids: Vec<Uuid> = jobs
-        .iter()
-        .filter_map(|j| j.turn.as_ref().map(|t| t.conversation.as_uuid()))
-        .collect();
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    let rows = sqlx::query!(
-        r#"SELECT c.id, c.tenant_id, c.model, c.message_count, c.next_seq,
-                  EXISTS (SELECT 1 FROM jobs j
-                           WHERE j.conversation_id = c.id AND j.status IN ('queued', 'running')) AS "busy!"
-             FROM conversations c
-            WHERE c.id = ANY($1)
-            ORDER BY c.id
-              FOR UPDATE OF c"#,
-        &ids,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let conversation = Conversation {
-                tenant: row.tenant_id,
-                model: row.model,
-                message_count: row.message_count,
-                next_seq: row.next_seq,
-                busy: row.busy,
-                touched: false,
-            };
-            (row.id, conversation)
-        })
-        .collect())
-}
-
-/// The (tenant, idempotency key) pairs of the batch that earlier jobs used already.
-async fn used_keys(
-    tx: &mut sqlx::PgConnection,
-    jobs: &[NewJob],
-) -> Result<HashSet<(Uuid, String)>, sqlx::Error> {
-    let (tenants, keys): (Vec<Uuid>, Vec<String>) = jobs
-        .iter()
-        .filter_map(|j| {
-            j.idempotency
-                .as_ref()
-                .map(|i| (j.tenant.as_uuid(), i.key.clone()))
-        })
-        .unzip();
-    if keys.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let rows = sqlx::query!(
-        r#"SELECT tenant_id, idempotency_key AS "key!" FROM jobs
-            WHERE (tenant_id, idempotency_key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"#,
-        &tenants,
-        &keys,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.tenant_id, row.key))
-        .collect())
-}
-
-/// The columns of the jobs (and turn messages) a batch records, as arrays for `unnest`.
-#[derive(Default)]
-struct Rows {
-    // Jobs.
-    ids: Vec<Uuid>,
-    tenants: Vec<Uuid>,
-    conversations: Vec<Option<Uuid>>,
-    lanes: Vec<String>,
-    requests: Vec<Value>,
-    models: Vec<String>,
-    message_ids: Vec<Option<Uuid>>,
-    idempotency_keys: Vec<Option<String>>,
-    request_hashes: Vec<Option<Vec<u8>>>,
-    deadlines: Vec<f64>,
-    traceparents: Vec<Option<String>>,
-    // The user messages of turns.
-    turn_message_ids: Vec<Uuid>,
-    turn_conversations: Vec<Uuid>,
-    turn_tenants: Vec<Uuid>,
-    turn_seqs: Vec<i64>,
-    turn_contents: Vec<String>,
-    turn_job_ids: Vec<Uuid>,
-}
-
-impl Rows {
-    fn push(&mut self, job: &NewJob, seq: Option<i64>, model: &str) -> Result<(), sqlx::Error> {
-        let request =
-            serde_json::to_value(&job.request).map_err(|err| sqlx::Error::Encode(err.into()))?;
-        self.ids.push(job.id.as_uuid());
-        self.tenants.push(job.tenant.as_uuid());
-        self.conversations
-            .push(job.turn.as_ref().map(|t| t.conversation.as_uuid()));
-        self.lanes.push(job.lane.as_str().to_owned());
-        self.requests.push(request);
-        self.models.push(model.to_owned());
-        self.message_ids
-            .push(job.turn.as_ref().map(|t| t.message_id.as_uuid()));
-        self.idempotency_keys
-            .push(job.idempotency.as_ref().map(|i| i.key.clone()));
-        self.request_hashes
-            .push(job.idempotency.as_ref().map(|i| i.request_hash.clone()));
-        self.deadlines.push(job.deadline_secs);
-        self.traceparents
-            .push(job.trace.as_ref().map(TraceContext::to_string));
-        if let (Some(turn), Some(seq)) = (&job.turn, seq) {
-            self.turn_message_ids.push(turn.message_id.as_uuid());
-            self.turn_conversations.push(turn.conversation.as_uuid());
-            self.turn_tenants.push(job.tenant.as_uuid());
-            self.turn_seqs.push(seq);
-            self.turn_contents.push(turn.content.clone());
-            self.turn_job_ids.push(job.id.as_uuid());
-        }
-        Ok(())
-    }
-
-    /// Writes the rows: the conversations' new counters, the turns' messages and the jobs, in
-    /// one statement. Returns the time they were recorded at.
-    async fn insert(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        conversations: &HashMap<Uuid, Conversation>,
-    ) -> Result<OffsetDateTime, sqlx::Error> {
-        let (conversation_ids, next_seqs, counts): (Vec<Uuid>, Vec<i64>, Vec<i32>) = conversations
-            .iter()
-            .filter(|(_, c)| c.touched)
-            .map(|(id, c)| (*id, c.next_seq, c.message_count))
-            .collect();
-        sqlx::query_scalar!(
-            r#"WITH conv AS (
-                   UPDATE conversations c
-                      SET next_seq = t.next_seq, message_count = t.message_count, last_activity_at = now()
-                     FROM unnest($1::uuid[], $2::bigint[], $3::integer[]) AS t(id, next_seq, message_count)
-                    WHERE c.id = t.id
-               ), msg AS (
-                   INSERT INTO messages (id, conversation_id, tenant_id, seq, role, content, job_id)
-                   SELECT t.id, t.conversation_id, t.tenant_id, t.seq, 'user', t.content, t.job_id
-                     FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::bigint[], $8::text[], $9::uuid[])
-                          AS t(id, conversation_id, tenant_id, seq, content, job_id)
-               ), job AS (
-                   INSERT INTO jobs (id, tenant_id, conversation_id, lane, status, request, model,
-                                     user_message_id, idempotency_key, request_hash, deadline_at,
-                                     traceparent)
-                   SELECT t.id, t.tenant_id, t.conversation_id, t.lane, 'queued', t.request, t.model,
-                          t.message_id, t.idempotency_key, t.request_hash,
-                          now() + make_interval(secs => t.deadline), t.traceparent
-                     FROM unnest($10::uuid[], $11::uuid[], $12::uuid[], $13::text[], $14::jsonb[],
-                                 $15::text[], $16::uuid[], $17::text[], $18::bytea[], $19::float8[],
-                                 $20::text[])
-                          AS t(id, tenant_id, conversation_id, lane, request, model, message_id,
-                               idempotency_key, request_hash, deadline, traceparent)
-               )
-               SELECT now() AS "now!""#,
-            &conversation_ids,
-            &next_seqs,
-            &counts,
-            &self.turn_message_ids,
-            &self.turn_conversations,
-            &self.turn_tenants,
-            &self.turn_seqs,
-            &self.turn_contents[..],
-            &self.turn_job_ids,
-            &self.ids,
-            &self.tenants,
-            &self.conversations[..] as _,
-            &self.lanes[..],
-            &self.requests,
-            &self.models[..],
-            &self.message_ids[..] as _,
-            &self.idempotency_keys[..] as _,
-            &self.request_hashes[..] as _,
-            &self.deadlines,
-            &self.traceparents[..] as _,
-        )
-        .fetch_one(&mut *tx)
-        .await
-    }
 }
 
 /// Takes back a job the queue refused (full): deletes the job and its user message, so a

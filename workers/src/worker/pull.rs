@@ -1,0 +1,192 @@
+//! Pulling jobs into free slots, interactive lane first, and running each to the settling of its
+//! message.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use chatq_common::db::jobs::reconcile;
+use chatq_common::job::JobEnvelope;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use super::Worker;
+use crate::process::{JobContext, Outcome, job_span, process_one};
+use crate::slots::{Slot, Slots};
+
+/// How long an idle worker waits on one pull request before looking at both lanes again.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Most jobs asked for in one pull request.
+pub(super) const MAX_PULL: usize = 256;
+/// Longest wait for the next answer to a pull request. The server answers a fetch at once and a
+/// long poll within [`IDLE_POLL`]; an answer lost while NATS restarts would otherwise keep the
+/// loop waiting forever (a fetch has no expiry of its own). Anything delivered after the loop
+/// gave up is redelivered after its ack wait.
+const PULL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Worker {
+    /// Fills free slots: interactive jobs first, then batch; if both lanes are empty, waits a
+    /// little on the interactive lane.
+    pub(super) async fn pull_into(
+        &self,
+        free: &mut Vec<Slot>,
+        jobs: &TaskTracker,
+        hand_back: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut started = 0;
+        for (_, consumer) in &self.consumers {
+            if free.is_empty() {
+                break;
+            }
+            let messages = consumer.fetch().max_messages(free.len()).messages().await?;
+            started += self
+                .dispatch(messages, free, jobs, hand_back, shutdown)
+                .await;
+        }
+        if started == 0 && !free.is_empty() {
+            let (_, interactive) = &self.consumers[0];
+            let messages = interactive
+                .batch()
+                .max_messages(free.len())
+                .expires(IDLE_POLL)
+                .messages()
+                .await?;
+            self.dispatch(messages, free, jobs, hand_back, shutdown)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Starts a job for each message, each holding one slot. Returns how many started.
+    async fn dispatch<S, E>(
+        &self,
+        mut messages: S,
+        free: &mut Vec<Slot>,
+        jobs: &TaskTracker,
+        hand_back: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> usize
+    where
+        S: futures::Stream<Item = Result<async_nats::jetstream::Message, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut started = 0;
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout(PULL_ANSWER_TIMEOUT, messages.next()) => {
+                    next.unwrap_or_else(|_| {
+                        tracing::debug!("a pull request went unanswered; pulling again");
+                        None
+                    })
+                }
+                // A long poll is cut short by shutdown; anything it would still deliver is
+                // redelivered after its ack wait.
+                () = shutdown.cancelled() => None,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "pull request ended");
+                    break;
+                }
+                None => break,
+            };
+            let Some(slot) = free.pop() else {
+                // More than asked for cannot arrive; if it does, let JetStream redeliver it.
+                drop(message.ack_with(AckKind::Nak(None)).await);
+                continue;
+            };
+            started += 1;
+            jobs.spawn(run_job(
+                self.ctx.clone(),
+                message,
+                slot,
+                hand_back.clone(),
+                self.processed.clone(),
+            ));
+        }
+        started
+    }
+}
+
+/// Runs one delivered job and settles its message.
+async fn run_job(
+    ctx: Arc<JobContext>,
+    message: async_nats::jetstream::Message,
+    slot: Slot,
+    hand_back: CancellationToken,
+    processed: Arc<AtomicU64>,
+) {
+    let delivered = message.info().map_or(1, |info| info.delivered);
+    let (message, delivery) = message.split();
+    let (outcome, span) = match serde_json::from_slice::<JobEnvelope>(&message.payload) {
+        Ok(envelope) => {
+            let span = job_span(&envelope, message.headers.as_ref());
+            let outcome = async {
+                let outcome = process_one(&ctx, &envelope, &delivery, delivered, &hand_back).await;
+                if matches!(outcome, Outcome::Nak(_)) && delivered >= ctx.topology.max_deliver() {
+                    last_delivery(&ctx, &envelope, outcome).await
+                } else {
+                    outcome
+                }
+            }
+            .instrument(span.clone())
+            .await;
+            (outcome, span)
+        }
+        Err(err) => {
+            tracing::error!(subject = %message.subject, error = %err, "discarding a message that is not a job envelope");
+            (Outcome::Term, tracing::Span::none())
+        }
+    };
+    let settled = match outcome {
+        // The ack is confirmed by the server, so a lost ack is noticed here and not mistaken
+        // for success; the redelivery then finds the job finished.
+        Outcome::Ack => delivery.double_ack().await,
+        Outcome::Nak(delay) => delivery.ack_with(AckKind::Nak(Some(delay))).await,
+        Outcome::Term => delivery.ack_with(AckKind::Term).await,
+        Outcome::Abandon => Ok(()),
+    };
+    if let Err(err) = settled {
+        span.in_scope(|| {
+            tracing::warn!(?outcome, error = %err, "could not settle a job message; JetStream will redeliver it");
+        });
+    }
+    processed.fetch_add(1, Ordering::Relaxed);
+    drop(slot);
+}
+
+/// JetStream will not deliver this message again (`max_deliver`), yet the job still needs it.
+/// Notes in Postgres that the job has no deliverable copy, so the reconciler publishes a new one
+/// once the job is queued (now, or when the worker holding it hands it back), and removes this
+/// copy. If Postgres cannot be told, the copy stays (and `outcome` stands).
+async fn last_delivery(ctx: &JobContext, envelope: &JobEnvelope, outcome: Outcome) -> Outcome {
+    let job_id = envelope.job_id;
+    match reconcile::requeue_undeliverable(&ctx.pool, job_id).await {
+        Ok(requeued) => {
+            if requeued {
+                tracing::warn!(%job_id, "job message delivered too often; the reconciler will publish a new copy");
+            }
+            Outcome::Term
+        }
+        Err(err) => {
+            chatq_common::telemetry::log_error_chain(
+                "cannot ask for a new copy of a job whose message is used up",
+                &err,
+            );
+            outcome
+        }
+    }
+}
+
+pub(super) async fn acquire(slots: &Slots, shutdown: &CancellationToken) -> Option<Slot> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => None,
+        slot = slots.acquire() => Some(slot),
+    }
+}
