@@ -106,7 +106,8 @@ fn the_readme_lists_every_setting_with_its_names_and_default() {
     );
 }
 
-/// `CHATQ_` followed by upper-case letters, digits and underscores, as a whole word.
+/// `CHATQ_` followed by upper-case letters, digits and underscores, as a whole word. A name
+/// ending in `_*` (`CHATQ_FAULT_*`) stands for a family of settings and is kept with its `*`.
 fn chatq_names(text: &str) -> BTreeSet<String> {
     let bytes = text.as_bytes();
     let mut names = BTreeSet::new();
@@ -125,9 +126,16 @@ fn chatq_names(text: &str) -> BTreeSet<String> {
         {
             end += 1;
         }
-        let name = text[start..end].trim_end_matches('_');
+        let family = end > start + ENV_PREFIX.len()
+            && text[..end].ends_with('_')
+            && bytes.get(end) == Some(&b'*');
+        let name = if family {
+            format!("{}*", &text[start..end])
+        } else {
+            text[start..end].trim_end_matches('_').to_owned()
+        };
         if !preceded_by_word && name.len() > ENV_PREFIX.len() {
-            names.insert(name.to_owned());
+            names.insert(name);
         }
         from = end;
     }
@@ -150,7 +158,10 @@ fn every_chatq_variable_the_readme_names_is_a_setting() {
         .collect();
     let unknown: Vec<String> = chatq_names(&readme())
         .into_iter()
-        .filter(|name| !known.contains(name))
+        .filter(|name| match name.strip_suffix('*') {
+            Some(family) => !known.iter().any(|known| known.starts_with(family)),
+            None => !known.contains(name),
+        })
         .collect();
     assert!(
         unknown.is_empty(),
@@ -162,7 +173,7 @@ fn every_chatq_variable_the_readme_names_is_a_setting() {
 #[test]
 fn names_are_found_as_whole_words() {
     let names =
-        chatq_names("CHATQ_MODEL, `CHATQ_MODELS`, MY_CHATQ_X, CHATQ_*, CHATQ_<NAME> CHATQ_A_");
+        chatq_names("CHATQ_MODEL, `CHATQ_MODELS`, MY_CHATQ_X, CHATQ_*, CHATQ_<NAME> CHATQ_A_ CHATQ_B_*");
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    assert_eq!(names, ["CHATQ_A", "CHATQ_MODEL", "CHATQ_MODELS"]);
+    assert_eq!(names, ["CHATQ_A", "CHATQ_B_*", "CHATQ_MODEL", "CHATQ_MODELS"]);
 }
