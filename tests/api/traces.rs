@@ -133,7 +133,25 @@ async fn every_copy_of_a_job_is_published_in_its_requests_trace() {
         .unwrap();
     assert_eq!(recorded, Some(answered.to_string()));
 
-    // What the reconciler would publish again, had JetStream lost the job.
+    // What the reconciler would publish again, had JetStream lost the job. The ingress marks the
+    // job published in the background: wait for that mark, or it would land after ours.
+    let marked = std::time::Instant::now();
+    loop {
+        let published: Option<time::OffsetDateTime> =
+            sqlx::query_scalar("SELECT published_at FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if published.is_some() {
+            break;
+        }
+        assert!(
+            marked.elapsed() < std::time::Duration::from_secs(10),
+            "the job is never marked published"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     sqlx::query("UPDATE jobs SET published_at = NULL WHERE id = $1")
         .bind(id)
         .execute(&app.pool)
