@@ -280,8 +280,8 @@
     article.dataset.messageId = messageId;
     const actions = document.createElement("div");
     actions.className = "actions";
-    const up = feedbackButton("Good reply", "👍");
-    const down = feedbackButton("Bad reply", "👎");
+    const up = feedbackButton("Good reply", "Good");
+    const down = feedbackButton("Bad reply", "Bad");
     const note = document.createElement("small");
     note.className = "meta";
     actions.append(up, down, note);
@@ -326,14 +326,14 @@
     down.onclick = () => rate(-1);
   }
 
-  function feedbackButton(label, symbol) {
+  function feedbackButton(label, text) {
     const b = document.createElement("button");
     b.type = "button";
     b.className = "plain";
     b.setAttribute("aria-label", label);
     b.setAttribute("aria-pressed", "false");
     b.title = label;
-    b.textContent = symbol;
+    b.textContent = text;
     return b;
   }
 
@@ -755,9 +755,16 @@
 
   // --- the key ---------------------------------------------------------------------------------
 
+  /** The key dialog over the page; what is behind it cannot be reached until a key is given. */
+  function showKeyPanel(shown) {
+    $("key-panel").hidden = !shown;
+    document.querySelector("header").inert = shown;
+    document.querySelector("main").inert = shown;
+  }
+
   function askForKey(problem) {
     $("key-error").textContent = problem || "";
-    $("key-panel").hidden = false;
+    showKeyPanel(true);
     $("key").value = "";
     $("key").focus();
   }
@@ -766,7 +773,7 @@
     state.key = key;
     if (!await loadConversations(false)) return;
     localStorage.setItem(KEY_STORAGE, key);
-    $("key-panel").hidden = true;
+    showKeyPanel(false);
     $("who").textContent = key.slice(0, 7) + "…";
     const wanted = location.hash.slice(1);
     if (wanted) await openConversation(wanted);
@@ -792,6 +799,9 @@
     showHint("Create or pick a conversation.");
     askForKey();
   };
+
+  // A phone has no room for the keyboard hint.
+  if (matchMedia("(max-width: 700px)").matches) $("content").placeholder = "Message";
 
   if (state.key) useKey(state.key);
   else askForKey();
