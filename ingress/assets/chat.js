@@ -462,7 +462,7 @@
   function fillListEntry(li, c) {
     const button = li.firstChild;
     button.querySelector(".name").textContent = c.title || "Untitled";
-    button.querySelector("small").textContent = `${c.message_count} messages · ${when(c.last_activity_at)}`;
+    button.querySelector("small").textContent = `${c.message_count} message${c.message_count === 1 ? "" : "s"} · ${when(c.last_activity_at)}`;
     button.setAttribute("aria-current", String(!!state.conversation && state.conversation.id === c.id));
   }
 
