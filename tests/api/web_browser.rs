@@ -58,10 +58,7 @@ async fn the_web_page_works_in_a_real_browser() {
     let tools = match BrowserTools::find() {
         Ok(tools) => tools,
         Err(why) => {
-            #[expect(clippy::print_stderr, reason = "a skipped test says why")]
-            {
-                eprintln!("SKIPPED the_web_page_works_in_a_real_browser: {why}");
-            }
+            eprintln!("SKIPPED the_web_page_works_in_a_real_browser: {why}");
             return;
         }
     };
@@ -114,12 +111,7 @@ async fn the_web_page_works_in_a_real_browser() {
         "the browser tests failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
-    #[expect(
-        clippy::print_stderr,
-        reason = "the measured figures belong in the test's output"
-    )]
-    {
-        eprintln!("{stdout}");
-    }
+    // The measured figures belong in the test's output.
+    eprintln!("{stdout}");
     tokio::join!(app.stop(), busy.stop(), limited.stop());
 }
