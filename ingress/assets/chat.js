@@ -516,12 +516,15 @@
     if (state.running) { state.running.view.abandon(); state.running.controller.abort(); setRunning(null); }
     const generation = ++state.generation;
     status("");
+    // The conversation and its newest messages are asked for side by side.
+    const newest = api("GET", `/v1/conversations/${enc(id)}/messages?limit=${HISTORY_PAGE}`);
+    newest.catch(() => {}); // answered below, or not needed
     let conversation;
     try {
       conversation = await api("GET", `/v1/conversations/${enc(id)}`);
     } catch (err) {
       if (err instanceof ApiError && (err.status === 404 || err.status === 400)) history.replaceState(null, "", location.pathname);
-      toast(err);
+      if (!(err instanceof ApiError && err.status === 401)) toast(err);
       return;
     }
     if (generation !== state.generation) return;
@@ -530,17 +533,16 @@
     showConversationHeader();
     $("messages").replaceChildren();
     if (conversation.system_prompt) append(messageElement("system", conversation.system_prompt, "system prompt"));
-    await loadHistory(generation);
+    await showHistory(generation, newest);
     if (generation === state.generation && matchMedia("(min-width: 701px)").matches) $("content").focus();
   }
 
   /** The newest page of history, then older pages as the list is scrolled up. Follows a reply
    *  still being generated. */
-  async function loadHistory(generation) {
-    const id = state.conversation.id;
+  async function showHistory(generation, newest) {
     let page;
     try {
-      page = await api("GET", `/v1/conversations/${enc(id)}/messages?limit=${HISTORY_PAGE}`);
+      page = await newest;
     } catch (err) { toast(err); return; }
     if (generation !== state.generation) return;
     const fragment = document.createDocumentFragment();
@@ -771,12 +773,15 @@
 
   async function useKey(key) {
     state.key = key;
+    // The list and the conversation named in the URL load side by side (a refused key refuses
+    // both, and asks again).
+    const wanted = location.hash.slice(1);
+    const opening = wanted ? openConversation(wanted) : null;
     if (!await loadConversations(false)) return;
     localStorage.setItem(KEY_STORAGE, key);
     showKeyPanel(false);
     $("who").textContent = key.slice(0, 7) + "…";
-    const wanted = location.hash.slice(1);
-    if (wanted) await openConversation(wanted);
+    if (opening) await opening;
   }
 
   $("key-form").onsubmit = (event) => {
