@@ -483,6 +483,7 @@ ensure_browser() {
         CQTEST_NODE=$(command -v node)
         export CQTEST_NODE_MODULES=$CQ_WEB_TEST_DIR/node_modules
         export CQTEST_CHROMIUM=/usr/bin/chromium
-        ok "browser tests ready: $(/usr/bin/chromium --version 2>/dev/null | head -n 1), node $(node --version)"
+        # (Not `chromium --version`: its wrapper takes seconds.)
+        ok "browser tests ready: /usr/bin/chromium, node $(node --version), ${CQ_NPM_PACKAGES[*]}"
     fi
 }
