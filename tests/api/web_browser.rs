@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::helpers::{TestApp, TestOptions, spawn_app_with};
+use serde_json::json;
+
+use crate::helpers::{TestApp, TestOptions, id_of, spawn_app_with};
 
 /// What the browser tests need, from `scripts/test`'s `ensure_browser`.
 struct BrowserTools {
@@ -79,6 +81,7 @@ async fn the_web_page_works_in_a_real_browser() {
             ..TestOptions::default()
         }),
     );
+    let big = five_hundred_messages(&app).await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let screenshots = root.join("target/web-screenshots");
     std::fs::create_dir_all(&screenshots).unwrap();
@@ -95,6 +98,7 @@ async fn the_web_page_works_in_a_real_browser() {
         .env("WEBTEST_URL", url(&app))
         .env("WEBTEST_KEY", &app.key)
         .env("WEBTEST_MOCK", format!("http://{}", app.mock.addr()))
+        .env("WEBTEST_BIG", &big)
         .env("WEBTEST_BUSY_URL", url(&busy))
         .env("WEBTEST_BUSY_KEY", &busy.key)
         .env("WEBTEST_LIMITED_URL", url(&limited))
@@ -114,4 +118,30 @@ async fn the_web_page_works_in_a_real_browser() {
     // The measured figures belong in the test's output.
     eprintln!("{stdout}");
     tokio::join!(app.stop(), busy.stop(), limited.stop());
+}
+
+/// A conversation with 500 messages already in it (written straight to the database: sending
+/// them one turn at a time would take longer than the whole browser suite); returns its id.
+async fn five_hundred_messages(app: &TestApp) -> String {
+    let id = id_of(
+        &app.create_conversation(json!({ "title": "Five hundred" }))
+            .await,
+    );
+    let uuid = uuid::Uuid::parse_str(id.trim_start_matches("conv_")).unwrap();
+    sqlx::query(
+        "INSERT INTO messages (id, conversation_id, tenant_id, seq, role, content)
+         SELECT gen_random_uuid(), c.id, c.tenant_id, n,
+                CASE WHEN n % 2 = 1 THEN 'user' ELSE 'assistant' END, 'message ' || n
+           FROM conversations c, generate_series(1, 500) AS n WHERE c.id = $1",
+    )
+    .bind(uuid)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE conversations SET next_seq = 501, message_count = 500 WHERE id = $1")
+        .bind(uuid)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    id
 }

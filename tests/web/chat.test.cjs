@@ -6,6 +6,7 @@
 // Run by `cargo test --test api web_browser` (through scripts/test), which sets:
 //   WEBTEST_URL, WEBTEST_KEY     the chatq most tests use, and a key of its tenant
 //   WEBTEST_MOCK                 its mock LLM (POST /control changes how it answers)
+//   WEBTEST_BIG                  a conversation of its tenant with 500 messages
 //   WEBTEST_BUSY_URL/_KEY        a chatq whose queue is full after one job
 //   WEBTEST_LIMITED_URL/_KEY     a chatq that lets a key make one request a second
 //   WEBTEST_CHROMIUM             the browser; NODE_PATH finds playwright-core
@@ -257,6 +258,47 @@ test("a reply streams in token by token, without re-rendering the list, and is t
   await page.getByRole("heading", { name: "Streaming", level: 2 }).waitFor();
   await shot(page, "07-history-after-reload");
   shared.conversation = id;
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test("a 500-message conversation still streams smoothly", async () => {
+  await mock({ token_delay_ms: 40, tokens: 40 });
+  const page = await open({
+    hash: env("WEBTEST_BIG"),
+    init: () => {
+      window.__long = [];
+      new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__long.push(Math.round(e.duration)); })
+        .observe({ type: "longtask" });
+    },
+  });
+  await log(page).getByText("message 500", { exact: true }).waitFor();
+  // Scroll up until every message is on the page.
+  for (let i = 0; i < 15; i++) {
+    const count = (await shownMessages(page)).length;
+    if (count >= 500) break;
+    await page.locator("#messages").evaluate((box) => { box.scrollTop = 0; });
+    await until(async () => (await shownMessages(page)).length > count, "an older page");
+  }
+  const shown = await shownMessages(page);
+  assert.equal(shown.length, 500);
+  assert.equal(shown[0], "message 1");
+  await page.locator("#messages").evaluate((box) => { box.scrollTop = box.scrollHeight; });
+  await page.evaluate(() => { window.__long = []; });
+  await watchNextReply(page);
+  const started = Date.now();
+  await composer(page).fill("And one more");
+  await composer(page).press("Enter");
+  const record = await until(async () => { const r = await replyRecord(page); return r.done && r; }, "the end of the reply", 30000);
+  const elapsed = Date.now() - started;
+  const long = await page.evaluate(() => window.__long);
+  console.log(`# 500 messages: ${record.lengths.length} text updates in ${elapsed} ms, long tasks (ms): ${JSON.stringify(long)}`);
+  assert.ok(new Set(record.lengths).size >= 3, "the reply grew in steps");
+  assert.equal(record.removed, 0, "no message was re-rendered");
+  assert.equal(record.foreign, 0, "no other message changed");
+  assert.ok(long.every((ms) => ms < 200), `no long task while it streamed: ${long}`);
+  assert.equal((await shownMessages(page)).length, 502);
+  await shot(page, "08a-five-hundred-messages");
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });
