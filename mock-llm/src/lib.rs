@@ -58,6 +58,10 @@ pub struct MockConfig {
     /// `Retry-After` seconds sent with 429 and 500 answers.
     #[arg(long)]
     pub retry_after_secs: Option<u64>,
+    /// Answer with this text instead of the simulated reply, one token per word (each with the
+    /// space before it): to see what a client does with, say, markup in a reply.
+    #[arg(long)]
+    pub reply: Option<String>,
     /// A misbehaviour to apply to every request that is not failed by the rates above.
     #[arg(skip)]
     pub fault: Option<Fault>,
@@ -74,6 +78,7 @@ impl Default for MockConfig {
             max_requests_per_sec: None,
             max_concurrency: None,
             retry_after_secs: None,
+            reply: None,
             fault: None,
         }
     }

@@ -205,7 +205,12 @@ async fn chat_completions(State(state): State<Arc<MockState>>, body: Bytes) -> R
     } else {
         "stop"
     };
-    let mut tokens = reply_tokens(&messages, count as usize);
+    let mut tokens = match &config.reply {
+        Some(text) => fixed_reply_tokens(text, count as usize),
+        None => reply_tokens(&messages, count as usize),
+    };
+    // A fixed reply may be shorter than asked; usage counts what is sent.
+    let count = u32::try_from(tokens.len()).map_or(count, |sent| sent.min(count));
     if let Some(Fault::Oversized { bytes }) = config.fault {
         tokens = vec!["x".repeat(bytes)];
     }
@@ -411,4 +416,18 @@ fn record(
         }
         log.push_back(recorded);
     }
+}
+
+/// A fixed reply cut into tokens, one a word with the whitespace before it, at most `count`.
+fn fixed_reply_tokens(text: &str, count: usize) -> Vec<String> {
+    let mut tokens: Vec<String> = Vec::new();
+    for (i, word) in text.split(' ').enumerate() {
+        tokens.push(if i == 0 {
+            word.to_owned()
+        } else {
+            format!(" {word}")
+        });
+    }
+    tokens.truncate(count.max(1));
+    tokens
 }

@@ -361,8 +361,8 @@ async fn bad_ids_routes_and_methods_are_refused() {
             .json(json!({}))
             .status(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error"),
             Case::new(
-                "PATCH on a conversation",
-                Method::PATCH,
+                "PUT on a conversation (PATCH renames it)",
+                Method::PUT,
                 format!("/v1/conversations/{unknown}"),
             )
             .json(json!({}))

@@ -20,6 +20,32 @@ async fn stored_feedback(app: &TestApp, message: &str) -> Vec<(i16, Option<Strin
 }
 
 #[tokio::test]
+async fn the_feedback_on_a_reply_can_be_read_back() {
+    let app = spawn_app().await;
+    let id = id_of(&app.create_conversation(json!({})).await);
+    let job = app.turn(&id, "rate me").await;
+    let reply = job["reply"]["message_id"].as_str().unwrap().to_owned();
+
+    let none_yet = app.get(&feedback_path(&reply)).await;
+    assert_error(none_yet, StatusCode::NOT_FOUND, "not_found_error").await;
+
+    let saved = app
+        .post_json(
+            &feedback_path(&reply),
+            &json!({ "rating": -1, "comment": "too long" }),
+        )
+        .await;
+    assert_eq!(saved.status(), StatusCode::CREATED);
+    let saved: Value = saved.json().await.unwrap();
+    let read = app.get_ok(&feedback_path(&reply)).await;
+    assert_eq!(read, saved);
+    assert_eq!(read["object"], "feedback");
+    assert_eq!(read["rating"], -1);
+    assert_eq!(read["comment"], "too long");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn feedback_given_twice_on_a_reply_keeps_only_the_second() {
     let app = spawn_app().await;
     let id = id_of(&app.create_conversation(json!({})).await);

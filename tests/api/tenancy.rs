@@ -15,6 +15,11 @@ fn requests_on(conversation: &str, reply: &str, job: &str) -> Vec<(Method, Strin
             None,
         ),
         (
+            Method::PATCH,
+            format!("/v1/conversations/{conversation}"),
+            Some(json!({ "title": "mine now" })),
+        ),
+        (
             Method::DELETE,
             format!("/v1/conversations/{conversation}"),
             None,
@@ -36,6 +41,7 @@ fn requests_on(conversation: &str, reply: &str, job: &str) -> Vec<(Method, Strin
             format!("/v1/messages/{reply}/feedback"),
             Some(json!({ "rating": -1 })),
         ),
+        (Method::GET, format!("/v1/messages/{reply}/feedback"), None),
         (Method::GET, format!("/v1/jobs/{job}"), None),
         (Method::GET, format!("/v1/jobs/{job}?wait=1"), None),
     ]

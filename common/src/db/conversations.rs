@@ -123,6 +123,30 @@ pub async fn list(
     .await
 }
 
+/// Renames a conversation (`None` leaves it untitled); returns it as it now is, or `None` when
+/// the tenant has no such conversation. Its last activity is left alone: a rename is not a turn.
+///
+/// # Errors
+/// Database errors.
+pub async fn rename(
+    pool: &PgPool,
+    tenant: TenantId,
+    id: ConversationId,
+    title: Option<&str>,
+) -> Result<Option<ConversationRow>, sqlx::Error> {
+    sqlx::query_as!(
+        ConversationRow,
+        r#"UPDATE conversations SET title = $3 WHERE id = $1 AND tenant_id = $2
+           RETURNING id AS "id: ConversationId", title, system_prompt, model, metadata,
+                     message_count, created_at, last_activity_at"#,
+        id.as_uuid(),
+        tenant.as_uuid(),
+        title,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
 /// Deletes a conversation with its messages, jobs and feedback. Returns whether it existed.
 ///
 /// # Errors

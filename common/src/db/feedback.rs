@@ -63,3 +63,23 @@ pub async fn upsert(
     .await?;
     Ok(FeedbackOutcome::Saved(row))
 }
+
+/// The feedback given on a message, if any (none for another tenant's message).
+///
+/// # Errors
+/// Database errors.
+pub async fn get(
+    pool: &PgPool,
+    tenant: TenantId,
+    message: MessageId,
+) -> Result<Option<FeedbackRow>, sqlx::Error> {
+    sqlx::query_as!(
+        FeedbackRow,
+        r#"SELECT message_id AS "message_id: MessageId", rating, comment, created_at, updated_at
+             FROM feedback WHERE message_id = $1 AND tenant_id = $2"#,
+        message.as_uuid(),
+        tenant.as_uuid(),
+    )
+    .fetch_optional(pool)
+    .await
+}

@@ -1,4 +1,4 @@
-//! Conversations: create, list, get, delete, history, clear history.
+//! Conversations: create, list, get, rename, delete, history, clear history.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,9 +10,9 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{IdPath, OptionalJsonBody, QueryParams};
+use crate::extract::{IdPath, JsonBody, OptionalJsonBody, QueryParams};
 use crate::state::AppState;
-use crate::validate::CreateConversation;
+use crate::validate::{CreateConversation, RenameConversation};
 use crate::views::{ConversationView, ListView, MessageView};
 
 /// Default and largest page sizes.
@@ -92,6 +92,20 @@ pub async fn get(
     IdPath(id): IdPath<ConversationId>,
 ) -> ApiResult<Json<ConversationView>> {
     conversations::get(&state.pool, caller.tenant, id)
+        .await?
+        .map(|row| Json(row.into()))
+        .ok_or_else(|| ApiError::not_found("conversation", id))
+}
+
+/// `PATCH /v1/conversations/{id}`: rename it (`{"title": "…"}`); answers with the conversation.
+pub async fn rename(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<ConversationId>,
+    JsonBody(request): JsonBody<RenameConversation>,
+) -> ApiResult<Json<ConversationView>> {
+    let title = request.validated_title()?;
+    conversations::rename(&state.pool, caller.tenant, id, title)
         .await?
         .map(|row| Json(row.into()))
         .ok_or_else(|| ApiError::not_found("conversation", id))

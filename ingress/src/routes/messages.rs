@@ -61,6 +61,18 @@ pub async fn send(
     Ok(response)
 }
 
+/// `GET /v1/messages/{id}/feedback`: the rating given on a reply (404 when none was given).
+pub async fn get_feedback(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(message): IdPath<MessageId>,
+) -> ApiResult<Json<FeedbackView>> {
+    feedback::get(&state.pool, caller.tenant, message)
+        .await?
+        .map(|row| Json(row.into()))
+        .ok_or_else(|| ApiError::NotFound(format!("No feedback was given on message '{message}'.")))
+}
+
 /// `POST /v1/messages/{id}/feedback`: one rating per reply; giving it again replaces it.
 pub async fn feedback(
     State(state): State<AppState>,

@@ -31,7 +31,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/conversations/{id}",
-            get(conversations::get).delete(conversations::delete),
+            get(conversations::get)
+                .patch(conversations::rename)
+                .delete(conversations::delete),
         )
         .route(
             "/v1/conversations/{id}/messages",
@@ -39,7 +41,10 @@ pub fn router(state: AppState) -> Router {
                 .post(messages::send)
                 .delete(conversations::clear_history),
         )
-        .route("/v1/messages/{id}/feedback", post(messages::feedback))
+        .route(
+            "/v1/messages/{id}/feedback",
+            get(messages::get_feedback).post(messages::feedback),
+        )
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/admin/dead-letters", get(admin::dead_letters))
@@ -62,6 +67,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(observe::metrics))
         .route("/", get(web::page))
+        .route("/assets/chat.css", get(web::style))
+        .route("/assets/chat.js", get(web::script))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
