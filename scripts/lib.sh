@@ -459,10 +459,12 @@ _ensure_kubernetes_validate() {
 
 # check_ops_kit: install what checks deploy/ (Debian's prometheus package for promtool and the
 # prometheus binary; kubernetes-validate), export CQTEST_PROMETHEUS for the test that runs a real
-# Prometheus against chatq, and check the kit: promtool check and test the rules, validate the
-# Kubernetes manifests against the schemas of the Kubernetes release they target. Returns non-zero
-# when a check fails. Installing the package starts no server where services cannot be started
-# (containers); elsewhere Debian starts its own Prometheus on :9090, which the tests do not use.
+# Prometheus against chatq, and check the kit: promtool checks the configuration and the rules
+# and runs their unit tests; kubernetes-validate checks the manifests against the schemas of the
+# Kubernetes release they target (resources of other projects, like KEDA's ScaledObject, have no
+# schema there and are only warned about). Returns non-zero when a check fails. Installing the
+# package starts no server where services cannot be started (containers); elsewhere Debian starts
+# its own Prometheus on :9090, which the tests do not use.
 check_ops_kit() {
     if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
         apt_install prometheus
@@ -470,8 +472,8 @@ check_ops_kit() {
     export CQTEST_PROMETHEUS=${CQTEST_PROMETHEUS:-$(command -v prometheus)}
     _ensure_kubernetes_validate
     local rc=0
-    info "promtool check rules, promtool test rules (deploy/prometheus)"
-    promtool check rules "$CQ_ROOT/deploy/prometheus/rules.yml" >&2 || rc=1
+    info "promtool check config, check rules, test rules (deploy/prometheus)"
+    promtool check config "$CQ_ROOT/deploy/prometheus/prometheus.yml" >&2 || rc=1
     promtool test rules "$CQ_ROOT/deploy/prometheus/rules_test.yml" >&2 || rc=1
     info "kubernetes-validate --strict (deploy/kubernetes)"
     "$CQ_K8S_VENV/bin/kubernetes-validate" --strict --quiet -k "$CQ_K8S_VERSION" \
