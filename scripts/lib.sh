@@ -486,4 +486,53 @@ ensure_browser() {
         # (Not `chromium --version`: its wrapper takes seconds.)
         ok "browser tests ready: /usr/bin/chromium, node $(node --version), ${CQ_NPM_PACKAGES[*]}"
     fi
+
+# The operations kit (deploy/): Prometheus rules, the Grafana dashboard, Kubernetes manifests.
+
+CQ_K8S_VENV=$CQ_CACHE_DIR/venv-kubernetes
+# The Kubernetes release the manifests are validated against (the oldest they are meant for).
+CQ_K8S_VERSION=1.33.0
+# What the Kubernetes venv holds. Changing this list makes the next run install it again.
+CQ_K8S_PY_PACKAGES=("kubernetes-validate>=1.30")
+
+# _ensure_kubernetes_validate: kubernetes-validate (it bundles the schemas, so it runs offline)
+# in a venv of its own, so the tests' venv stays as it is.
+_ensure_kubernetes_validate() {
+    if [[ -x $CQ_K8S_VENV/bin/kubernetes-validate &&
+        $(cat "$CQ_K8S_VENV/.chatq-packages" 2>/dev/null) == "${CQ_K8S_PY_PACKAGES[*]}" ]]; then
+        return 0
+    fi
+    info "setting up $CQ_K8S_VENV (${CQ_K8S_PY_PACKAGES[*]})"
+    mkdir -p "$CQ_CACHE_DIR"
+    if [[ ! -x $CQ_K8S_VENV/bin/python ]] || ! "$CQ_K8S_VENV/bin/python" -c '' 2>/dev/null; then
+        rm -rf "$CQ_K8S_VENV"
+        "$(_base_python)" -m venv "$CQ_K8S_VENV" || die "could not create the venv $CQ_K8S_VENV"
+    fi
+    "$CQ_K8S_VENV/bin/python" -m pip install -q --disable-pip-version-check "${CQ_K8S_PY_PACKAGES[@]}" ||
+        die "pip could not install ${CQ_K8S_PY_PACKAGES[*]}" "check that PyPI is reachable, then run this again"
+    printf '%s\n' "${CQ_K8S_PY_PACKAGES[*]}" >"$CQ_K8S_VENV/.chatq-packages"
+}
+
+# check_ops_kit: install what checks deploy/ (Debian's prometheus package for promtool and the
+# prometheus binary; kubernetes-validate), export CQTEST_PROMETHEUS for the test that runs a real
+# Prometheus against chatq, and check the kit: promtool checks the configuration and the rules
+# and runs their unit tests; kubernetes-validate checks the manifests against the schemas of the
+# Kubernetes release they target (resources of other projects, like KEDA's ScaledObject, have no
+# schema there and are only warned about). Returns non-zero when a check fails. Installing the
+# package starts no server where services cannot be started (containers); elsewhere Debian starts
+# its own Prometheus on :9090, which the tests do not use.
+check_ops_kit() {
+    if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+        apt_install prometheus
+    fi
+    export CQTEST_PROMETHEUS=${CQTEST_PROMETHEUS:-$(command -v prometheus)}
+    _ensure_kubernetes_validate
+    local rc=0
+    info "promtool check config, check rules, test rules (deploy/prometheus)"
+    promtool check config "$CQ_ROOT/deploy/prometheus/prometheus.yml" >&2 || rc=1
+    promtool test rules "$CQ_ROOT/deploy/prometheus/rules_test.yml" >&2 || rc=1
+    info "kubernetes-validate --strict (deploy/kubernetes)"
+    "$CQ_K8S_VENV/bin/kubernetes-validate" --strict --quiet -k "$CQ_K8S_VERSION" \
+        "$CQ_ROOT"/deploy/kubernetes/*.yaml >&2 || rc=1
+    return "$rc"
 }

@@ -1,6 +1,7 @@
 //! Keeps the README honest about settings: it lists every setting with the names and default the
 //! code gives it (`chatq_common::settings::SETTINGS`), and it names no `CHATQ_*` variable that
-//! chatq would reject.
+//! chatq would reject. The same holds for the deployment files (`compose.yaml`, `deploy/`), and
+//! the Kubernetes worker Deployment leaves a worker the time its drain takes.
 //!
 //! When a setting is added or changed, the failure message holds the whole settings table as it
 //! should read, ready to paste into the README.
@@ -142,10 +143,11 @@ fn chatq_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-#[test]
-fn every_chatq_variable_the_readme_names_is_a_setting() {
+/// Every `CHATQ_*` name chatq knows: its settings, the configuration file's variable, and the
+/// streams of the default namespace (`CHATQ_JOBS`, …), which documents name too.
+fn known_names() -> BTreeSet<String> {
     let topology = Topology::new(&chatq_common::Settings::default().nats);
-    let known: BTreeSet<String> = documented()
+    documented()
         .iter()
         .map(SettingInfo::env_var)
         .chain([CONFIG_ENV.to_owned()])
@@ -155,14 +157,25 @@ fn every_chatq_variable_the_readme_names_is_a_setting() {
             topology.dead_letter_stream(),
             topology.events_stream(),
         ])
-        .collect();
-    let unknown: Vec<String> = chatq_names(&readme())
+        .collect()
+}
+
+/// The `CHATQ_*` names in `text` that are no setting (a family, `CHATQ_FAULT_*`, is known when
+/// some setting belongs to it).
+fn unknown_names(text: &str) -> Vec<String> {
+    let known = known_names();
+    chatq_names(text)
         .into_iter()
         .filter(|name| match name.strip_suffix('*') {
             Some(family) => !known.iter().any(|known| known.starts_with(family)),
             None => !known.contains(name),
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn every_chatq_variable_the_readme_names_is_a_setting() {
+    let unknown = unknown_names(&readme());
     assert!(
         unknown.is_empty(),
         "README.md names CHATQ_* variables that are not settings (chatq refuses to start with \
@@ -179,5 +192,72 @@ fn names_are_found_as_whole_words() {
     assert_eq!(
         names,
         ["CHATQ_A", "CHATQ_B_*", "CHATQ_MODEL", "CHATQ_MODELS"]
+    );
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path, into: &mut Vec<std::path::PathBuf>) {
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()));
+    for entry in entries {
+        let path = entry
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()))
+            .path();
+        if path.is_dir() {
+            files_under(&path, into);
+        } else {
+            into.push(path);
+        }
+    }
+}
+
+/// The files of the operations kit (`deploy/`, recursively) and `compose.yaml`.
+fn deploy_files() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("compose.yaml")];
+    files_under(&root.join("deploy"), &mut files);
+    files.sort();
+    files
+}
+
+#[test]
+fn every_chatq_variable_the_deploy_files_name_is_a_setting() {
+    let mut unknown = Vec::new();
+    let files = deploy_files();
+    assert!(files.len() > 5, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("a deploy file is readable");
+        for name in unknown_names(&text) {
+            unknown.push(format!("{}: {name}", file.display()));
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "deploy files name CHATQ_* variables that are not settings (chatq refuses to start with \
+         them set): {unknown:?}"
+    );
+}
+
+/// The number after `key:` on the first line that has it, quoted or not.
+fn yaml_number(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let value = line.trim_start().strip_prefix(key)?.strip_prefix(':')?;
+        value.trim().trim_matches('"').parse().ok()
+    })
+}
+
+#[test]
+fn kubernetes_gives_workers_time_to_drain() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("the manifest exists");
+    let grace = yaml_number(&read("10-settings.yaml"), "CHATQ_SHUTDOWN_GRACE_SECS")
+        .expect("the ConfigMap sets CHATQ_SHUTDOWN_GRACE_SECS");
+    let termination = yaml_number(&read("40-worker.yaml"), "terminationGracePeriodSeconds")
+        .expect("the worker Deployment sets terminationGracePeriodSeconds");
+    // A worker drains for the grace period, then hands back what it holds and flushes its writes.
+    assert!(
+        termination >= grace + 10,
+        "Kubernetes kills a worker {termination} s after SIGTERM, but it may drain for {grace} s \
+         (CHATQ_SHUTDOWN_GRACE_SECS) and then needs a few seconds to hand jobs back"
     );
 }

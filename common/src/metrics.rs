@@ -10,15 +10,25 @@
 //! | `chatq_queue_redelivered_jobs` | gauge | `lane` |
 //! | `chatq_jobs_rejected_total` | counter | `reason` (`queue_full`, `key_rate_limited`) |
 //! | `chatq_event_streams_open` | gauge | |
+//! | `chatq_event_streams_max` | gauge | |
 //! | `chatq_worker_in_flight_jobs` | gauge | |
 //! | `chatq_worker_slots` | gauge | |
 //! | `chatq_fleet_workers` | gauge | |
+//! | `chatq_worker_limit_share` | gauge | `limit` (`rate`, `concurrency`) |
+//! | `chatq_provider_limit` | gauge | `limit` (`rpm`, `tpm`, `max_concurrency`) |
 //! | `chatq_jobs_finished_total` | counter | `lane`, `status` |
 //! | `chatq_job_queue_wait_seconds` | histogram | `lane` |
 //! | `chatq_provider_ttft_seconds` | histogram | |
 //! | `chatq_provider_duration_seconds` | histogram | |
 //! | `chatq_provider_rate_limited_total` | counter | |
+//! | `chatq_provider_calls_total` | counter | `outcome` (`ok`, or the error: `rate_limited`, `server_error`, …) |
 //! | `chatq_rate_limiter_wait_seconds` | histogram | |
+//! | `chatq_dead_letters_total` | counter | `lane` |
+//! | `chatq_reconciler_jobs_total` | counter | `step` (`published`, `abandoned`, `stream_lost`, `lost`) |
+//!
+//! Counters a process may never increment (dead letters, provider errors, the reconciler's
+//! steps) are registered at zero when the role starts ([`register_ingress`], and the worker's
+//! own list), so a rule's `rate()` or `increase()` sees a series from the first scrape.
 
 use std::sync::OnceLock;
 
@@ -31,15 +41,26 @@ pub const QUEUE_IN_FLIGHT: &str = "chatq_queue_in_flight_jobs";
 pub const QUEUE_REDELIVERED: &str = "chatq_queue_redelivered_jobs";
 pub const JOBS_REJECTED: &str = "chatq_jobs_rejected_total";
 pub const EVENT_STREAMS_OPEN: &str = "chatq_event_streams_open";
+pub const EVENT_STREAMS_MAX: &str = "chatq_event_streams_max";
 pub const WORKER_IN_FLIGHT: &str = "chatq_worker_in_flight_jobs";
 pub const WORKER_SLOTS: &str = "chatq_worker_slots";
 pub const FLEET_WORKERS: &str = "chatq_fleet_workers";
+pub const WORKER_LIMIT_SHARE: &str = "chatq_worker_limit_share";
+pub const PROVIDER_LIMIT: &str = "chatq_provider_limit";
 pub const JOBS_FINISHED: &str = "chatq_jobs_finished_total";
 pub const QUEUE_WAIT: &str = "chatq_job_queue_wait_seconds";
 pub const PROVIDER_TTFT: &str = "chatq_provider_ttft_seconds";
 pub const PROVIDER_DURATION: &str = "chatq_provider_duration_seconds";
 pub const PROVIDER_RATE_LIMITED: &str = "chatq_provider_rate_limited_total";
+pub const PROVIDER_CALLS: &str = "chatq_provider_calls_total";
 pub const RATE_LIMITER_WAIT: &str = "chatq_rate_limiter_wait_seconds";
+pub const DEAD_LETTERS: &str = "chatq_dead_letters_total";
+pub const RECONCILER_JOBS: &str = "chatq_reconciler_jobs_total";
+
+/// The reasons of [`JOBS_REJECTED`].
+pub const REJECTED_REASONS: [&str; 2] = ["queue_full", "key_rate_limited"];
+/// The steps of [`RECONCILER_JOBS`], as the reconciler's pass reports them.
+pub const RECONCILER_STEPS: [&str; 4] = ["published", "abandoned", "stream_lost", "lost"];
 
 /// Latency buckets, in seconds: from a millisecond to ten minutes.
 const BUCKETS: &[f64] = &[
@@ -62,6 +83,14 @@ pub fn install() -> Option<PrometheusHandle> {
             Some(handle)
         })
         .clone()
+}
+
+/// Registers the ingress's counters at zero and notes its SSE limit.
+pub fn register_ingress(max_event_streams: usize) {
+    for reason in REJECTED_REASONS {
+        metrics::counter!(JOBS_REJECTED, "reason" => reason).increment(0);
+    }
+    metrics::gauge!(EVENT_STREAMS_MAX).set(max_event_streams as f64);
 }
 
 /// The text exposition of every metric.
@@ -101,6 +130,10 @@ fn describe() {
         EVENT_STREAMS_OPEN,
         "Server-sent event streams this ingress holds open."
     );
+    describe_gauge!(
+        EVENT_STREAMS_MAX,
+        "Most server-sent event streams this ingress holds open (max_event_streams)."
+    );
     describe_gauge!(WORKER_IN_FLIGHT, "Jobs this worker is running.");
     describe_gauge!(
         WORKER_SLOTS,
@@ -109,6 +142,14 @@ fn describe() {
     describe_gauge!(
         FLEET_WORKERS,
         "Live workers, as this worker sees the fleet."
+    );
+    describe_gauge!(
+        WORKER_LIMIT_SHARE,
+        "Share (0 to 1) of each fleet-wide provider limit this worker holds leases for."
+    );
+    describe_gauge!(
+        PROVIDER_LIMIT,
+        "The fleet-wide provider limits configured (unset limits are absent)."
     );
     describe_counter!(
         JOBS_FINISHED,
@@ -130,9 +171,21 @@ fn describe() {
         "Time from calling the provider to the end of its reply."
     );
     describe_counter!(PROVIDER_RATE_LIMITED, "Provider answers with HTTP 429.");
+    describe_counter!(
+        PROVIDER_CALLS,
+        "Provider calls, by outcome: ok, or the kind of error."
+    );
     describe_histogram!(
         RATE_LIMITER_WAIT,
         Unit::Seconds,
         "Time a call waited for the provider limits before it started."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Jobs that failed for good and were copied to the dead-letter stream."
+    );
+    describe_counter!(
+        RECONCILER_JOBS,
+        "Jobs the reconciler put back in the queue, by step: published again, abandoned by a dead worker, stream lost, copy lost."
     );
 }

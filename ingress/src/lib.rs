@@ -120,6 +120,7 @@ impl Application {
             .map(str::to_owned)
             .collect();
         chatq_common::metrics::install();
+        chatq_common::metrics::register_ingress(settings.limits.max_event_streams);
         let queue = queue_monitor::QueueMonitor::new(settings.nats.queue_max_jobs);
         background.spawn(queue.clone().run_until_stopped(
             async_nats::jetstream::new(nats.clone()),

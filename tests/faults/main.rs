@@ -16,6 +16,9 @@
 //! - [`lifecycle`]: cancellation and deadlines.
 //! - [`fleet`]: provider limits held by a fleet of 1, 2 and 4 worker processes, a worker's death,
 //!   and a limit nobody configured.
+//! - [`ops`]: the operations kit (deploy/) against a running ingress and worker: the rules and
+//!   the dashboard name only metrics chatq exports, and a real Prometheus fires the queue-wait
+//!   alert under load.
 //! - [`traces`]: one trace per request in the JSON logs of an ingress and a worker, also for a
 //!   job the reconciler published after its ingress crashed.
 
@@ -32,6 +35,7 @@ mod fleet;
 mod ingress;
 mod lifecycle;
 mod nats;
+mod ops;
 mod postgres;
 mod provider;
 mod traces;

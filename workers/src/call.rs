@@ -44,9 +44,12 @@ pub async fn stream_reply(
     events: &mut AttemptEvents,
 ) -> Result<Reply, CallFailed> {
     let started = Instant::now();
-    let failed = |error| CallFailed {
-        error,
-        upstream_ms: elapsed_ms(started),
+    let failed = |error: ProviderError| {
+        metrics::counter!(names::PROVIDER_CALLS, "outcome" => error.kind()).increment(1);
+        CallFailed {
+            error,
+            upstream_ms: elapsed_ms(started),
+        }
     };
     let mut stream = provider.complete_stream(request).await.map_err(failed)?;
     let mut content = String::new();
@@ -91,6 +94,7 @@ pub async fn stream_reply(
                 metrics::histogram!(names::PROVIDER_TTFT).record(f64::from(ttft) / 1000.0);
             }
             metrics::histogram!(names::PROVIDER_DURATION).record(f64::from(upstream_ms) / 1000.0);
+            metrics::counter!(names::PROVIDER_CALLS, "outcome" => "ok").increment(1);
             return Ok(Reply {
                 content,
                 finish_reason,

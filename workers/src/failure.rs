@@ -54,6 +54,7 @@ pub async fn dead_letter(
     message: &str,
 ) {
     let job_id = job.id;
+    metrics::counter!(chatq_common::metrics::DEAD_LETTERS, "lane" => lane.as_str()).increment(1);
     let payload = json!({
         "job_id": job_id,
         "lane": lane,

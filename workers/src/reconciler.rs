@@ -90,6 +90,17 @@ pub struct PassReport {
     pub lost: u64,
 }
 
+impl PassReport {
+    /// Adds the pass to `chatq_reconciler_jobs_total`, one series per step.
+    fn count(&self) {
+        use chatq_common::metrics::{RECONCILER_JOBS, RECONCILER_STEPS};
+        let counts = [self.published, self.abandoned, self.stream_lost, self.lost];
+        for (step, count) in RECONCILER_STEPS.into_iter().zip(counts) {
+            metrics::counter!(RECONCILER_JOBS, "step" => step).increment(count);
+        }
+    }
+}
+
 /// Rebuilds the JetStream queue from Postgres. See the module documentation.
 #[derive(Clone)]
 pub struct Reconciler {
@@ -147,12 +158,14 @@ impl Reconciler {
                 break;
             }
         }
-        Ok(PassReport {
+        let report = PassReport {
             stream_lost,
             abandoned,
             published,
             lost,
-        })
+        };
+        report.count();
+        Ok(report)
     }
 
     /// Step 4. Returns how many queued jobs were found without a copy (0 when no audit was due,

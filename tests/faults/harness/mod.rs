@@ -192,6 +192,11 @@ impl Stack {
         self.workers.len() - 1
     }
 
+    /// The ingress's base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn ingress_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
     /// The ingress, which must be running.
     pub fn ingress(&mut self) -> &mut ChatqProcess {
         self.ingress.as_mut().expect("the ingress was started")

@@ -87,6 +87,32 @@ impl ProviderError {
         )
     }
 
+    /// Every [`ProviderError::kind`], for registering the metric's series at zero.
+    pub const KINDS: [&str; 8] = [
+        "rate_limited",
+        "server_error",
+        "rejected",
+        "timeout",
+        "connect",
+        "malformed",
+        "truncated",
+        "too_large",
+    ];
+
+    /// The error's kind, as the `outcome` label of `chatq_provider_calls_total` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::Server { .. } => "server_error",
+            ProviderError::Rejected { .. } => "rejected",
+            ProviderError::Timeout(_) => "timeout",
+            ProviderError::Connect(_) => "connect",
+            ProviderError::Malformed(_) => "malformed",
+            ProviderError::Truncated => "truncated",
+            ProviderError::TooLarge { .. } => "too_large",
+        }
+    }
+
     /// How long the provider asked us to wait, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

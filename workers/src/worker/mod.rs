@@ -35,7 +35,7 @@ use crate::reconciler::Reconciler;
 use crate::writes::JobWrites;
 
 use self::pull::{MAX_PULL, acquire};
-use self::status::{follow_fleet, hostname, serve_metrics};
+use self::status::{follow_fleet, hostname, register_series, serve_metrics};
 
 /// A worker process's job runner.
 pub struct Worker {
@@ -99,6 +99,7 @@ impl Worker {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         chatq_common::metrics::install();
+        register_series(&settings.limits);
         let limits = ProviderLimits::new(&settings.limits, settings.worker.concurrency);
         let provider: Arc<dyn Provider> = Arc::new(LimitedProvider::new(provider, limits.clone()));
         let fleet = Fleet::join(
@@ -195,6 +196,7 @@ impl Worker {
                 fleet.membership(),
                 fleet.grants(),
                 self.limits.clone(),
+                self.ctx.limits.provider_max_concurrency,
                 background_stop.clone(),
             ));
             background.spawn(

@@ -4,12 +4,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use chatq_common::heartbeat::WorkerStatus;
+use chatq_common::job::Lane;
 use chatq_common::metrics as names;
+use chatq_common::settings::LimitSettings;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Worker;
+use crate::leases::{Grant, RATE_UNITS};
 use crate::limits::ProviderLimits;
+use crate::provider::ProviderError;
 
 impl Worker {
     /// What this worker says about itself at each heartbeat. In flight are the jobs running
@@ -50,18 +54,53 @@ impl Worker {
     }
 }
 
-/// Applies every grant of capacity the fleet task's lease rounds make, and notes the fleet's size.
+/// Registers the worker's counters at zero (a worker may never see a dead letter or a provider
+/// error, and an alert on their rate needs a series), and notes the fleet-wide limits configured.
+pub(super) fn register_series(settings: &LimitSettings) {
+    for outcome in std::iter::once("ok").chain(ProviderError::KINDS) {
+        metrics::counter!(names::PROVIDER_CALLS, "outcome" => outcome).increment(0);
+    }
+    metrics::counter!(names::PROVIDER_RATE_LIMITED).increment(0);
+    for lane in Lane::ALL {
+        metrics::counter!(names::DEAD_LETTERS, "lane" => lane.as_str()).increment(0);
+    }
+    for step in names::RECONCILER_STEPS {
+        metrics::counter!(names::RECONCILER_JOBS, "step" => step).increment(0);
+    }
+    let configured = [
+        ("rpm", settings.provider_rpm),
+        ("tpm", settings.provider_tpm),
+        ("max_concurrency", settings.provider_max_concurrency),
+    ];
+    for (limit, value) in configured {
+        if let Some(value) = value {
+            metrics::gauge!(names::PROVIDER_LIMIT, "limit" => limit).set(f64::from(value));
+        }
+    }
+}
+
+/// Applies every grant of capacity the fleet task's lease rounds make, and notes the fleet's size
+/// and this worker's share of each limit (`max_concurrency`: the fleet-wide concurrency limit, if
+/// set).
 pub(super) async fn follow_fleet(
     mut membership: tokio::sync::watch::Receiver<crate::fleet::Membership>,
-    mut grants: tokio::sync::watch::Receiver<crate::leases::Grant>,
+    mut grants: tokio::sync::watch::Receiver<Grant>,
     limits: Arc<ProviderLimits>,
+    max_concurrency: Option<u32>,
     stop: CancellationToken,
 ) {
     loop {
         let size = membership.borrow_and_update().size();
         metrics::gauge!(names::FLEET_WORKERS).set(size as f64);
         limits.note_fleet_size(size);
-        limits.apply(*grants.borrow_and_update());
+        let grant = *grants.borrow_and_update();
+        limits.apply(grant);
+        metrics::gauge!(names::WORKER_LIMIT_SHARE, "limit" => "rate")
+            .set(f64::from(grant.rate_units) / f64::from(RATE_UNITS));
+        if let (Some(held), Some(max)) = (grant.concurrency, max_concurrency) {
+            metrics::gauge!(names::WORKER_LIMIT_SHARE, "limit" => "concurrency")
+                .set(f64::from(held) / f64::from(max.max(1)));
+        }
         tokio::select! {
             changed = membership.changed() => if changed.is_err() { return },
             changed = grants.changed() => if changed.is_err() { return },
