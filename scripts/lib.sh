@@ -429,3 +429,19 @@ ensure_venv() {
     export CQTEST_NATS_SERVER=$CQ_VENV/bin/nats-server
     ok "Python venv ready: $CQ_VENV ($("$CQTEST_NATS_SERVER" --version 2>&1))"
 }
+
+# PgBouncer for the tests that put it between chatq and Postgres (Debian's package). Only the
+# binary is needed: the tests start their own on spare ports, and the package's own service is
+# left as it is (stopped unless someone started it). Exports CQTEST_PGBOUNCER.
+ensure_pgbouncer() {
+    local bin
+    bin=$(command -v pgbouncer || true)
+    [[ -n $bin ]] || { [[ -x /usr/sbin/pgbouncer ]] && bin=/usr/sbin/pgbouncer; }
+    if [[ -z $bin ]]; then
+        apt_install pgbouncer
+        bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+        [[ -x $bin ]] || die "pgbouncer is not installed" "on Debian or Ubuntu: apt-get install pgbouncer"
+    fi
+    export CQTEST_PGBOUNCER=$bin
+    ok "PgBouncer: $("$bin" --version 2>&1 | head -n 1)"
+}

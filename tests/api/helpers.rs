@@ -10,12 +10,16 @@
     reason = "each test file uses a different part of the harness"
 )]
 
+#[path = "../support/pgbouncer.rs"]
+mod pgbouncer;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chatq_common::Settings;
-use chatq_common::settings::{ProviderKind, SettingValue};
+pub use pgbouncer::{PgBouncer, host_and_port};
+use chatq_common::settings::{DatabasePooler, ProviderKind, SettingValue};
 use chatq_common::topology::Topology;
 use chatq_ingress::Application;
 use chatq_mock_llm::{MockConfig, MockLlm};
@@ -46,6 +50,18 @@ pub fn database_url(name: &str) -> String {
     format!("{base}/{name}")
 }
 
+/// Creates the database `name` on the test server.
+pub async fn create_database(name: &str) {
+    let mut admin = PgConnection::connect(&admin_database_url())
+        .await
+        .expect("the test Postgres is reachable");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("the test database is created");
+    admin.close().await.unwrap();
+}
+
 /// A fresh name, unique across parallel tests and runs.
 pub fn unique(prefix: &str) -> String {
     format!(
@@ -57,6 +73,9 @@ pub fn unique(prefix: &str) -> String {
 /// How to start a test app.
 pub struct TestOptions {
     pub workers: usize,
+    /// Reach Postgres through a PgBouncer of the test's own, in transaction mode (the default
+    /// when `CQTEST_THROUGH_POOLER=1`, which runs the whole suite that way).
+    pub through_pooler: bool,
     pub mock: MockConfig,
     /// Changes to the settings, applied last.
     pub settings: Box<dyn FnOnce(&mut Settings) + Send>,
@@ -66,6 +85,7 @@ impl Default for TestOptions {
     fn default() -> Self {
         Self {
             workers: 1,
+            through_pooler: std::env::var("CQTEST_THROUGH_POOLER").is_ok_and(|v| v == "1"),
             mock: MockConfig::default(),
             settings: Box::new(|_| {}),
         }
@@ -84,6 +104,8 @@ pub struct TestApp {
     pub key: String,
     pub mock: MockLlm,
     pub database: String,
+    /// The test's PgBouncer, when it goes through one.
+    pub pooler: Option<PgBouncer>,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -105,9 +127,23 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let database = unique("chatq_t_");
     let mut settings = Settings::default();
     settings.ingress.http_addr = "127.0.0.1:0".parse().unwrap();
-    settings.database.url = SecretString::from(database_url(&database));
+    let pooler = if options.through_pooler {
+        let (host, port) = host_and_port(&admin_database_url());
+        Some(PgBouncer::start((host.as_str(), port)).await)
+    } else {
+        None
+    };
+    settings.database.url = SecretString::from(match &pooler {
+        Some(pooler) => {
+            // Through the pooler chatq does not create its database.
+            create_database(&database).await;
+            settings.database.pooler = DatabasePooler::Transaction;
+            pooler.url_for(&database_url(&database))
+        }
+        None => database_url(&database),
+    });
     settings.database.max_connections = 10;
-    settings.nats.url = nats_url();
+    settings.nats.url = nats_url().parse().expect("CQTEST_NATS_URL is a NATS URL");
     settings.nats.namespace = SettingValue::parse_setting(&unique("cqt")).unwrap();
     // JetStream reserves a stream's max_bytes up front; many tests at once must fit.
     settings.nats.events_max_bytes = 16 * 1024 * 1024;
@@ -169,6 +205,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         key,
         mock,
         database,
+        pooler,
         settings,
         shutdown,
         tasks,

@@ -23,6 +23,8 @@ mod jobs;
 mod lanes;
 mod lifecycle;
 mod listing;
+mod pooler;
+mod retention;
 mod tenancy;
 mod traces;
 mod web;

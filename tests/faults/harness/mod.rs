@@ -7,6 +7,8 @@
 //! doing at the time.
 
 pub mod client;
+#[path = "../../support/pgbouncer.rs"]
+pub mod pgbouncer;
 pub mod processes;
 
 use std::path::PathBuf;
@@ -17,7 +19,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub use self::client::Client;
-pub use self::processes::{ChatqProcess, NatsServer, PgCluster, spare_port};
+pub use self::pgbouncer::PgBouncer;
+pub use self::processes::{ChatqProcess, NatsServer, PgCluster, meta_leader, spare_port};
 
 /// Settings every scenario shares: short timings, so faults heal in seconds.
 const FAST_SETTINGS: &[(&str, &str)] = &[
@@ -54,8 +57,13 @@ pub struct Stack {
     pub name: String,
     /// Logs and the NATS store.
     pub dir: PathBuf,
+    /// The nats-server, or the first node of the cluster.
     pub nats: NatsServer,
+    /// The other nodes of the cluster (none for a single server).
+    pub nats_peers: Vec<NatsServer>,
     pub postgres: PgCluster,
+    /// The PgBouncer chatq goes through, if it does.
+    pub pooler: Option<PgBouncer>,
     /// This stack's database, for checking the ledger.
     pub pool: PgPool,
     pub jetstream: async_nats::jetstream::Context,
@@ -73,14 +81,63 @@ pub struct Stack {
 impl Stack {
     /// Starts NATS, the database, the ingress and `options.workers` workers.
     pub async fn start(name: &str, options: StackOptions) -> Self {
+        Self::start_on_nats(name, 1, options).await
+    }
+
+    /// As [`Stack::start`], on a JetStream cluster of `nats_nodes` servers (one: a single
+    /// server); every chatq process is given every node's URL.
+    pub async fn start_on_nats(name: &str, nats_nodes: usize, options: StackOptions) -> Self {
+        Self::start_full(name, nats_nodes, false, options).await
+    }
+
+    /// As [`Stack::start`], with every chatq process reaching Postgres through a PgBouncer in
+    /// transaction mode (the test's own ledger reads Postgres directly).
+    pub async fn start_through_pooler(name: &str, options: StackOptions) -> Self {
+        Self::start_full(name, 1, true, options).await
+    }
+
+    async fn start_full(
+        name: &str,
+        nats_nodes: usize,
+        through_pooler: bool,
+        options: StackOptions,
+    ) -> Self {
         let unique = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("faults")
             .join(format!("{name}-{unique}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let nats = NatsServer::start(&dir).await;
+        let mut nats_peers = if nats_nodes > 1 {
+            NatsServer::start_cluster(&dir, nats_nodes).await
+        } else {
+            vec![NatsServer::start(&dir).await]
+        };
+        let nats = nats_peers.remove(0);
+        let nats_urls = std::iter::once(&nats)
+            .chain(&nats_peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>();
         let postgres = PgCluster::start(&format!("cqfault-pg-{unique}")).await;
         let database_url = postgres.url("chatq");
+        let pooler = if through_pooler {
+            // Through the pooler chatq does not create its database.
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&postgres.url("postgres"))
+                .await
+                .expect("the test Postgres is reachable");
+            sqlx::raw_sql("CREATE DATABASE chatq")
+                .execute(&admin)
+                .await
+                .expect("the database is created");
+            admin.close().await;
+            Some(PgBouncer::start(("127.0.0.1", postgres.port)).await)
+        } else {
+            None
+        };
+        let chatq_database_url = pooler
+            .as_ref()
+            .map_or_else(|| database_url.clone(), |pooler| pooler.url_for(&database_url));
         let mock = MockLlm::start("127.0.0.1:0".parse().unwrap(), options.mock)
             .await
             .expect("the mock LLM starts");
@@ -92,8 +149,12 @@ impl Stack {
             .collect();
         env.extend([
             ("CHATQ_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
-            ("CHATQ_DATABASE_URL".into(), database_url.clone()),
-            ("CHATQ_NATS_URL".into(), nats.url()),
+            ("CHATQ_DATABASE_URL".into(), chatq_database_url),
+            (
+                "CHATQ_DATABASE_POOLER".into(),
+                if through_pooler { "transaction" } else { "none" }.into(),
+            ),
+            ("CHATQ_NATS_URL".into(), nats_urls.join(",")),
             ("CHATQ_NAMESPACE".into(), namespace.clone()),
             ("CHATQ_PROVIDER".into(), "openai".into()),
             ("CHATQ_PROVIDER_BASE_URL".into(), mock.base_url()),
@@ -136,7 +197,7 @@ impl Stack {
             .await
             .unwrap()
             .plaintext;
-        let nats_client = async_nats::connect(nats.url())
+        let nats_client = async_nats::connect(nats_urls.as_slice())
             .await
             .expect("the test connects to its nats-server");
         let mut stack = Self {
@@ -144,7 +205,9 @@ impl Stack {
             client: Client::new(&format!("http://127.0.0.1:{http_port}"), &key),
             dir,
             nats,
+            nats_peers,
             postgres,
+            pooler,
             pool,
             jetstream: async_nats::jetstream::new(nats_client),
             namespace,
@@ -190,6 +253,19 @@ impl Stack {
         let worker = ChatqProcess::spawn(name, "worker", &self.env_with(extra), &self.dir);
         self.workers.push(worker);
         self.workers.len() - 1
+    }
+
+    /// The nats-server (or cluster node) named `name`.
+    pub fn nats_node(&mut self, name: &str) -> &mut NatsServer {
+        std::iter::once(&mut self.nats)
+            .chain(&mut self.nats_peers)
+            .find(|node| node.name == name)
+            .unwrap_or_else(|| panic!("no nats-server named {name}"))
+    }
+
+    /// Every nats-server of the stack.
+    pub fn nats_nodes(&self) -> Vec<&NatsServer> {
+        std::iter::once(&self.nats).chain(&self.nats_peers).collect()
     }
 
     /// The ingress, which must be running.
@@ -263,7 +339,11 @@ impl Stack {
             ingress.sigkill().await;
         }
         self.nats.kill().await;
+        for node in &mut self.nats_peers {
+            node.kill().await;
+        }
         self.pool.close().await;
+        drop(self.pooler);
         // Dropping the cluster stops it and removes its files.
         drop(self.postgres);
         drop(std::fs::remove_dir_all(&self.dir));
