@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatq_common::Settings;
-pub use pgbouncer::{PgBouncer, host_and_port};
-use chatq_common::settings::{DatabasePooler, ProviderKind, SettingValue};
+use chatq_common::settings::{ProviderKind, SettingValue};
 use chatq_common::topology::Topology;
 use chatq_ingress::Application;
 use chatq_mock_llm::{MockConfig, MockLlm};
 use chatq_workers::Worker;
 use futures::TryStreamExt;
+pub use pgbouncer::{PgBouncer, host_and_port};
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -73,9 +73,6 @@ pub fn unique(prefix: &str) -> String {
 /// How to start a test app.
 pub struct TestOptions {
     pub workers: usize,
-    /// Reach Postgres through a PgBouncer of the test's own, in transaction mode (the default
-    /// when `CQTEST_THROUGH_POOLER=1`, which runs the whole suite that way).
-    pub through_pooler: bool,
     pub mock: MockConfig,
     /// Changes to the settings, applied last.
     pub settings: Box<dyn FnOnce(&mut Settings) + Send>,
@@ -85,7 +82,6 @@ impl Default for TestOptions {
     fn default() -> Self {
         Self {
             workers: 1,
-            through_pooler: std::env::var("CQTEST_THROUGH_POOLER").is_ok_and(|v| v == "1"),
             mock: MockConfig::default(),
             settings: Box::new(|_| {}),
         }
@@ -104,8 +100,6 @@ pub struct TestApp {
     pub key: String,
     pub mock: MockLlm,
     pub database: String,
-    /// The test's PgBouncer, when it goes through one.
-    pub pooler: Option<PgBouncer>,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -127,21 +121,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let database = unique("chatq_t_");
     let mut settings = Settings::default();
     settings.ingress.http_addr = "127.0.0.1:0".parse().unwrap();
-    let pooler = if options.through_pooler {
-        let (host, port) = host_and_port(&admin_database_url());
-        Some(PgBouncer::start((host.as_str(), port)).await)
-    } else {
-        None
-    };
-    settings.database.url = SecretString::from(match &pooler {
-        Some(pooler) => {
-            // Through the pooler chatq does not create its database.
-            create_database(&database).await;
-            settings.database.pooler = DatabasePooler::Transaction;
-            pooler.url_for(&database_url(&database))
-        }
-        None => database_url(&database),
-    });
+    settings.database.url = SecretString::from(database_url(&database));
     settings.database.max_connections = 10;
     settings.nats.url = nats_url().parse().expect("CQTEST_NATS_URL is a NATS URL");
     settings.nats.namespace = SettingValue::parse_setting(&unique("cqt")).unwrap();
@@ -205,7 +185,6 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         key,
         mock,
         database,
-        pooler,
         settings,
         shutdown,
         tasks,

@@ -1,97 +1,14 @@
-//! chatq behind PgBouncer in transaction mode, the pooler many-process deployments put in front
-//! of Postgres: each transaction may run on another server connection, so nothing chatq does
-//! may depend on a session (prepared statements, session advisory locks, `LISTEN`). The whole
-//! API suite runs this way with `CQTEST_THROUGH_POOLER=1`; these tests always do.
+//! `chatq migrate` behind PgBouncer in transaction mode, the pooler many-process deployments put
+//! in front of Postgres: each transaction may run on another server connection, so a session
+//! advisory lock (sqlx's migration lock) could be taken on one and released on another.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use futures::StreamExt;
-use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
-
 use crate::helpers::{
-    PgBouncer, TestOptions, admin_database_url, create_database, database_url, host_and_port,
-    id_of, messages_path, spawn_app_with, unique,
+    PgBouncer, admin_database_url, create_database, database_url, host_and_port, unique,
 };
-
-fn through_pooler() -> TestOptions {
-    TestOptions {
-        workers: 2,
-        through_pooler: true,
-        ..TestOptions::default()
-    }
-}
-
-#[tokio::test]
-async fn conversations_run_through_pgbouncer() {
-    let app = spawn_app_with(through_pooler()).await;
-    // Many at once, so the pooler hands each transaction whichever server connection is free.
-    let conversations: Vec<String> = futures::stream::iter(0..40)
-        .map(|i| {
-            let app = &app;
-            async move {
-                let conversation = id_of(
-                    &app.create_conversation(json!({ "title": format!("pooled {i}") }))
-                        .await,
-                );
-                for turn in 0..2 {
-                    let job = app.turn(&conversation, &format!("turn {turn}")).await;
-                    assert_eq!(job["status"], "succeeded", "{job}");
-                }
-                conversation
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    for conversation in &conversations {
-        let history = app.history(conversation).await;
-        let roles: Vec<&str> = history
-            .iter()
-            .map(|m| m["role"].as_str().unwrap())
-            .collect();
-        assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
-    }
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn idempotent_sends_and_chat_completions_run_through_pgbouncer() {
-    let app = spawn_app_with(through_pooler()).await;
-    let conversation = id_of(&app.create_conversation(json!({})).await);
-    let send = || {
-        app.request(Method::POST, &messages_path(&conversation))
-            .header("idempotency-key", "pooled-once")
-            .json(&json!({ "content": "only once" }))
-            .send()
-    };
-    let first = send().await.unwrap();
-    assert_eq!(first.status(), StatusCode::ACCEPTED);
-    let first: Value = first.json().await.unwrap();
-    let again: Value = send().await.unwrap().json().await.unwrap();
-    assert_eq!(again["job"]["id"], first["job"]["id"]);
-    let job = app
-        .wait_for_job(first["job"]["id"].as_str().unwrap())
-        .await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-
-    let response = app
-        .request(Method::POST, "/v1/chat/completions")
-        .json(&json!({
-            "model": "mock-model",
-            "messages": [{ "role": "user", "content": "hello through the pooler" }],
-        }))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["object"], "chat.completion");
-    app.stop().await;
-}
 
 /// `chatq migrate` as a separate process, against `database_url`, through a transaction pooler
 /// or not.
@@ -165,14 +82,13 @@ async fn replicas_migrating_at_once_through_pgbouncer_apply_each_migration_once(
     assert_eq!(counts.keys().copied().collect::<Vec<_>>(), expected);
     assert!(counts.values().all(|n| *n == 1), "{applied:?}");
     // No advisory lock is left behind on any server connection.
-    let locks: i64 =
-        sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+    let locks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
               WHERE l.locktype = 'advisory' AND d.datname = current_database()",
-        )
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(locks, 0, "an advisory lock outlived chatq migrate");
     // And once more, through the pooler, with everything applied: nothing to do.
     let again = migrate(&pooled, true).wait_with_output().await.unwrap();

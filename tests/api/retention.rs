@@ -160,7 +160,8 @@ async fn the_sweep_deletes_exactly_what_has_expired_while_traffic_runs() {
     };
     let (sent, ()) = tokio::join!(traffic, expired_gone);
     // Another sweep after the expired rows went: it must find nothing more to delete.
-    let sweeps = chatq_workers::retention::Sweeper::new(pool.clone(), app.settings.retention.clone());
+    let sweeps =
+        chatq_workers::retention::Sweeper::new(pool.clone(), app.settings.retention.clone());
     assert_eq!(
         sweeps.sweep().await.unwrap(),
         chatq_workers::retention::SweepReport::default(),
@@ -192,6 +193,10 @@ async fn the_sweep_deletes_exactly_what_has_expired_while_traffic_runs() {
     let history: Vec<Value> = app
         .history(&format!("conv_{}", conversations_of[0].simple()))
         .await;
-    assert_eq!(history.len(), 2, "the turn of a deleted job stays in history");
+    assert_eq!(
+        history.len(),
+        2,
+        "the turn of a deleted job stays in history"
+    );
     app.stop().await;
 }

@@ -28,7 +28,7 @@ const NODES: usize = 3;
 enum Victim {
     /// The JetStream meta leader (stream and consumer placement, API requests).
     MetaLeader,
-    /// The leader of the jobs stream (every publish and every ack goes through it).
+    /// The leader of the jobs stream (every publish and every acknowledgement goes through it).
     JobsStreamLeader,
 }
 
@@ -73,9 +73,7 @@ async fn a_node_killed_mid_run_loses_nothing(name: &str, victim: Victim) {
         tokio::spawn(async move {
             let mut seen = BTreeSet::new();
             while watching.load(Ordering::Relaxed) {
-                let (status, body) = admin
-                    .once(reqwest::Method::GET, "/v1/admin/workers")
-                    .await;
+                let (status, body) = admin.once(reqwest::Method::GET, "/v1/admin/workers").await;
                 if status.is_success() {
                     seen.extend(fleet_sizes_in(&body));
                 }
@@ -115,9 +113,11 @@ async fn a_node_killed_mid_run_loses_nothing(name: &str, victim: Victim) {
 
     // The node comes back while the run goes on.
     stack
-        .wait_until("three seconds without the node", Duration::from_secs(30), || async {
-            killed_at.elapsed() >= Duration::from_secs(3)
-        })
+        .wait_until(
+            "three seconds without the node",
+            Duration::from_secs(30),
+            || async { killed_at.elapsed() >= Duration::from_secs(3) },
+        )
         .await;
     stack.nats_node(&victim_name).restart().await;
 
@@ -159,9 +159,11 @@ async fn a_node_killed_mid_run_loses_nothing(name: &str, victim: Victim) {
         BTreeSet::from([2]),
         "a worker's view of the fleet changed while a node was down"
     );
+    // The bound the limiter promises (workers/src/limits): over any one-second window, at most
+    // the rate plus one request per worker.
     assert!(
-        busiest as f64 <= RATE as f64 * 1.05,
-        "{busiest} provider requests in one second, the fleet's limit is {RATE}/s (+5 %)"
+        busiest <= RATE + 2,
+        "{busiest} provider requests in one second, the fleet's limit is {RATE}/s (+1 a worker)"
     );
     stack.stop().await;
 }

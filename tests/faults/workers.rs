@@ -20,28 +20,17 @@ fn half_second_replies() -> MockConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_loses_nothing() {
-    a_worker_killed_mid_job(false).await;
-}
-
-/// The same, with every chatq process reaching Postgres through PgBouncer in transaction mode.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_job_through_pgbouncer_loses_nothing() {
-    a_worker_killed_mid_job(true).await;
-}
-
-async fn a_worker_killed_mid_job(through_pooler: bool) {
     const JOBS: usize = 300;
-    let options = StackOptions {
-        workers: 2,
-        worker_concurrency: 16,
-        mock: half_second_replies(),
-        ..StackOptions::default()
-    };
-    let mut stack = if through_pooler {
-        Stack::start_through_pooler("worker_sigkill_pooled", options).await
-    } else {
-        Stack::start("worker_sigkill", options).await
-    };
+    let mut stack = Stack::start(
+        "worker_sigkill",
+        StackOptions {
+            workers: 2,
+            worker_concurrency: 16,
+            mock: half_second_replies(),
+            ..StackOptions::default()
+        },
+    )
+    .await;
     let conversations = stack.client.create_conversations(JOBS).await;
     let client = stack.client.clone();
     let load = tokio::spawn(async move { client.send_to_each(&conversations, 32).await });

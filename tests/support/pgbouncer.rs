@@ -71,7 +71,11 @@ impl PgBouncer {
                 .arg(&dir)
                 .status()
                 .unwrap();
-            assert!(status.success(), "cannot hand {} to postgres", dir.display());
+            assert!(
+                status.success(),
+                "cannot hand {} to postgres",
+                dir.display()
+            );
             command.args(["-u", "postgres"]);
         }
         let child = command

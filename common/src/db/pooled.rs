@@ -12,14 +12,17 @@
 //!   back it commits (an error earlier in it has already rolled it back). Whatever the code does
 //!   with one connection thus runs in one session: a `pool.begin()` transaction is that same
 //!   transaction (its `BEGIN` only warns, and Postgres warnings are not reported on these
-//!   connections), and a lone statement behaves as in autocommit;
+//!   connections);
 //! - the statement cache is off, so every statement is prepared in the transaction that runs it;
 //! - the pool keeps no idle connection open for nothing (an idle one holds no transaction, but a
 //!   new one is handed out in a transaction at once).
 //!
-//! The cost is two more round trips per use of a connection and one per statement. Migrations
-//! need nothing more: [`super::migrate`] takes a transaction-scoped lock. chatq uses nothing else
-//! that lives in a session (no `LISTEN`, no session `SET`, no temporary tables).
+//! This is right only for code that does its work in explicit transactions, whose commit the
+//! caller awaits: [`super::migrate`] (one transaction, under a transaction-scoped lock) and
+//! creating keys. A lone statement would be committed only when its connection goes back to the
+//! pool, after the caller has moved on (sqlx runs that hook in the background), so a read that
+//! follows may not see it yet: the ingress and workers, which run lone statements everywhere,
+//! refuse this mode (`src/roles.rs`).
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor as _, PgConnection};

@@ -129,10 +129,7 @@ fn every_setting_has_one_key_and_belongs_to_one_group() {
 fn nats_url_takes_several_servers() {
     let settings = Settings::from_sources(
         None,
-        env(&[(
-            "CHATQ_NATS_URL",
-            "nats://n1:4222, nats://n2:4223,n3",
-        )]),
+        env(&[("CHATQ_NATS_URL", "nats://n1:4222, nats://n2:4223,n3")]),
         &SettingsFlags::default(),
     )
     .unwrap();
@@ -160,7 +157,10 @@ fn nats_url_takes_several_servers() {
 #[test]
 fn a_bad_nats_url_names_itself() {
     for (value, reason) in [
-        ("nats://n1:4222,nats://n2:42x2", "`nats://n2:42x2` is not a NATS server URL"),
+        (
+            "nats://n1:4222,nats://n2:42x2",
+            "`nats://n2:42x2` is not a NATS server URL",
+        ),
         ("nats://n1:4222,,nats://n2:4222", "separated by commas"),
         ("http://n1:4222", "invalid scheme"),
         ("nats://n1:99999", "not a NATS server URL"),

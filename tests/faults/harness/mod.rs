@@ -7,8 +7,6 @@
 //! doing at the time.
 
 pub mod client;
-#[path = "../../support/pgbouncer.rs"]
-pub mod pgbouncer;
 pub mod processes;
 
 use std::path::PathBuf;
@@ -19,7 +17,6 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub use self::client::Client;
-pub use self::pgbouncer::PgBouncer;
 pub use self::processes::{ChatqProcess, NatsServer, PgCluster, meta_leader, spare_port};
 
 /// Settings every scenario shares: short timings, so faults heal in seconds.
@@ -62,8 +59,6 @@ pub struct Stack {
     /// The other nodes of the cluster (none for a single server).
     pub nats_peers: Vec<NatsServer>,
     pub postgres: PgCluster,
-    /// The PgBouncer chatq goes through, if it does.
-    pub pooler: Option<PgBouncer>,
     /// This stack's database, for checking the ledger.
     pub pool: PgPool,
     pub jetstream: async_nats::jetstream::Context,
@@ -87,21 +82,6 @@ impl Stack {
     /// As [`Stack::start`], on a JetStream cluster of `nats_nodes` servers (one: a single
     /// server); every chatq process is given every node's URL.
     pub async fn start_on_nats(name: &str, nats_nodes: usize, options: StackOptions) -> Self {
-        Self::start_full(name, nats_nodes, false, options).await
-    }
-
-    /// As [`Stack::start`], with every chatq process reaching Postgres through a PgBouncer in
-    /// transaction mode (the test's own ledger reads Postgres directly).
-    pub async fn start_through_pooler(name: &str, options: StackOptions) -> Self {
-        Self::start_full(name, 1, true, options).await
-    }
-
-    async fn start_full(
-        name: &str,
-        nats_nodes: usize,
-        through_pooler: bool,
-        options: StackOptions,
-    ) -> Self {
         let unique = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("faults")
@@ -119,25 +99,6 @@ impl Stack {
             .collect::<Vec<_>>();
         let postgres = PgCluster::start(&format!("cqfault-pg-{unique}")).await;
         let database_url = postgres.url("chatq");
-        let pooler = if through_pooler {
-            // Through the pooler chatq does not create its database.
-            let admin = PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&postgres.url("postgres"))
-                .await
-                .expect("the test Postgres is reachable");
-            sqlx::raw_sql("CREATE DATABASE chatq")
-                .execute(&admin)
-                .await
-                .expect("the database is created");
-            admin.close().await;
-            Some(PgBouncer::start(("127.0.0.1", postgres.port)).await)
-        } else {
-            None
-        };
-        let chatq_database_url = pooler
-            .as_ref()
-            .map_or_else(|| database_url.clone(), |pooler| pooler.url_for(&database_url));
         let mock = MockLlm::start("127.0.0.1:0".parse().unwrap(), options.mock)
             .await
             .expect("the mock LLM starts");
@@ -149,11 +110,7 @@ impl Stack {
             .collect();
         env.extend([
             ("CHATQ_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
-            ("CHATQ_DATABASE_URL".into(), chatq_database_url),
-            (
-                "CHATQ_DATABASE_POOLER".into(),
-                if through_pooler { "transaction" } else { "none" }.into(),
-            ),
+            ("CHATQ_DATABASE_URL".into(), database_url.clone()),
             ("CHATQ_NATS_URL".into(), nats_urls.join(",")),
             ("CHATQ_NAMESPACE".into(), namespace.clone()),
             ("CHATQ_PROVIDER".into(), "openai".into()),
@@ -207,7 +164,6 @@ impl Stack {
             nats,
             nats_peers,
             postgres,
-            pooler,
             pool,
             jetstream: async_nats::jetstream::new(nats_client),
             namespace,
@@ -265,7 +221,9 @@ impl Stack {
 
     /// Every nats-server of the stack.
     pub fn nats_nodes(&self) -> Vec<&NatsServer> {
-        std::iter::once(&self.nats).chain(&self.nats_peers).collect()
+        std::iter::once(&self.nats)
+            .chain(&self.nats_peers)
+            .collect()
     }
 
     /// The ingress, which must be running.
@@ -343,7 +301,6 @@ impl Stack {
             node.kill().await;
         }
         self.pool.close().await;
-        drop(self.pooler);
         // Dropping the cluster stops it and removes its files.
         drop(self.postgres);
         drop(std::fs::remove_dir_all(&self.dir));

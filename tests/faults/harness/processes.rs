@@ -203,9 +203,7 @@ impl NatsServer {
 }
 
 /// The name of the cluster's meta leader, as the first running node that knows it says.
-pub async fn meta_leader<'a>(
-    servers: impl IntoIterator<Item = &'a NatsServer>,
-) -> Option<String> {
+pub async fn meta_leader<'a>(servers: impl IntoIterator<Item = &'a NatsServer>) -> Option<String> {
     for server in servers.into_iter().filter(|server| server.is_running()) {
         if let Some(jsz) = server.jsz("").await
             && let Some(leader) = jsz["meta_cluster"]["leader"].as_str()
