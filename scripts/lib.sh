@@ -486,7 +486,9 @@ ensure_browser() {
         # (Not `chromium --version`: its wrapper takes seconds.)
         ok "browser tests ready: /usr/bin/chromium, node $(node --version), ${CQ_NPM_PACKAGES[*]}"
     fi
+}
 
+# ---------------------------------------------------------------------------------------------
 # The operations kit (deploy/): Prometheus rules, the Grafana dashboard, Kubernetes manifests.
 
 CQ_K8S_VENV=$CQ_CACHE_DIR/venv-kubernetes
@@ -535,4 +537,20 @@ check_ops_kit() {
     "$CQ_K8S_VENV/bin/kubernetes-validate" --strict --quiet -k "$CQ_K8S_VERSION" \
         "$CQ_ROOT"/deploy/kubernetes/*.yaml >&2 || rc=1
     return "$rc"
+}
+
+# PgBouncer for the tests that put it between chatq and Postgres (Debian's package). Only the
+# binary is needed: the tests start their own on spare ports, and the package's own service is
+# left as it is (stopped unless someone started it). Exports CQTEST_PGBOUNCER.
+ensure_pgbouncer() {
+    local bin
+    bin=$(command -v pgbouncer || true)
+    [[ -n $bin ]] || { [[ -x /usr/sbin/pgbouncer ]] && bin=/usr/sbin/pgbouncer; }
+    if [[ -z $bin ]]; then
+        apt_install pgbouncer
+        bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+        [[ -x $bin ]] || die "pgbouncer is not installed" "on Debian or Ubuntu: apt-get install pgbouncer"
+    fi
+    export CQTEST_PGBOUNCER=$bin
+    ok "PgBouncer: $("$bin" --version 2>&1 | head -n 1)"
 }

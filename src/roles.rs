@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chatq_common::settings::ProviderKind;
+use chatq_common::settings::{DatabasePooler, ProviderKind};
 use chatq_common::topology::Topology;
 use chatq_common::{Settings, db, nats};
 use chatq_ingress::Application;
@@ -36,6 +36,12 @@ pub async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = %settings.nats.namespace, "chatq {} starting", roles.name());
     #[cfg(feature = "fault-injection")]
     chatq_common::fault::arm(&settings.faults);
+    anyhow::ensure!(
+        settings.database.pooler == DatabasePooler::None,
+        "CHATQ_DATABASE_POOLER=transaction is for `chatq migrate` and `chatq keys` only: the \
+         ingress and workers need whole Postgres sessions. Point them at Postgres directly or at \
+         a pooler in session mode (PgBouncer pool_mode = session)."
+    );
 
     let pool = db::connect(&settings.database).await?;
     db::migrate(&pool).await?;

@@ -199,7 +199,7 @@ async fn describe_machine(services: &Services) -> anyhow::Result<machine::Machin
             .fetch_one(&pool)
             .await?;
     pool.close().await;
-    let nats = chatq_common::nats::connect(&services.nats_url, "bench").await?;
+    let nats = chatq_common::nats::connect(&services.nats_servers()?, "bench").await?;
     let nats_version = nats.server_info().version;
     Ok(machine::describe(postgres_version, nats_version))
 }

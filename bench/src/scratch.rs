@@ -7,7 +7,7 @@
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use chatq_common::settings::DatabaseSettings;
+use chatq_common::settings::{DatabasePooler, DatabaseSettings};
 use chatq_common::settings::{Namespace, SettingValue as _};
 use chatq_common::topology::Topology;
 use futures::TryStreamExt as _;
@@ -45,13 +45,14 @@ impl Scratch {
         let settings = DatabaseSettings {
             url: SecretString::from(database_url.clone()),
             max_connections: BENCH_POOL_SIZE,
+            pooler: DatabasePooler::None,
         };
         let pool = chatq_common::db::connect(&settings).await?;
         chatq_common::db::migrate(&pool).await?;
         let namespace = Namespace::parse_setting(&format!("cqbench{suffix}"))
             .map_err(|reason| anyhow::anyhow!("bad scratch namespace: {reason}"))?;
         let topology = Topology::for_namespace(&namespace);
-        let nats = chatq_common::nats::connect(&services.nats_url, "bench").await?;
+        let nats = chatq_common::nats::connect(&services.nats_servers()?, "bench").await?;
         let jetstream = jetstream::new(nats.clone());
         Ok(Self {
             database,

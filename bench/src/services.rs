@@ -14,6 +14,7 @@ pub struct Services {
     /// The chatq executable every process of the system under test is started from.
     pub chatq: PathBuf,
     pub postgres_url: String,
+    /// `--nats-url`: one server, or several separated by commas (a cluster).
     pub nats_url: String,
     pub extra_env: Vec<(String, String)>,
     pub keep_logs: bool,
@@ -46,6 +47,18 @@ impl Services {
             extra_env,
             keep_logs: args.keep_logs,
         })
+    }
+}
+
+impl Services {
+    /// `--nats-url`, parsed as chatq parses `CHATQ_NATS_URL`.
+    ///
+    /// # Errors
+    /// A URL that is not a NATS server's.
+    pub fn nats_servers(&self) -> anyhow::Result<chatq_common::settings::NatsServers> {
+        self.nats_url
+            .parse()
+            .map_err(|reason| anyhow::anyhow!("--nats-url {:?}: {reason}", self.nats_url))
     }
 }
 

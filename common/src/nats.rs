@@ -1,17 +1,24 @@
 //! Connecting to NATS. The client reconnects on its own after a connection is lost; these logs
 //! say when that happens, so an operator can match a gap in service to its cause.
+//!
+//! On a cluster the client starts from the servers `CHATQ_NATS_URL` names (any that answers will
+//! do), adds the servers the cluster announces, and after losing its server reconnects to another
+//! one: the first retry is immediate, later ones back off up to a few seconds.
 
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event};
 
+use crate::settings::NatsServers;
+
 /// Why NATS could not be reached at start-up.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "cannot reach NATS at {url} (is nats-server running with JetStream? `scripts/up` starts one)"
+    "cannot reach NATS at {servers} (is nats-server running with JetStream? `scripts/up` starts one)"
 )]
 pub struct NatsConnectError {
-    pub url: String,
+    /// The servers tried, passwords hidden.
+    pub servers: String,
     #[source]
     pub source: async_nats::ConnectError,
 }
@@ -20,7 +27,7 @@ pub struct NatsConnectError {
 ///
 /// # Errors
 /// The server is unreachable or refuses the connection.
-pub async fn connect(url: &str, role: &str) -> Result<Client, NatsConnectError> {
+pub async fn connect(servers: &NatsServers, role: &str) -> Result<Client, NatsConnectError> {
     let role = role.to_owned();
     ConnectOptions::new()
         .name(format!("chatq-{role}"))
@@ -42,10 +49,10 @@ pub async fn connect(url: &str, role: &str) -> Result<Client, NatsConnectError> 
                 }
             }
         })
-        .connect(url)
+        .connect(servers.addrs())
         .await
         .map_err(|source| NatsConnectError {
-            url: url.to_owned(),
+            servers: servers.to_string(),
             source,
         })
 }

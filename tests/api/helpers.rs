@@ -10,6 +10,9 @@
     reason = "each test file uses a different part of the harness"
 )]
 
+#[path = "../support/pgbouncer.rs"]
+mod pgbouncer;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use chatq_ingress::Application;
 use chatq_mock_llm::{MockConfig, MockLlm};
 use chatq_workers::Worker;
 use futures::TryStreamExt;
+pub use pgbouncer::{PgBouncer, host_and_port};
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -44,6 +48,18 @@ pub fn database_url(name: &str) -> String {
         .rsplit_once('/')
         .map_or(admin.as_str(), |(base, _)| base);
     format!("{base}/{name}")
+}
+
+/// Creates the database `name` on the test server.
+pub async fn create_database(name: &str) {
+    let mut admin = PgConnection::connect(&admin_database_url())
+        .await
+        .expect("the test Postgres is reachable");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("the test database is created");
+    admin.close().await.unwrap();
 }
 
 /// A fresh name, unique across parallel tests and runs.
@@ -107,7 +123,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     settings.ingress.http_addr = "127.0.0.1:0".parse().unwrap();
     settings.database.url = SecretString::from(database_url(&database));
     settings.database.max_connections = 10;
-    settings.nats.url = nats_url();
+    settings.nats.url = nats_url().parse().expect("CQTEST_NATS_URL is a NATS URL");
     settings.nats.namespace = SettingValue::parse_setting(&unique("cqt")).unwrap();
     // JetStream reserves a stream's max_bytes up front; many tests at once must fit.
     settings.nats.events_max_bytes = 16 * 1024 * 1024;

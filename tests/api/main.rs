@@ -24,6 +24,8 @@ mod lanes;
 mod lifecycle;
 mod listing;
 mod rename;
+mod pooler;
+mod retention;
 mod tenancy;
 mod traces;
 mod web;

@@ -20,7 +20,7 @@ fn quick_provider() -> MockConfig {
 
 /// The most requests that reached the provider in any one-second window, among arrivals (ms,
 /// ascending).
-fn busiest_second(arrivals: &[u64]) -> usize {
+pub(crate) fn busiest_second(arrivals: &[u64]) -> usize {
     let mut most = 0;
     let mut end = 0;
     for (start, at) in arrivals.iter().enumerate() {
@@ -43,7 +43,7 @@ async fn workers(stack: &Stack) -> Vec<Value> {
 }
 
 /// Waits until exactly `n` workers are alive and every one of them counts `n`.
-async fn wait_for_fleet(stack: &Stack, n: usize) -> Duration {
+pub(crate) async fn wait_for_fleet(stack: &Stack, n: usize) -> Duration {
     let started = Instant::now();
     stack
         .wait_until(

@@ -14,6 +14,8 @@
 //! - [`ingress`]: an ingress crashing between recording and publishing; draining on SIGTERM.
 //! - [`provider`]: 429/500 storms, `Retry-After`, dead letters, an untrusted provider.
 //! - [`lifecycle`]: cancellation and deadlines.
+//! - [`cluster`]: a node of a 3-node JetStream cluster (the meta leader, the jobs stream's
+//!   leader) killed mid-run and brought back.
 //! - [`fleet`]: provider limits held by a fleet of 1, 2 and 4 worker processes, a worker's death,
 //!   and a limit nobody configured.
 //! - [`ops`]: the operations kit (deploy/) against a running ingress and worker: the rules and
@@ -31,6 +33,7 @@
 mod harness;
 mod ledger;
 
+mod cluster;
 mod fleet;
 mod ingress;
 mod lifecycle;

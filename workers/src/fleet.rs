@@ -14,7 +14,7 @@
 //! then its capacity goes unused, never used twice.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use chatq_common::heartbeat::WorkerStatus;
@@ -93,6 +93,8 @@ pub struct Fleet {
     /// This worker's job slots: how many jobs it runs decides which concurrency leases it can
     /// give back.
     slots: Slots,
+    /// When a heartbeat or a listing of the fleet last failed.
+    last_failure: Option<Instant>,
 }
 
 impl Fleet {
@@ -129,6 +131,7 @@ impl Fleet {
             leases,
             grants: watch::channel(first).0,
             slots,
+            last_failure: None,
         })
     }
 
@@ -194,23 +197,55 @@ impl Fleet {
         });
     }
 
-    async fn beat(&self, status: &WorkerStatus) {
+    /// A heartbeat and a new look at the fleet. A heartbeat or a listing that fails (NATS
+    /// unreachable, a JetStream leader election under way) or does not answer within a heartbeat
+    /// changes nothing: the fleet stays as last seen, so no worker's share moves because NATS
+    /// hiccuped, and the next heartbeat tries again. (A worker whose heartbeats keep failing for
+    /// three heartbeats drops out of the others' view; its leases, not the view, bound what it
+    /// sends meanwhile.)
+    ///
+    /// For the same reason, for three heartbeats after one failed, a listing may add workers but
+    /// not drop any: while NATS could not take this worker's heartbeats (a JetStream cluster
+    /// electing leaders can take ten seconds and more), it could not take the others' either, and
+    /// their keys may have expired although they are alive. Within three heartbeats they are
+    /// listed again; one that really died is dropped then.
+    async fn beat(&mut self, status: &WorkerStatus) {
+        if tokio::time::timeout(self.every, self.beat_once(status))
+            .await
+            .is_err()
+        {
+            self.last_failure = Some(Instant::now());
+            tracing::warn!(
+                "the heartbeat took longer than a heartbeat; keeping the fleet as last seen"
+            );
+        }
+    }
+
+    async fn beat_once(&mut self, status: &WorkerStatus) {
         let Ok(value) = serde_json::to_vec(status) else {
             return;
         };
         if let Err(err) = self.store.put(&self.key, value.into()).await {
+            self.last_failure = Some(Instant::now());
             tracing::warn!(error = %err, "could not publish this worker's heartbeat");
             return;
         }
         let keys: Result<Vec<String>, _> = match self.store.keys().await {
             Ok(keys) => keys.try_collect().await,
             Err(err) => {
+                self.last_failure = Some(Instant::now());
                 tracing::warn!(error = %err, "could not list the fleet");
                 return;
             }
         };
         match keys {
-            Ok(keys) => {
+            Ok(mut keys) => {
+                let recovering = self
+                    .last_failure
+                    .is_some_and(|at| at.elapsed() < self.every * 3);
+                if recovering {
+                    keys.extend(self.membership.borrow().members.iter().cloned());
+                }
                 let next = Membership::from_members(keys, &self.key);
                 self.membership.send_if_modified(|current| {
                     if *current == next {
@@ -221,7 +256,10 @@ impl Fleet {
                     true
                 });
             }
-            Err(err) => tracing::warn!(error = %err, "could not list the fleet"),
+            Err(err) => {
+                self.last_failure = Some(Instant::now());
+                tracing::warn!(error = %err, "could not list the fleet");
+            }
         }
     }
 }

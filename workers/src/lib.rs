@@ -17,6 +17,8 @@
 //! - [`events`]: publishing a job's events while it runs.
 //! - [`reconciler`]: rebuilding the JetStream queue from Postgres (unpublished jobs, a lost
 //!   stream, jobs of dead workers, copies lost while the stream survived).
+//! - [`retention`]: the sweep that deletes finished jobs, dead letters and idle conversations
+//!   once they have been kept long enough.
 //! - [`fleet`]: heartbeats in a NATS KV bucket, so each worker knows the fleet, and the lease
 //!   rounds that follow them.
 //! - [`leases`]: capacity leases: the fleet-wide limits cut into units a worker holds before it
@@ -40,6 +42,7 @@ pub mod process;
 pub mod prompt;
 pub mod provider;
 pub mod reconciler;
+pub mod retention;
 pub mod slots;
 pub mod worker;
 pub mod writes;

@@ -11,6 +11,8 @@ pub mod jobs;
 pub mod keys;
 pub mod messages;
 pub mod operators;
+mod pooled;
+pub mod retention;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use crate::settings::DatabaseSettings;
+use crate::settings::{DatabasePooler, DatabaseSettings};
 
 /// Every migration in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -46,7 +48,8 @@ pub enum DbError {
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
-/// Connects to the database, creating it first if it does not exist.
+/// Connects to the database, creating it first if it does not exist (directly connected only:
+/// through a transaction pooler it must exist already).
 ///
 /// # Errors
 /// The URL is invalid, the server is unreachable, or the database cannot be created.
@@ -56,10 +59,28 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::InvalidUrl)?
         .application_name("chatq");
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(10));
+    let pool = match settings.pooler {
+        DatabasePooler::None => {
+            create_if_missing(url, &shown).await?;
+            pool.min_connections(1).connect_with(options).await
+        }
+        DatabasePooler::Transaction => {
+            pooled::options(pool)
+                .connect_with(pooled::connect_options(options))
+                .await
+        }
+    };
+    pool.map_err(|source| DbError::Connect { url: shown, source })
+}
+
+async fn create_if_missing(url: &str, shown: &str) -> Result<(), DbError> {
     let exists = Postgres::database_exists(url)
         .await
         .map_err(|source| DbError::Connect {
-            url: shown.clone(),
+            url: shown.to_owned(),
             source,
         })?;
     if !exists {
@@ -68,27 +89,51 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
             // Another replica may have created it in the meantime.
             let created_elsewhere = Postgres::database_exists(url).await.unwrap_or(false);
             if !created_elsewhere {
-                return Err(DbError::Create { url: shown, source });
+                return Err(DbError::Create {
+                    url: shown.to_owned(),
+                    source,
+                });
             }
         }
     }
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .map_err(|source| DbError::Connect { url: shown, source })
+    Ok(())
 }
 
-/// Applies pending migrations. Several replicas may call this at once: the migrator holds a
-/// Postgres advisory lock while it runs, so exactly one applies each migration.
+/// Applies pending migrations. Several replicas may call this at once, directly or through a
+/// pooler in transaction mode (PgBouncer): everything happens in one transaction that first takes
+/// a transaction-scoped advisory lock on this database, so the others wait, then find the work
+/// done. (sqlx's own lock is session-scoped: through a transaction pooler its unlock can land on
+/// another server connection than its lock, and the lock would stay held.) Postgres DDL is
+/// transactional, so a failed migration leaves nothing half-applied.
 ///
 /// # Errors
 /// A migration fails, or an applied migration was edited after it was released.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await.map_err(DbError::Migrate)
+    let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    migrator.set_locking(false);
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(|err| DbError::Migrate(err.into()))?;
+    sqlx::query!(
+        r#"SELECT true AS "locked!" FROM pg_advisory_xact_lock($1, hashtext(current_database()))"#,
+        MIGRATION_LOCK_CLASS
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|err| DbError::Migrate(err.into()))?;
+    migrator
+        .run_direct(None, &mut *tx, false)
+        .await
+        .map_err(DbError::Migrate)?;
+    tx.commit()
+        .await
+        .map_err(|err| DbError::Migrate(err.into()))
 }
+
+/// The first key of the advisory lock `migrate` takes (the second is the database's name, hashed):
+/// "cqmg" in ASCII, so it is recognisable in `pg_locks`.
+const MIGRATION_LOCK_CLASS: i32 = 0x6371_6d67;
 
 /// Whether `err` is a unique violation of the named constraint or index.
 pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {

@@ -32,7 +32,9 @@ use secrecy::{ExposeSecret, SecretString};
 pub use self::flags::SettingsFlags;
 use self::layers::Layers;
 pub use self::layers::{SettingsError, Source};
-pub use self::values::{LogFormat, Namespace, ProviderKind, SettingValue, redact_url};
+pub use self::values::{
+    DatabasePooler, LogFormat, Namespace, NatsServers, ProviderKind, SettingValue, redact_url,
+};
 
 /// One setting, as documented in `--help` and the README.
 #[derive(Debug, Clone, Copy)]
@@ -161,11 +163,13 @@ settings! {
         url / database_url: SecretString = "postgres://postgres@127.0.0.1:5432/chatq";
         /// Most Postgres connections one process opens.
         max_connections / database_max_connections: u32 = "32";
+        /// What sits between chatq and Postgres: `none` (or a pooler in session mode), or `transaction` for a pooler in transaction mode (PgBouncer's `pool_mode = transaction`), which only `chatq migrate` and `chatq keys` support; the database must then exist already.
+        pooler / database_pooler: DatabasePooler = "none";
     }
     /// NATS and the JetStream topology: streams, consumers, how jobs are delivered.
     nats: NatsSettings {
-        /// NATS server URL (JetStream must be enabled).
-        url / nats_url: String = "nats://127.0.0.1:4222";
+        /// NATS server URL, or several separated by commas (the seeds of a cluster: `nats://n1:4222,nats://n2:4222`); JetStream must be enabled.
+        url / nats_url: NatsServers = "nats://127.0.0.1:4222";
         /// Prefix of every stream, subject, consumer and bucket, so deployments or test runs can share one NATS.
         namespace: Namespace = "chatq";
         /// Copies JetStream keeps of each chatq stream (1 for a single server; 3 on a 3-node cluster).
@@ -252,6 +256,19 @@ settings! {
         reconcile_audit_secs: u64 = "60";
         /// Seconds a stopping worker has to finish what it holds before handing the rest back.
         shutdown_grace_secs: u64 = "30";
+    }
+    /// How long finished work is kept in Postgres; a background sweep in every worker deletes the rest, in small batches.
+    retention: RetentionSettings {
+        /// Seconds a job that ended `succeeded`, `cancelled` or `expired` is kept after it ended (its messages stay with their conversation); `unlimited` keeps them all.
+        finished_jobs_secs / retention_finished_jobs_secs: Option<u64> = "2592000";
+        /// Seconds a dead letter (a job that ended `failed`) is kept after it failed; `unlimited` keeps them all.
+        dead_letters_secs / retention_dead_letters_secs: Option<u64> = "2592000";
+        /// Seconds a conversation may go without a message before it is deleted with its messages and jobs (never while a job of it is queued or running); `unlimited` keeps every conversation.
+        idle_conversations_secs / retention_idle_conversations_secs: Option<u64> = "unlimited";
+        /// Seconds between retention sweeps.
+        sweep_interval_secs / retention_sweep_interval_secs: u64 = "60";
+        /// Most rows one sweep deletes in one statement; a sweep repeats batches until nothing expired is left.
+        sweep_batch / retention_sweep_batch: u32 = "500";
     }
     /// The simulated provider (`CHATQ_PROVIDER=simulated`).
     simulated: SimulatedSettings {

@@ -124,3 +124,55 @@ fn every_setting_has_one_key_and_belongs_to_one_group() {
     assert_eq!(settings.database.max_connections, 7);
     assert_eq!(settings.simulated.tokens, 3);
 }
+
+#[test]
+fn nats_url_takes_several_servers() {
+    let settings = Settings::from_sources(
+        None,
+        env(&[("CHATQ_NATS_URL", "nats://n1:4222, nats://n2:4223,n3")]),
+        &SettingsFlags::default(),
+    )
+    .unwrap();
+    let ports: Vec<_> = settings
+        .nats
+        .url
+        .addrs()
+        .iter()
+        .map(|addr| (addr.host().to_owned(), addr.port()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("n1".to_owned(), 4222),
+            ("n2".to_owned(), 4223),
+            ("n3".to_owned(), 4222)
+        ]
+    );
+    assert_eq!(
+        settings.nats.url.to_string(),
+        "nats://n1:4222,nats://n2:4223,n3"
+    );
+}
+
+#[test]
+fn a_bad_nats_url_names_itself() {
+    for (value, reason) in [
+        (
+            "nats://n1:4222,nats://n2:42x2",
+            "`nats://n2:42x2` is not a NATS server URL",
+        ),
+        ("nats://n1:4222,,nats://n2:4222", "separated by commas"),
+        ("http://n1:4222", "invalid scheme"),
+        ("nats://n1:99999", "not a NATS server URL"),
+    ] {
+        let err = Settings::from_sources(
+            None,
+            env(&[("CHATQ_NATS_URL", value)]),
+            &SettingsFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("CHATQ_NATS_URL"), "{err}");
+        assert!(err.contains(reason), "{value}: {err}");
+    }
+}

@@ -64,6 +64,26 @@ impl SettingValue for ProviderKind {
     }
 }
 
+/// What sits between chatq and Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabasePooler {
+    /// Nothing, or a pooler in session mode: a connection is one Postgres session.
+    None,
+    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`): consecutive
+    /// transactions of one connection may run in different Postgres sessions.
+    Transaction,
+}
+
+impl SettingValue for DatabasePooler {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "none" => Ok(Self::None),
+            "transaction" => Ok(Self::Transaction),
+            _ => Err("expected `none` or `transaction`".into()),
+        }
+    }
+}
+
 /// How logs are written: for people at a terminal, or for a log pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -109,6 +129,60 @@ impl SettingValue for Namespace {
         } else {
             Err("use 1 to 32 characters among a-z, 0-9 and _".into())
         }
+    }
+}
+
+/// The NATS servers to start from: one URL, or several separated by commas
+/// (`nats://n1:4222,nats://n2:4222`). The client tries them in turn, learns the other members of a
+/// cluster from the server it reaches, and reconnects to any of them when its server goes away, so
+/// naming more than one only matters when the first one named may be down at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsServers {
+    /// As written, for logs and errors.
+    urls: Vec<String>,
+    /// The same, parsed; never empty.
+    addrs: Vec<async_nats::ServerAddr>,
+}
+
+impl NatsServers {
+    /// The parsed addresses, for `ConnectOptions::connect`.
+    pub fn addrs(&self) -> &[async_nats::ServerAddr] {
+        &self.addrs
+    }
+}
+
+impl fmt::Display for NatsServers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted: Vec<String> = self.urls.iter().map(|url| redact_url(url)).collect();
+        f.write_str(&redacted.join(","))
+    }
+}
+
+impl std::str::FromStr for NatsServers {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut urls = Vec::new();
+        let mut addrs = Vec::new();
+        for url in text.split(',').map(str::trim) {
+            if url.is_empty() {
+                return Err("expected one or more NATS URLs separated by commas, \
+                     e.g. `nats://n1:4222,nats://n2:4222`"
+                    .into());
+            }
+            let addr = url
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|err| format!("`{}` is not a NATS server URL: {err}", redact_url(url)))?;
+            urls.push(url.to_owned());
+            addrs.push(addr);
+        }
+        Ok(Self { urls, addrs })
+    }
+}
+
+impl SettingValue for NatsServers {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        text.parse()
     }
 }
 

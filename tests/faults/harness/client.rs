@@ -2,6 +2,8 @@
 //! 429), after `Retry-After` when it is given, and sends every message with an `Idempotency-Key`,
 //! so a retried send never makes a second job. That is the client the guarantees are made to.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,6 +18,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     key: String,
+    /// 503 answers this client (and its clones) got: with `Retry-After`, and without.
+    unavailable: Arc<[AtomicU64; 2]>,
 }
 
 /// A message the service accepted (answered 202, or 200 for a replay).
@@ -37,6 +41,7 @@ impl Client {
                 .unwrap(),
             base: base.to_owned(),
             key: key.to_owned(),
+            unavailable: Arc::default(),
         }
     }
 
@@ -45,6 +50,14 @@ impl Client {
             key: key.to_owned(),
             ..self.clone()
         }
+    }
+
+    /// How many 503 answers were retried: (with `Retry-After`, without).
+    pub fn unavailable(&self) -> (u64, u64) {
+        (
+            self.unavailable[0].load(Ordering::Relaxed),
+            self.unavailable[1].load(Ordering::Relaxed),
+        )
     }
 
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
@@ -71,6 +84,10 @@ impl Client {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u64>().ok())
                         .map(Duration::from_secs);
+                    if status == StatusCode::SERVICE_UNAVAILABLE {
+                        let counter = usize::from(retry_after.is_none());
+                        self.unavailable[counter].fetch_add(1, Ordering::Relaxed);
+                    }
                     let headers = response.headers().clone();
                     let body: Value = response.json().await.unwrap_or(Value::Null);
                     if status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub use self::client::Client;
-pub use self::processes::{ChatqProcess, NatsServer, PgCluster, spare_port};
+pub use self::processes::{ChatqProcess, NatsServer, PgCluster, meta_leader, spare_port};
 
 /// Settings every scenario shares: short timings, so faults heal in seconds.
 const FAST_SETTINGS: &[(&str, &str)] = &[
@@ -54,7 +54,10 @@ pub struct Stack {
     pub name: String,
     /// Logs and the NATS store.
     pub dir: PathBuf,
+    /// The nats-server, or the first node of the cluster.
     pub nats: NatsServer,
+    /// The other nodes of the cluster (none for a single server).
+    pub nats_peers: Vec<NatsServer>,
     pub postgres: PgCluster,
     /// This stack's database, for checking the ledger.
     pub pool: PgPool,
@@ -73,12 +76,27 @@ pub struct Stack {
 impl Stack {
     /// Starts NATS, the database, the ingress and `options.workers` workers.
     pub async fn start(name: &str, options: StackOptions) -> Self {
+        Self::start_on_nats(name, 1, options).await
+    }
+
+    /// As [`Stack::start`], on a JetStream cluster of `nats_nodes` servers (one: a single
+    /// server); every chatq process is given every node's URL.
+    pub async fn start_on_nats(name: &str, nats_nodes: usize, options: StackOptions) -> Self {
         let unique = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("faults")
             .join(format!("{name}-{unique}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let nats = NatsServer::start(&dir).await;
+        let mut nats_peers = if nats_nodes > 1 {
+            NatsServer::start_cluster(&dir, nats_nodes).await
+        } else {
+            vec![NatsServer::start(&dir).await]
+        };
+        let nats = nats_peers.remove(0);
+        let nats_urls = std::iter::once(&nats)
+            .chain(&nats_peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>();
         let postgres = PgCluster::start(&format!("cqfault-pg-{unique}")).await;
         let database_url = postgres.url("chatq");
         let mock = MockLlm::start("127.0.0.1:0".parse().unwrap(), options.mock)
@@ -93,7 +111,7 @@ impl Stack {
         env.extend([
             ("CHATQ_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
             ("CHATQ_DATABASE_URL".into(), database_url.clone()),
-            ("CHATQ_NATS_URL".into(), nats.url()),
+            ("CHATQ_NATS_URL".into(), nats_urls.join(",")),
             ("CHATQ_NAMESPACE".into(), namespace.clone()),
             ("CHATQ_PROVIDER".into(), "openai".into()),
             ("CHATQ_PROVIDER_BASE_URL".into(), mock.base_url()),
@@ -136,7 +154,7 @@ impl Stack {
             .await
             .unwrap()
             .plaintext;
-        let nats_client = async_nats::connect(nats.url())
+        let nats_client = async_nats::connect(nats_urls.as_slice())
             .await
             .expect("the test connects to its nats-server");
         let mut stack = Self {
@@ -144,6 +162,7 @@ impl Stack {
             client: Client::new(&format!("http://127.0.0.1:{http_port}"), &key),
             dir,
             nats,
+            nats_peers,
             postgres,
             pool,
             jetstream: async_nats::jetstream::new(nats_client),
@@ -195,6 +214,21 @@ impl Stack {
     /// The ingress's base URL, e.g. `http://127.0.0.1:41234`.
     pub fn ingress_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The nats-server (or cluster node) named `name`.
+    pub fn nats_node(&mut self, name: &str) -> &mut NatsServer {
+        std::iter::once(&mut self.nats)
+            .chain(&mut self.nats_peers)
+            .find(|node| node.name == name)
+            .unwrap_or_else(|| panic!("no nats-server named {name}"))
+    }
+
+    /// Every nats-server of the stack.
+    pub fn nats_nodes(&self) -> Vec<&NatsServer> {
+        std::iter::once(&self.nats)
+            .chain(&self.nats_peers)
+            .collect()
     }
 
     /// The ingress, which must be running.
@@ -268,6 +302,9 @@ impl Stack {
             ingress.sigkill().await;
         }
         self.nats.kill().await;
+        for node in &mut self.nats_peers {
+            node.kill().await;
+        }
         self.pool.close().await;
         // Dropping the cluster stops it and removes its files.
         drop(self.postgres);

@@ -69,46 +69,102 @@ fn nats_server_binary() -> PathBuf {
     path
 }
 
-/// A nats-server with JetStream on a spare port, storing in a directory of its own.
+/// A nats-server with JetStream on a spare port, storing in a directory of its own; alone, or
+/// one node of a cluster ([`NatsServer::start_cluster`]).
 pub struct NatsServer {
+    /// Its `server_name`, as the cluster's monitoring endpoints name it.
+    pub name: String,
     pub port: u16,
+    /// The monitoring port (`/varz`, `/jsz`).
+    pub monitor_port: u16,
     pub store: PathBuf,
     log: PathBuf,
+    /// For a cluster node: its route port, and every node's route port (its own included).
+    cluster: Option<(u16, Vec<u16>)>,
     child: Option<Child>,
 }
 
 impl NatsServer {
     pub async fn start(dir: &Path) -> Self {
-        let mut server = Self {
-            port: spare_port(),
-            store: dir.join("nats-store"),
-            log: dir.join("nats-server.log"),
-            child: None,
-        };
+        let mut server = Self::new(dir, "nats-server", None);
         server.restart().await;
         server
+    }
+
+    /// Starts `nodes` servers routed to each other as one JetStream cluster, and waits until it
+    /// has elected a meta leader.
+    pub async fn start_cluster(dir: &Path, nodes: usize) -> Vec<Self> {
+        let route_ports: Vec<u16> = (0..nodes).map(|_| spare_port()).collect();
+        let mut servers: Vec<Self> = route_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                Self::new(
+                    dir,
+                    &format!("nats-{}", i + 1),
+                    Some((*port, route_ports.clone())),
+                )
+            })
+            .collect();
+        for server in &mut servers {
+            server.restart().await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while meta_leader(&servers).await.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the NATS cluster elected no meta leader in 30 s; logs in {}",
+                dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        servers
+    }
+
+    fn new(dir: &Path, name: &str, cluster: Option<(u16, Vec<u16>)>) -> Self {
+        Self {
+            name: name.to_owned(),
+            port: spare_port(),
+            monitor_port: spare_port(),
+            store: dir.join(format!("{name}-store")),
+            log: dir.join(format!("{name}.log")),
+            cluster,
+            child: None,
+        }
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Starts the server again (same port, same store) if it is not running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts the server again (same ports, same store) if it is not running.
     pub async fn restart(&mut self) {
         if self.child.is_some() {
             return;
         }
         let (stdout, stderr) = log_file(&self.log);
-        let child = Command::new(nats_server_binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
+        let mut command = Command::new(nats_server_binary());
+        command
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-n", &self.name, "-m", &self.monitor_port.to_string()])
+            .args(["-js", "-sd"])
+            .arg(&self.store);
+        if let Some((port, routes)) = &self.cluster {
+            let routes: Vec<String> = routes
+                .iter()
+                .filter(|route| *route != port)
+                .map(|route| format!("nats-route://127.0.0.1:{route}"))
+                .collect();
+            command
+                .args(["--cluster_name", "chatq"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{port}")])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let child = command
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true)
@@ -117,6 +173,16 @@ impl NatsServer {
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         wait_for_port(addr, "nats-server", &self.log).await;
+    }
+
+    /// `/jsz` of this server's monitoring endpoint (`query` added), or `None` while it does not
+    /// answer.
+    pub async fn jsz(&self, query: &str) -> Option<serde_json::Value> {
+        // reqwest is built without a default TLS backend; installing twice is harmless.
+        drop(rustls::crypto::ring::default_provider().install_default());
+        let url = format!("http://127.0.0.1:{}/jsz?{query}", self.monitor_port);
+        let response = reqwest::get(url).await.ok()?;
+        response.json().await.ok()
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
@@ -134,6 +200,19 @@ impl NatsServer {
         );
         std::fs::remove_dir_all(&self.store).expect("the store can be removed");
     }
+}
+
+/// The name of the cluster's meta leader, as the first running node that knows it says.
+pub async fn meta_leader<'a>(servers: impl IntoIterator<Item = &'a NatsServer>) -> Option<String> {
+    for server in servers.into_iter().filter(|server| server.is_running()) {
+        if let Some(jsz) = server.jsz("").await
+            && let Some(leader) = jsz["meta_cluster"]["leader"].as_str()
+            && !leader.is_empty()
+        {
+            return Some(leader.to_owned());
+        }
+    }
+    None
 }
 
 /// A chatq role (`ingress`, `worker`, ...) run from the binary under test.

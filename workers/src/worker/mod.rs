@@ -32,6 +32,7 @@ use crate::limits::{LimitedProvider, ProviderLimits};
 use crate::process::JobContext;
 use crate::provider::{self, Provider};
 use crate::reconciler::Reconciler;
+use crate::retention::Sweeper;
 use crate::writes::JobWrites;
 
 use self::pull::{MAX_PULL, acquire};
@@ -42,6 +43,7 @@ pub struct Worker {
     ctx: Arc<JobContext>,
     consumers: Vec<(Lane, PullConsumer)>,
     reconciler: Reconciler,
+    sweeper: Sweeper,
     /// This worker's share of the provider limits; its slots bound how many jobs it runs.
     limits: Arc<ProviderLimits>,
     /// Taken by `run_until_stopped`, which heartbeats until shutdown.
@@ -135,10 +137,12 @@ impl Worker {
             cancels: Arc::new(CancelSwitches::default()),
         });
         let reconciler = Reconciler::new(ctx.clone());
+        let sweeper = Sweeper::new(ctx.pool.clone(), settings.retention.clone());
         Ok(Self {
             ctx,
             consumers,
             reconciler,
+            sweeper,
             limits,
             fleet: Some(fleet),
             processed: Arc::default(),
@@ -185,6 +189,11 @@ impl Worker {
         ));
         background.spawn(
             self.reconciler
+                .clone()
+                .run_until_stopped(background_stop.clone()),
+        );
+        background.spawn(
+            self.sweeper
                 .clone()
                 .run_until_stopped(background_stop.clone()),
         );
@@ -249,7 +258,7 @@ impl Worker {
             hand_back.cancel();
             jobs.wait().await;
         }
-        // Phase 4: stop listening for cancels, reconciling and heartbeating (the fleet forgets
+        // Phase 4: stop listening for cancels, reconciling, sweeping and heartbeating (the fleet forgets
         // this worker now, and the others take over its share).
         background_stop.cancel();
         background.close();

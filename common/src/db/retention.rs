@@ -1,0 +1,97 @@
+//! Retention: deleting what has been kept long enough, a bounded batch at a time.
+//!
+//! Each function deletes at most `batch` rows in one short statement and returns how many it
+//! deleted; the sweep (`chatq_workers::retention`) calls it again until a batch comes back short.
+//! Rows another transaction holds are skipped (`FOR UPDATE SKIP LOCKED`), so a sweep never waits
+//! on the hot path, and the hot path waits on a sweep for one small batch at most. A job that is
+//! `queued` or `running` is never deleted, whatever its age: not by the job sweeps, which only
+//! look at finished statuses, and not with its conversation, which is kept while it has one.
+
+use sqlx::PgPool;
+
+/// Deletes up to `batch` jobs that ended `succeeded`, `cancelled` or `expired` more than
+/// `older_than_secs` ago. Their messages stay in their conversation.
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_finished_jobs(
+    pool: &PgPool,
+    older_than_secs: f64,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "DELETE FROM jobs
+          WHERE id IN (SELECT id FROM jobs
+                        WHERE status IN ('succeeded', 'cancelled', 'expired')
+                          AND finished_at < now() - make_interval(secs => $1)
+                        ORDER BY finished_at
+                        LIMIT $2
+                          FOR UPDATE SKIP LOCKED)",
+        older_than_secs,
+        batch,
+    )
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Deletes up to `batch` dead letters (jobs that ended `failed`) that failed more than
+/// `older_than_secs` ago.
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_dead_letters(
+    pool: &PgPool,
+    older_than_secs: f64,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "DELETE FROM jobs
+          WHERE id IN (SELECT id FROM jobs
+                        WHERE status = 'failed'
+                          AND finished_at < now() - make_interval(secs => $1)
+                        ORDER BY finished_at
+                        LIMIT $2
+                          FOR UPDATE SKIP LOCKED)",
+        older_than_secs,
+        batch,
+    )
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Deletes up to `batch` conversations without a message for more than `idle_secs`, with their
+/// messages, feedback and jobs, unless one of their jobs is still queued or running.
+///
+/// A send to a conversation locks its row (it moves `last_activity_at`), so a send racing the
+/// sweep either comes first, and the conversation is no longer idle or is skipped, or waits for
+/// the deletion and finds the conversation gone (404).
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_idle_conversations(
+    pool: &PgPool,
+    idle_secs: f64,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "DELETE FROM conversations
+          WHERE id IN (SELECT c.id FROM conversations c
+                        WHERE c.last_activity_at < now() - make_interval(secs => $1)
+                          AND NOT EXISTS (SELECT 1 FROM jobs j
+                                           WHERE j.conversation_id = c.id
+                                             AND j.status IN ('queued', 'running'))
+                        ORDER BY c.last_activity_at
+                        LIMIT $2
+                          FOR UPDATE SKIP LOCKED)
+            AND NOT EXISTS (SELECT 1 FROM jobs j
+                             WHERE j.conversation_id = conversations.id
+                               AND j.status IN ('queued', 'running'))",
+        idle_secs,
+        batch,
+    )
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}
