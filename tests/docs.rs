@@ -172,8 +172,12 @@ fn every_chatq_variable_the_readme_names_is_a_setting() {
 
 #[test]
 fn names_are_found_as_whole_words() {
-    let names =
-        chatq_names("CHATQ_MODEL, `CHATQ_MODELS`, MY_CHATQ_X, CHATQ_*, CHATQ_<NAME> CHATQ_A_ CHATQ_B_*");
+    let names = chatq_names(
+        "CHATQ_MODEL, `CHATQ_MODELS`, MY_CHATQ_X, CHATQ_*, CHATQ_<NAME> CHATQ_A_ CHATQ_B_*",
+    );
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    assert_eq!(names, ["CHATQ_A", "CHATQ_B_*", "CHATQ_MODEL", "CHATQ_MODELS"]);
+    assert_eq!(
+        names,
+        ["CHATQ_A", "CHATQ_B_*", "CHATQ_MODEL", "CHATQ_MODELS"]
+    );
 }

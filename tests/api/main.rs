@@ -23,6 +23,7 @@ mod jobs;
 mod lanes;
 mod lifecycle;
 mod listing;
+mod surface;
 mod tenancy;
 mod traces;
 mod web;

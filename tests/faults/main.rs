@@ -16,6 +16,8 @@
 //! - [`lifecycle`]: cancellation and deadlines.
 //! - [`fleet`]: provider limits held by a fleet of 1, 2 and 4 worker processes, a worker's death,
 //!   and a limit nobody configured.
+//! - [`tool_calls`]: a worker killed while the provider streams tool calls: every client ends
+//!   with one whole answer.
 //! - [`traces`]: one trace per request in the JSON logs of an ingress and a worker, also for a
 //!   job the reconciler published after its ingress crashed.
 
@@ -27,6 +29,8 @@
 
 mod harness;
 mod ledger;
+#[path = "../api/sse.rs"]
+mod sse;
 
 mod fleet;
 mod ingress;
@@ -34,5 +38,6 @@ mod lifecycle;
 mod nats;
 mod postgres;
 mod provider;
+mod tool_calls;
 mod traces;
 mod workers;
