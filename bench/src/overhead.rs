@@ -20,7 +20,7 @@ use super::figures::Percentiles;
 use super::phase::{self, PhaseSummary};
 use super::services::Services;
 use super::stack::{MockPlan, Stack, StackPlan, with_stack};
-use super::traffic::{completions_load, job_ids};
+use super::traffic::{Answer, completions_load, job_ids};
 use super::{ledger, openloop};
 
 /// The design's targets for the added latency at 500 requests/s.
@@ -97,6 +97,7 @@ pub async fn run(
             rate,
             WARM_UP_SECS,
             false,
+            Answer::Text,
         );
         phase::run(warm, &watch, 200).await?;
         let through = completions_load(
@@ -106,6 +107,7 @@ pub async fn run(
             rate,
             seconds,
             false,
+            Answer::Text,
         );
         let (chatq, outcome) = phase::run(through, &watch, 200).await?;
         let direct = completions_load(
@@ -115,6 +117,7 @@ pub async fn run(
             rate,
             seconds,
             false,
+            Answer::Text,
         );
         let (direct, _) = phase::run(direct, &watch, 200).await?;
         stack.check_alive()?;

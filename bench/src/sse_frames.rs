@@ -74,11 +74,24 @@ fn parse_block(text: &str) -> Option<SseEvent> {
     has_field.then_some(event)
 }
 
-/// The text of a chat completion chunk's `choices[0].delta.content`, if it carries any: the role
-/// chunk that opens a stream has `content: ""`, which is not content.
+/// The text of a chat completion chunk's `choices[0].delta.content`, or the arguments of its
+/// first tool-call piece, if it carries either: the first piece of the answer. The role chunk
+/// that opens a stream has `content: ""`, which is not content.
 pub fn chunk_content(data: &str) -> Option<String> {
     let chunk: serde_json::Value = serde_json::from_str(data).ok()?;
-    let content = chunk["choices"][0]["delta"]["content"].as_str()?;
+    let delta = &chunk["choices"][0]["delta"];
+    if let Some(call) = delta["tool_calls"]
+        .as_array()
+        .and_then(|calls| calls.first())
+    {
+        return Some(
+            call["function"]["arguments"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    let content = delta["content"].as_str()?;
     (!content.is_empty()).then(|| content.to_owned())
 }
 
@@ -115,5 +128,7 @@ mod tests {
         assert_eq!(chunk_content(role), None);
         assert_eq!(chunk_content(token).as_deref(), Some(" queue"));
         assert_eq!(chunk_content("[DONE]"), None);
+        let call = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","function":{"name":"f","arguments":""}}]}}]}"#;
+        assert_eq!(chunk_content(call).as_deref(), Some(""));
     }
 }

@@ -78,17 +78,38 @@ pub fn messages_load(
     }
 }
 
+/// What the provider answers a planned completion with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Text,
+    /// A tool is offered: the mock answers with a call of it, its arguments streamed in pieces.
+    ToolCall,
+}
+
 /// `count` chat completion requests, each with a prompt of its own.
-pub fn chat_completions(count: usize, stream: bool) -> Vec<Planned> {
+pub fn chat_completions(count: usize, stream: bool, answer: Answer) -> Vec<Planned> {
     (0..count)
         .map(|index| {
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "model": MODEL,
                 "messages": [{"role": "user", "content": format!(
                     "Request {index}: summarise the plot of Moby-Dick in three sentences."
                 )}],
                 "stream": stream,
             });
+            if answer == Answer::ToolCall {
+                body["tools"] = serde_json::json!([{
+                    "type": "function",
+                    "function": {
+                        "name": "save_summary",
+                        "parameters": {"type": "object", "properties": {
+                            "title": {"type": "string"},
+                            "summary": {"type": "string"},
+                            "sentences": {"type": "integer"}
+                        }}
+                    }
+                }]);
+            }
             Planned {
                 method: Method::POST,
                 path: Uri::from_static("/v1/chat/completions"),
@@ -106,13 +127,14 @@ pub fn completions_load(
     rate: f64,
     seconds: f64,
     stream: bool,
+    answer: Answer,
 ) -> OpenLoop {
     let count = (rate * seconds).round().max(1.0) as usize;
     OpenLoop {
         label: label.into(),
         target,
         rate,
-        requests: chat_completions(count, stream),
+        requests: chat_completions(count, stream, answer),
         api_key: Some(stack.api_key.clone()),
         warm_connections: (rate / 5.0).ceil().clamp(4.0, 256.0) as usize,
         max_connections: 4_096,

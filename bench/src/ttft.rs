@@ -2,7 +2,9 @@
 //! to the provider, in the same run.
 //!
 //! Through chatq: `POST /v1/chat/completions` with `stream: true`, timed from sending the request
-//! to the first chunk that carries content (not the role chunk, which chatq sends at once).
+//! to the first chunk that carries content (not the role chunk, which chatq sends at once); then
+//! the same with a tool offered, timed to the first tool-call chunk, so streamed tool calls are
+//! compared with text.
 //! Direct: the same request to the mock's own `/v1/chat/completions`, timed the same way. Both
 //! run open loop at a moderate rate, so the figure is that of a working system, not of one
 //! request on an idle one. The difference is what chatq adds: recording the job, publishing it,
@@ -21,7 +23,7 @@ use super::ledger;
 use super::phase::{self, PhaseSummary};
 use super::services::Services;
 use super::stack::{MockPlan, Stack, StackPlan, with_stack};
-use super::traffic::{completions_load, job_ids};
+use super::traffic::{Answer, completions_load, job_ids};
 
 /// The design's target: provider TTFT + at most this, at p99.
 pub const TARGET_ADDED_MS: f64 = 5.0;
@@ -54,6 +56,12 @@ pub struct TtftResult {
     /// chatq's time to first content minus the direct one, at p50 and p99.
     pub added_p50_ms: f64,
     pub added_p99_ms: f64,
+    /// The same requests offered a tool, answered with a streamed call: time to the first
+    /// tool-call chunk.
+    pub tool_calls: PhaseSummary,
+    pub tool_calls_direct: PhaseSummary,
+    pub tool_calls_added_p50_ms: f64,
+    pub tool_calls_added_p99_ms: f64,
     /// Per job, `created_at` to `started_at`.
     pub job_wait_ms: Percentiles,
     /// Per job, the provider's TTFT as the worker timed it.
@@ -88,6 +96,7 @@ pub async fn run(
             ttft.rate,
             WARM_UP_SECS,
             true,
+            Answer::Text,
         );
         phase::run(warm, &watch, 200).await?;
         let through = completions_load(
@@ -97,6 +106,7 @@ pub async fn run(
             ttft.rate,
             ttft.seconds,
             true,
+            Answer::Text,
         );
         let (chatq, outcome) = phase::run(through, &watch, 200).await?;
         let direct = completions_load(
@@ -106,8 +116,30 @@ pub async fn run(
             ttft.rate,
             ttft.seconds,
             true,
+            Answer::Text,
         );
         let (direct, _) = phase::run(direct, &watch, 200).await?;
+        // The same, answered with a streamed tool call instead of text.
+        let tools_through = completions_load(
+            "ttft tool calls through chatq",
+            stack,
+            stack.ingress,
+            ttft.rate,
+            ttft.seconds,
+            true,
+            Answer::ToolCall,
+        );
+        let (tool_calls, _) = phase::run(tools_through, &watch, 200).await?;
+        let tools_direct = completions_load(
+            "ttft tool calls direct to the mock",
+            stack,
+            mock,
+            ttft.rate,
+            ttft.seconds,
+            true,
+            Answer::ToolCall,
+        );
+        let (tool_calls_direct, _) = phase::run(tools_direct, &watch, 200).await?;
         stack.check_alive()?;
 
         let job_ids = job_ids(
@@ -126,14 +158,22 @@ pub async fn run(
             chatq.first_content_ms.unwrap_or_default(),
             direct.first_content_ms.unwrap_or_default(),
         );
+        let (tools_through, tools_straight) = (
+            tool_calls.first_content_ms.unwrap_or_default(),
+            tool_calls_direct.first_content_ms.unwrap_or_default(),
+        );
         Ok(TtftResult {
             mock_ttft_ms: ttft.mock_ttft_ms,
             workers: args.workers,
             worker_concurrency: args.worker_concurrency,
             added_p50_ms: through.p50 - straight.p50,
             added_p99_ms: through.p99 - straight.p99,
+            tool_calls_added_p50_ms: tools_through.p50 - tools_straight.p50,
+            tool_calls_added_p99_ms: tools_through.p99 - tools_straight.p99,
             chatq,
             direct,
+            tool_calls,
+            tool_calls_direct,
             job_wait_ms: Percentiles::of_millis(&waits)?,
             job_provider_ttft_ms: Percentiles::of_millis(&provider)?,
             target_added_ms: TARGET_ADDED_MS,
@@ -160,6 +200,16 @@ impl TtftResult {
             out,
             "  added by chatq: p50 {:+.2} ms, p99 {:+.2} ms (target p99 ≤ +{} ms: {verdict})",
             self.added_p50_ms, self.added_p99_ms, self.target_added_ms
+        );
+        self.tool_calls.render(out);
+        self.tool_calls_direct.render(out);
+        let _ = writeln!(
+            out,
+            "  added by chatq to the first tool-call chunk: p50 {:+.2} ms, p99 {:+.2} ms (text above: p50 {:+.2}, p99 {:+.2})",
+            self.tool_calls_added_p50_ms,
+            self.tool_calls_added_p99_ms,
+            self.added_p50_ms,
+            self.added_p99_ms
         );
         let _ = writeln!(
             out,

@@ -68,14 +68,36 @@ pub struct GenerationParams {
     pub frequency_penalty: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Choices asked for (`n`); one when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
 }
 
-/// Token counts, as the provider reports them (or as estimated when it reports none).
+/// Token counts, as the provider reports them (or as estimated when it reports none), with the
+/// cached prompt tokens and the reasoning tokens when the provider reports those.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens the provider served from its prompt cache.
+    #[serde(default)]
+    pub cached_tokens: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    /// Completion tokens spent on reasoning the reply does not show.
+    #[serde(default)]
+    pub reasoning_tokens: u32,
 }
 
 impl Usage {
@@ -84,6 +106,8 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            prompt_tokens_details: None,
+            completion_tokens_details: None,
         }
     }
 }
@@ -92,4 +116,41 @@ impl Usage {
 /// provider reports real usage: about four characters a token for English text.
 pub fn estimate_tokens(text: &str) -> usize {
     text.chars().count().div_ceil(4)
+}
+
+/// The text of a chat completion request's messages, for what reads only text: token estimates
+/// and the simulated provider. Developer messages count as system, tool results as user; content
+/// parts other than text, and tool-call arguments, are counted as their JSON text.
+pub fn text_messages(body: &serde_json::Map<String, serde_json::Value>) -> Vec<ChatMessage> {
+    use serde_json::Value;
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return Vec::new();
+    };
+    messages
+        .iter()
+        .map(|message| {
+            let role = match message.get("role").and_then(Value::as_str) {
+                Some("system" | "developer") => Role::System,
+                Some("assistant") => Role::Assistant,
+                _ => Role::User,
+            };
+            let mut text = String::new();
+            match message.get("content") {
+                Some(Value::String(content)) => text.push_str(content),
+                Some(Value::Array(parts)) => {
+                    for part in parts {
+                        match part.get("text").and_then(Value::as_str) {
+                            Some(part_text) => text.push_str(part_text),
+                            None => text.push_str(&part.to_string()),
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if let Some(calls) = message.get("tool_calls") {
+                text.push_str(&calls.to_string());
+            }
+            ChatMessage::new(role, text)
+        })
+        .collect()
 }

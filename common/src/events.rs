@@ -68,10 +68,9 @@ pub struct Started {
     pub attempt: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Delta {
-    pub delta: String,
-}
+/// A piece of the reply: `{"delta": "Hel"}` for text, with `index`, `tool_calls`, `refusal`,
+/// `reasoning_content` or `logprobs` beside it when the answer has them.
+pub use crate::choices::ChoiceDelta as Delta;
 
 impl EventBody {
     /// The terminal event of a finished job: its kind follows the job's status.
@@ -221,7 +220,7 @@ mod tests {
     fn events_travel_as_id_event_and_data() {
         let event = JobEvent {
             id: 7,
-            body: EventBody::Delta(Delta { delta: "hi".into() }),
+            body: EventBody::Delta(Delta::text("hi")),
         };
         let json: serde_json::Value = serde_json::from_slice(&event.to_bytes()).unwrap();
         assert_eq!(

@@ -14,6 +14,8 @@
 //! - [`api_key`]: key format, generation and the hash that is stored.
 //! - [`batch`]: group commit: concurrent writes of one kind gathered into one statement.
 //! - [`chat`]: prompts, sampling parameters and usage, independent of any provider.
+//! - [`choices`]: the assistant's answer as OpenAI-shaped choices (text, tool calls, refusal,
+//!   reasoning, logprobs), streamed as deltas and put together again.
 //! - [`job`]: lanes, statuses, the stored request, the envelope published to JetStream, and the
 //!   public shape of a job ([`job::view`]).
 //! - [`events`]: the events a job emits while it runs, one typed contract between processes.
@@ -29,6 +31,7 @@
 pub mod api_key;
 pub mod batch;
 pub mod chat;
+pub mod choices;
 pub mod db;
 pub mod events;
 #[cfg(feature = "fault-injection")]

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 413: the body is larger than `max_request_bytes`.
     #[error("the request body is larger than the {limit}-byte limit")]
     PayloadTooLarge { limit: usize },
+    /// 413: one part of the request is over its own limit (inline media).
+    #[error("{message}")]
+    ContentTooLarge { message: String, param: String },
     /// 429: this key sent too many requests.
     #[error("{message}")]
     RateLimited {
@@ -94,7 +97,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::ContentTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,7 +115,9 @@ impl ApiError {
             ApiError::Forbidden(_) => "permission_error",
             ApiError::NotFound(_) => "not_found_error",
             ApiError::Conflict { .. } => "conflict_error",
-            ApiError::PayloadTooLarge { .. } => "request_too_large",
+            ApiError::PayloadTooLarge { .. } | ApiError::ContentTooLarge { .. } => {
+                "request_too_large"
+            }
             ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::Overloaded { .. } => "overloaded_error",
             ApiError::Internal(_) => "api_error",
@@ -123,6 +130,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => Some("invalid_api_key"),
             ApiError::Conflict { code, .. } => Some(code),
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
+            ApiError::ContentTooLarge { .. } => Some("content_too_large"),
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::Overloaded { .. } => Some("overloaded"),
             _ => None,
@@ -144,6 +152,7 @@ impl IntoResponse for ApiError {
         };
         let param = match &self {
             ApiError::InvalidRequest { param, .. } => param.clone(),
+            ApiError::ContentTooLarge { param, .. } => Some(param.clone()),
             _ => None,
         };
         let body = json!({

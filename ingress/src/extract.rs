@@ -27,6 +27,22 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
+/// A JSON object body read twice: as `T`, the fields chatq checks, and as sent, to be passed on
+/// without losing a field `T` does not name.
+#[derive(Debug)]
+pub struct JsonBodyAsSent<T>(pub T, pub serde_json::Map<String, serde_json::Value>);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBodyAsSent<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        let typed = parse_json(&bytes)?;
+        let sent = parse_json(&bytes)?;
+        Ok(JsonBodyAsSent(typed, sent))
+    }
+}
+
 /// A JSON body for a request whose fields are all optional: an empty body stands for `{}`.
 #[derive(Debug)]
 pub struct OptionalJsonBody<T>(pub T);

@@ -174,6 +174,7 @@ impl Application {
                 settings.ingress.sse_keepalive_secs.max(1),
             ),
             cancel_abandoned_completions: settings.ingress.cancel_abandoned_completions,
+            unknown_parameters: settings.ingress.unknown_parameters,
             tasks: background.clone(),
         };
         let request_id = HeaderName::from_static("x-request-id");

@@ -26,6 +26,9 @@ pub struct AppState {
     /// `cancel_abandoned_completions`: cancel a completion's job when its client goes away
     /// before the provider was called.
     pub cancel_abandoned_completions: bool,
+    /// `unknown_parameters`: refuse a chat completion parameter chatq does not know, or forward
+    /// it to the provider.
+    pub unknown_parameters: chatq_common::settings::UnknownParameters,
     /// Short background tasks a request leaves behind (a cancel after its client went away);
     /// shutdown waits for them.
     pub tasks: tokio_util::task::TaskTracker,

@@ -205,6 +205,7 @@ impl SamplingFields {
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             user: self.user,
+            n: None,
         })
     }
 }

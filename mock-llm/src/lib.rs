@@ -6,7 +6,8 @@
 //! chatq-workers (whose simulated provider's text it answers with), never the other way round.
 //!
 //! It answers `POST /v1/chat/completions` (JSON, or SSE with `stream: true`) with deterministic
-//! replies ([`reply`]), and `GET /v1/models`. Its behaviour is set at start-up and can be changed
+//! replies ([`answer`]: text, tool calls, JSON for a schema, several choices, logprobs), and
+//! `GET /v1/models`. Its behaviour is set at start-up and can be changed
 //! while it runs with `POST /control` (a JSON [`MockConfig`]), so one test can turn on a 429 storm
 //! or a stalled stream halfway through. It counts what it sees: `GET /stats` ([`MockStats`]) and
 //! `GET /requests` (the most recent request bodies).
@@ -15,9 +16,11 @@
 //!
 //! - this file: [`MockConfig`] (its flags double as `chatq mock-llm`'s), the [`Fault`]s it can
 //!   play, what it counts ([`MockStats`], [`RecordedRequest`]), and [`MockLlm`], a running server.
+//! - [`answer`]: what the mock answers a request with, decided from the request alone.
 //! - [`reply`]: the reply text and token counts, borrowed from the simulated provider.
 //! - `server`: the HTTP handlers: completions (JSON and SSE), faults, limits, stats, control.
 
+pub mod answer;
 pub mod reply;
 mod server;
 
@@ -128,6 +131,8 @@ pub struct MockStats {
 /// One recorded request: what a test checks the provider was asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedRequest {
+    /// The body exactly as received.
+    pub body: serde_json::Value,
     pub model: Option<String>,
     pub messages: Vec<RecordedMessage>,
     pub stream: bool,

@@ -10,12 +10,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chatq_common::chat::{ChatMessage, Role};
+use chatq_common::chat::ChatMessage;
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::{Value, json};
 
-use super::reply::{prompt_tokens, reply_tokens};
+use super::answer::{self, Piece, PlannedChoice};
+use super::reply::prompt_tokens;
 use super::{
     Fault, MAX_ARRIVALS, MAX_RECORDED, MockConfig, MockState, MockStats, RecordedMessage,
     RecordedRequest,
@@ -139,7 +140,7 @@ async fn chat_completions(State(state): State<Arc<MockState>>, body: Bytes) -> R
         state.with_stats(|s| s.failed += 1);
         return error(
             StatusCode::BAD_REQUEST,
-            "`messages` must be a list of {role, content}",
+            "`messages` must be a list of messages",
             None,
         );
     };
@@ -205,19 +206,32 @@ async fn chat_completions(State(state): State<Arc<MockState>>, body: Bytes) -> R
     } else {
         "stop"
     };
-    let mut tokens = match &config.reply {
-        Some(text) => fixed_reply_tokens(text, count as usize),
-        None => reply_tokens(&messages, count as usize),
-    };
-    // A fixed reply may be shorter than asked; usage counts what is sent.
-    let count = u32::try_from(tokens.len()).map_or(count, |sent| sent.min(count));
+    let mut plan = answer::plan(
+        &request,
+        &messages,
+        count as usize,
+        finish_reason,
+        config.reply.as_deref(),
+    );
     if let Some(Fault::Oversized { bytes }) = config.fault {
-        tokens = vec!["x".repeat(bytes)];
+        plan.choices[0].pieces = vec![Piece::Text("x".repeat(bytes))];
     }
+    let completion_tokens =
+        u32::try_from(plan.choices.iter().map(|c| c.pieces.len()).sum::<usize>())
+            .unwrap_or(u32::MAX);
+    let reasoning_tokens = plan
+        .choices
+        .iter()
+        .flat_map(|c| &c.pieces)
+        .filter(|p| matches!(p, Piece::Reasoning(_)))
+        .count();
+    let prompt = prompt_tokens(&messages);
     let usage = json!({
-        "prompt_tokens": prompt_tokens(&messages),
-        "completion_tokens": count,
-        "total_tokens": prompt_tokens(&messages) + count,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
     });
     let arrived_ms =
         u64::try_from(arrival.duration_since(state.started).as_millis()).unwrap_or(u64::MAX);
@@ -225,32 +239,40 @@ async fn chat_completions(State(state): State<Arc<MockState>>, body: Bytes) -> R
         if s.tokens_ms.len() >= MAX_ARRIVALS {
             s.tokens_ms.remove(0);
         }
-        s.tokens_ms
-            .push((arrived_ms, prompt_tokens(&messages) + count));
+        s.tokens_ms.push((arrived_ms, prompt + completion_tokens));
     });
     let id = format!("chatcmpl-mock{}", rand::rng().random::<u32>());
     let created = time::OffsetDateTime::now_utc().unix_timestamp();
 
     if !stream {
-        let delay = config.ttft_ms + config.token_delay_ms * u64::from(count.saturating_sub(1));
+        let longest = plan
+            .choices
+            .iter()
+            .map(|c| c.pieces.len())
+            .max()
+            .unwrap_or(0);
+        let delay = config.ttft_ms
+            + config.token_delay_ms * u64::try_from(longest.saturating_sub(1)).unwrap_or(0);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         state.with_stats(|s| s.succeeded += 1);
         drop(guard);
+        let choices: Vec<Value> = (0..)
+            .zip(&plan.choices)
+            .map(|(index, choice)| whole_choice(index, choice, plan.logprobs))
+            .collect();
         return Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": tokens.concat()},
-                         "finish_reason": finish_reason}],
-            "usage": usage,
+            "choices": choices, "usage": usage,
         }))
         .into_response();
     }
 
-    let chunk = move |delta: Value, finish: Option<&str>| {
+    let chunk = move |index: u32, delta: Value, logprobs: Value, finish: Option<&str>| {
         let data = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
         });
         Bytes::from(format!("data: {data}\n\n"))
     };
@@ -260,62 +282,62 @@ async fn chat_completions(State(state): State<Arc<MockState>>, body: Bytes) -> R
         "data: {}\n\n",
         json!({"id": "usage", "object": "chat.completion.chunk", "choices": [], "usage": usage})
     ));
-    let finish_reason = finish_reason.to_owned();
     let body = async_stream(move |tx| async move {
         let _guard = guard;
         if ttft > 0 {
             tokio::time::sleep(Duration::from_millis(ttft)).await;
         }
-        if tx
-            .send(chunk(json!({"role": "assistant", "content": ""}), None))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        for (i, token) in tokens.into_iter().enumerate() {
-            let sent = u32::try_from(i).unwrap_or(u32::MAX);
-            match &fault {
-                Some(Fault::StallAfter { after_tokens }) if sent == *after_tokens => {
-                    state.with_stats(|s| s.failed += 1);
-                    // Keep the connection open until the client gives up or the mock stops.
-                    tokio::select! {
-                        () = tx.closed() => {}
-                        () = state.stop.cancelled() => {}
-                    }
-                    return;
-                }
-                Some(Fault::TruncateAfter { after_tokens }) if sent == *after_tokens => {
-                    state.with_stats(|s| s.failed += 1);
-                    return;
-                }
-                Some(Fault::MalformedAfter { after_tokens }) if sent == *after_tokens => {
-                    state.with_stats(|s| s.failed += 1);
-                    drop(
-                        tx.send(Bytes::from_static(b"data: {\"choices\": [{\"delta\": \n\n"))
-                            .await,
-                    );
-                    return;
-                }
-                _ => {}
-            }
-            if i > 0 && delay > 0 {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-            }
-            if tx
-                .send(chunk(json!({"content": token}), None))
-                .await
-                .is_err()
-            {
+        for index in 0..u32::try_from(plan.choices.len()).unwrap_or(1) {
+            let role = chunk(
+                index,
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+                None,
+            );
+            if tx.send(role).await.is_err() {
                 return;
             }
         }
-        if tx
-            .send(chunk(json!({}), Some(&finish_reason)))
-            .await
-            .is_err()
-        {
-            return;
+        let mut sent: u32 = 0;
+        for (index, choice) in (0..).zip(&plan.choices) {
+            for (position, piece) in choice.pieces.iter().enumerate() {
+                match &fault {
+                    Some(Fault::StallAfter { after_tokens }) if sent == *after_tokens => {
+                        state.with_stats(|s| s.failed += 1);
+                        // Keep the connection open until the client gives up or the mock stops.
+                        tokio::select! {
+                            () = tx.closed() => {}
+                            () = state.stop.cancelled() => {}
+                        }
+                        return;
+                    }
+                    Some(Fault::TruncateAfter { after_tokens }) if sent == *after_tokens => {
+                        state.with_stats(|s| s.failed += 1);
+                        return;
+                    }
+                    Some(Fault::MalformedAfter { after_tokens }) if sent == *after_tokens => {
+                        state.with_stats(|s| s.failed += 1);
+                        drop(
+                            tx.send(Bytes::from_static(b"data: {\"choices\": [{\"delta\": \n\n"))
+                                .await,
+                        );
+                        return;
+                    }
+                    _ => {}
+                }
+                if sent > 0 && delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                sent += 1;
+                let (delta, logprobs) = piece_delta(piece, position, plan.logprobs);
+                if tx.send(chunk(index, delta, logprobs, None)).await.is_err() {
+                    return;
+                }
+            }
+            let finish = chunk(index, json!({}), Value::Null, Some(&choice.finish_reason));
+            if tx.send(finish).await.is_err() {
+                return;
+            }
         }
         if include_usage && tx.send(usage_line).await.is_err() {
             return;
@@ -333,6 +355,67 @@ async fn chat_completions(State(state): State<Arc<MockState>>, body: Bytes) -> R
         .header(header::CACHE_CONTROL, "no-cache")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A streamed piece as a chunk's `delta`, and its log probabilities.
+fn piece_delta(piece: &Piece, position: usize, logprobs: Option<usize>) -> (Value, Value) {
+    match piece {
+        Piece::Text(text) => (
+            json!({ "content": text }),
+            logprobs.map_or(Value::Null, |top| answer::logprobs_of(text, position, top)),
+        ),
+        Piece::Reasoning(text) => (json!({ "reasoning_content": text }), Value::Null),
+        Piece::CallStart { index, id, name } => (
+            json!({ "tool_calls": [{"index": index, "id": id, "type": "function",
+                                    "function": {"name": name, "arguments": ""}}] }),
+            Value::Null,
+        ),
+        Piece::CallArguments { index, arguments } => (
+            json!({ "tool_calls": [{"index": index, "function": {"arguments": arguments}}] }),
+            Value::Null,
+        ),
+    }
+}
+
+/// A planned choice as a whole (non-streamed) choice.
+fn whole_choice(index: u32, choice: &PlannedChoice, logprobs: Option<usize>) -> Value {
+    let mut content: Option<String> = None;
+    let mut reasoning: Option<String> = None;
+    let mut calls: Vec<Value> = Vec::new();
+    let mut tokens: Vec<Value> = Vec::new();
+    for (position, piece) in choice.pieces.iter().enumerate() {
+        match piece {
+            Piece::Text(text) => {
+                content.get_or_insert_with(String::new).push_str(text);
+                if let Some(top) = logprobs {
+                    tokens.push(answer::logprobs_of(text, position, top)["content"][0].clone());
+                }
+            }
+            Piece::Reasoning(text) => reasoning.get_or_insert_with(String::new).push_str(text),
+            Piece::CallStart { id, name, .. } => calls.push(json!({
+                "id": id, "type": "function", "function": {"name": name, "arguments": ""}
+            })),
+            Piece::CallArguments { index, arguments } => {
+                if let Some(call) = calls.get_mut(*index as usize) {
+                    let so_far = call["function"]["arguments"].as_str().unwrap_or_default();
+                    call["function"]["arguments"] = json!(format!("{so_far}{arguments}"));
+                }
+            }
+        }
+    }
+    let mut message = json!({ "role": "assistant", "content": content, "refusal": null });
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    if let Some(reasoning) = reasoning {
+        message["reasoning_content"] = json!(reasoning);
+    }
+    json!({
+        "index": index,
+        "message": message,
+        "logprobs": logprobs.map(|_| json!({ "content": tokens, "refusal": null })),
+        "finish_reason": choice.finish_reason,
+    })
 }
 
 /// A response body fed by a task through a small channel; the task stops when the client hangs up.
@@ -371,23 +454,12 @@ fn limited_by_rate(state: &MockState, config: &MockConfig, now: Instant) -> bool
     false
 }
 
+/// The request's messages as text. Any role is read: tool results and other roles count as
+/// user text, developer messages as system ones, content parts by their text.
 fn parse_messages(request: &Value) -> Option<Vec<ChatMessage>> {
-    request["messages"]
-        .as_array()?
-        .iter()
-        .map(|m| {
-            let role = match m["role"].as_str()? {
-                "system" | "developer" => Role::System,
-                "user" => Role::User,
-                "assistant" => Role::Assistant,
-                _ => return None,
-            };
-            Some(ChatMessage::new(
-                role,
-                m["content"].as_str().unwrap_or_default(),
-            ))
-        })
-        .collect()
+    let body = request.as_object()?;
+    body.get("messages")?.as_array()?;
+    Some(chatq_common::chat::text_messages(body))
 }
 
 fn record(
@@ -398,6 +470,7 @@ fn record(
     max_tokens: Option<u64>,
 ) {
     let recorded = RecordedRequest {
+        body: request.clone(),
         model: request["model"].as_str().map(str::to_owned),
         messages: messages
             .iter()
@@ -416,18 +489,4 @@ fn record(
         }
         log.push_back(recorded);
     }
-}
-
-/// A fixed reply cut into tokens, one a word with the whitespace before it, at most `count`.
-fn fixed_reply_tokens(text: &str, count: usize) -> Vec<String> {
-    let mut tokens: Vec<String> = Vec::new();
-    for (i, word) in text.split(' ').enumerate() {
-        tokens.push(if i == 0 {
-            word.to_owned()
-        } else {
-            format!(" {word}")
-        });
-    }
-    tokens.truncate(count.max(1));
-    tokens
 }

@@ -28,6 +28,7 @@ async fn queue_batch_jobs(app: &crate::helpers::TestApp, tenant: TenantId, n: us
                         model: "mock-model".into(),
                         ..GenerationParams::default()
                     },
+                    body: None,
                     messages: vec![ChatMessage::new(Role::User, format!("batch item {i}"))],
                 };
                 let new = NewJob {

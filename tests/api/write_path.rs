@@ -245,6 +245,7 @@ async fn claims_and_replies_in_one_batch_are_each_decided_alone() {
         upstream_ms: 2,
         cached: false,
         reply_model: "mock-model".into(),
+        choices: None,
     };
     // The second reply comes with a claim token that is not the job's: nothing is written for it.
     let written = complete(

@@ -21,6 +21,8 @@
 //! - [`ops`]: the operations kit (deploy/) against a running ingress and worker: the rules and
 //!   the dashboard name only metrics chatq exports, and a real Prometheus fires the queue-wait
 //!   alert under load.
+//! - [`tool_calls`]: a worker killed while the provider streams tool calls: every client ends
+//!   with one whole answer.
 //! - [`traces`]: one trace per request in the JSON logs of an ingress and a worker, also for a
 //!   job the reconciler published after its ingress crashed.
 
@@ -32,6 +34,8 @@
 
 mod harness;
 mod ledger;
+#[path = "../api/sse.rs"]
+mod sse;
 
 mod cluster;
 mod fleet;
@@ -41,5 +45,6 @@ mod nats;
 mod ops;
 mod postgres;
 mod provider;
+mod tool_calls;
 mod traces;
 mod workers;

@@ -61,15 +61,11 @@ check("mock-model" in ids, f"models.list includes mock-model ({ids})")
 
 # Errors come back as the SDK's typed exceptions, with the parameter named.
 try:
-    client.chat.completions.create(
-        model="mock-model",
-        messages=MESSAGES,
-        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-    )
-    check(False, "tools are refused")
+    client.chat.completions.create(model="mock-model", messages=MESSAGES, extra_body={"top_k": 5})
+    check(False, "an unknown parameter is refused")
 except openai.BadRequestError as error:
-    check(error.status_code == 400, "an unsupported parameter is a 400")
-    check(error.param == "tools", f"the error names the parameter ({error.param})")
+    check(error.status_code == 400, "an unknown parameter is a 400")
+    check(error.param == "top_k", f"the error names the parameter ({error.param})")
     check(error.code == "unsupported_parameter", f"the error code says why ({error.code})")
 
 try:

@@ -108,6 +108,10 @@ impl Attempt<'_> {
         let provider_request = ProviderRequest {
             messages: self.prompt(&request),
             params,
+            body: match &request {
+                JobRequest::ChatCompletion { body, .. } => body.clone(),
+                JobRequest::ConversationTurn { .. } => None,
+            },
         };
         let deadline = (self.job.deadline_at - time::OffsetDateTime::now_utc())
             .try_into()
@@ -164,10 +168,14 @@ impl Attempt<'_> {
         }
     }
 
-    /// The messages sent to the provider: a chat completion's as given; a turn's system prompt
-    /// and history window, which the claim read.
+    /// The prompt as text: a chat completion's messages (their text, for estimates, when the
+    /// request body is sent as given); a turn's system prompt and history window, which the
+    /// claim read.
     fn prompt(&self, request: &JobRequest) -> Vec<ChatMessage> {
         match request {
+            JobRequest::ChatCompletion {
+                body: Some(body), ..
+            } => chatq_common::chat::text_messages(body),
             JobRequest::ChatCompletion { messages, .. } => messages.clone(),
             JobRequest::ConversationTurn { .. } => build_prompt(
                 self.job.system_prompt.as_deref(),
@@ -210,13 +218,21 @@ impl Attempt<'_> {
     #[tracing::instrument(level = "debug", name = "commit", skip_all)]
     async fn succeed(&self, reply: Reply, events: &mut AttemptEvents) -> Outcome {
         let upstream_ms = reply.upstream_ms;
+        let first = reply.choices.first();
+        let content = first
+            .and_then(|c| c.message.content.clone())
+            .unwrap_or_default();
+        let finish_reason = first.map_or_else(|| "stop".to_owned(), |c| c.finish_reason.clone());
+        // A conversation keeps its reply as text; a chat completion keeps its whole answer.
+        let choices = self.job.conversation_id.is_none().then_some(reply.choices);
         let completion = Completion {
             id: self.id(),
             token: self.token,
             conversation_id: self.job.conversation_id,
             reply_message_id: MessageId::new(),
-            content: reply.content,
-            finish_reason: reply.finish_reason,
+            content,
+            finish_reason,
+            choices,
             usage: reply.usage,
             ttft_ms: reply.ttft_ms,
             upstream_ms,

@@ -1,8 +1,10 @@
-//! The provider call of one attempt: stream the reply, publishing deltas as they arrive.
+//! The provider call of one attempt: stream the reply, publishing deltas as they arrive, and put
+//! its choices together.
 
 use std::time::Instant;
 
 use chatq_common::chat::{Usage, estimate_tokens};
+use chatq_common::choices::{Choice, ChoiceDelta, ChoicesBuilder};
 use chatq_common::metrics as names;
 use futures::{FutureExt, StreamExt};
 
@@ -12,8 +14,8 @@ use crate::provider::{Provider, ProviderError, ProviderRequest, StreamItem};
 /// A reply read from the provider.
 #[derive(Debug)]
 pub struct Reply {
-    pub content: String,
-    pub finish_reason: String,
+    /// Every choice, in index order (at least choice 0).
+    pub choices: Vec<Choice>,
     pub usage: Usage,
     /// The model the provider says answered.
     pub model: String,
@@ -32,8 +34,8 @@ fn elapsed_ms(since: Instant) -> i32 {
     i32::try_from(since.elapsed().as_millis()).unwrap_or(i32::MAX)
 }
 
-/// Streams the reply, publishing deltas as they arrive. Deltas that are already waiting are
-/// merged into one event (never delaying the first token).
+/// Streams the reply, publishing deltas as they arrive. Pieces that are already waiting are
+/// merged into one event per choice (never delaying the first token).
 ///
 /// # Errors
 /// The provider failed, or its stream ended before saying the reply was done.
@@ -52,43 +54,34 @@ pub async fn stream_reply(
         }
     };
     let mut stream = provider.complete_stream(request).await.map_err(failed)?;
-    let mut content = String::new();
+    let mut answer = ChoicesBuilder::new();
     let mut ttft_ms = None;
-    let mut pending = String::new();
+    // Pieces read but not yet published, merged while they belong to one choice.
+    let mut pending: Vec<ChoiceDelta> = Vec::new();
     loop {
         let Some(item) = stream.next().await else {
             return Err(failed(ProviderError::Truncated));
         };
-        let mut done = None;
-        match item.map_err(failed)? {
-            StreamItem::Delta(text) => pending.push_str(&text),
-            StreamItem::Done {
-                finish_reason,
-                usage,
-                model,
-            } => done = Some((finish_reason, usage, model)),
-        }
-        // Merge deltas that are already here, without waiting for more.
+        let mut done = take(item.map_err(failed)?, &mut pending);
+        // Merge pieces that are already here, without waiting for more.
         while done.is_none()
             && let Some(Some(item)) = stream.next().now_or_never()
         {
-            match item.map_err(failed)? {
-                StreamItem::Delta(text) => pending.push_str(&text),
-                StreamItem::Done {
-                    finish_reason,
-                    usage,
-                    model,
-                } => done = Some((finish_reason, usage, model)),
-            }
+            done = take(item.map_err(failed)?, &mut pending);
         }
         if !pending.is_empty() && (done.is_some() || !events.should_coalesce()) {
             ttft_ms.get_or_insert_with(|| elapsed_ms(started));
-            events.delta(&pending).await;
-            content.push_str(&pending);
-            pending.clear();
+            for delta in pending.drain(..) {
+                events.delta(&delta).await;
+                answer.apply(delta);
+            }
         }
-        if let Some((finish_reason, usage, model)) = done {
-            let usage = usage.unwrap_or_else(|| estimated_usage(request, &content));
+        if let Some((finish_reasons, usage, model)) = done {
+            for (index, reason) in finish_reasons {
+                answer.finish(index, reason);
+            }
+            let choices = answer.build("stop");
+            let usage = usage.unwrap_or_else(|| estimated_usage(request, &choices));
             let upstream_ms = elapsed_ms(started);
             if let Some(ttft) = ttft_ms {
                 metrics::histogram!(names::PROVIDER_TTFT).record(f64::from(ttft) / 1000.0);
@@ -96,8 +89,7 @@ pub async fn stream_reply(
             metrics::histogram!(names::PROVIDER_DURATION).record(f64::from(upstream_ms) / 1000.0);
             metrics::counter!(names::PROVIDER_CALLS, "outcome" => "ok").increment(1);
             return Ok(Reply {
-                content,
-                finish_reason,
+                choices,
                 usage,
                 model,
                 ttft_ms,
@@ -107,15 +99,51 @@ pub async fn stream_reply(
     }
 }
 
+type Done = (Vec<(u32, String)>, Option<Usage>, String);
+
+/// Adds a piece to `pending` (merged into the last one when it is of the same choice), or
+/// returns the end of the stream.
+fn take(item: StreamItem, pending: &mut Vec<ChoiceDelta>) -> Option<Done> {
+    match item {
+        StreamItem::Delta(delta) => {
+            let unmerged = match pending.last_mut() {
+                Some(last) => last.merge(delta),
+                None => Some(delta),
+            };
+            pending.extend(unmerged);
+            None
+        }
+        StreamItem::Done {
+            finish_reasons,
+            usage,
+            model,
+        } => Some((finish_reasons, usage, model)),
+    }
+}
+
 /// Usage for a provider that reports none: estimated from the text.
-fn estimated_usage(request: &ProviderRequest, content: &str) -> Usage {
+fn estimated_usage(request: &ProviderRequest, choices: &[Choice]) -> Usage {
     let prompt: usize = request
         .messages
         .iter()
         .map(|m| estimate_tokens(&m.content))
         .sum();
+    let completion: usize = choices
+        .iter()
+        .map(|c| {
+            let message = &c.message;
+            let calls: usize = message
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    estimate_tokens(&call.function.arguments) + estimate_tokens(&call.function.name)
+                })
+                .sum();
+            estimate_tokens(message.content.as_deref().unwrap_or_default()) + calls
+        })
+        .sum();
     Usage::new(
         u32::try_from(prompt).unwrap_or(u32::MAX),
-        u32::try_from(estimate_tokens(content)).unwrap_or(u32::MAX),
+        u32::try_from(completion).unwrap_or(u32::MAX),
     )
 }

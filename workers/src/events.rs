@@ -46,11 +46,8 @@ impl AttemptEvents {
     }
 
     /// A piece of the reply.
-    pub async fn delta(&mut self, text: &str) {
-        self.emit(EventBody::Delta(Delta {
-            delta: text.to_owned(),
-        }))
-        .await;
+    pub async fn delta(&mut self, delta: &Delta) {
+        self.emit(EventBody::Delta(delta.clone())).await;
     }
 
     /// The terminal event: the job as its commit left it.

@@ -116,7 +116,16 @@ pub enum JobRequest {
     ConversationTurn { params: GenerationParams },
     /// A stateless chat completion: the prompt is given whole.
     ChatCompletion {
+        /// The model (resolved) and the sampling parameters chatq reads itself (the token limit
+        /// and the choice count bound the rate budget).
         params: GenerationParams,
+        /// The request as the client sent it (without `stream` and `stream_options`, which are
+        /// between the client and chatq), with the model resolved: sent to the provider as is,
+        /// so tools, response formats, content parts and every other parameter reach it intact.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<serde_json::Map<String, serde_json::Value>>,
+        /// The prompt of a completion recorded before `body` existed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         messages: Vec<ChatMessage>,
     },
 }

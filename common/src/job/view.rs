@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::chat::Usage;
+use crate::choices::Choice;
 use crate::db::jobs::JobRow;
 use crate::ids::{ConversationId, JobId, MessageId};
 use crate::job::JobStatus;
@@ -43,6 +44,11 @@ pub struct ReplyView {
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
     pub cached: bool,
+    /// A chat completion's whole answer, in the OpenAI shape: every choice with its assistant
+    /// message (content, tool calls, refusal), finish reason and log probabilities. `content` and
+    /// `finish_reason` above are choice 0's. Absent for conversation turns, which are text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<Choice>,
 }
 
 /// Why a job ended without a reply.
@@ -67,6 +73,10 @@ impl From<JobRow> for JobView {
             finish_reason: row.finish_reason,
             usage: row.usage.and_then(|u| serde_json::from_value(u).ok()),
             cached: row.cached,
+            choices: row
+                .reply_choices
+                .and_then(|c| serde_json::from_value(c).ok())
+                .unwrap_or_default(),
         });
         let error = matches!(
             status,

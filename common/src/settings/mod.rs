@@ -33,7 +33,8 @@ pub use self::flags::SettingsFlags;
 use self::layers::Layers;
 pub use self::layers::{SettingsError, Source};
 pub use self::values::{
-    DatabasePooler, LogFormat, Namespace, NatsServers, ProviderKind, SettingValue, redact_url,
+    DatabasePooler, LogFormat, Namespace, NatsServers, ProviderKind, SettingValue,
+    UnknownParameters, redact_url,
 };
 
 /// One setting, as documented in `--help` and the README.
@@ -155,6 +156,8 @@ settings! {
         sse_keepalive_secs: u64 = "15";
         /// Cancel the job of a chat completion whose client went away before the provider was called (`true` or `false`).
         cancel_abandoned_completions: bool = "true";
+        /// What `POST /v1/chat/completions` does with a parameter it does not know: `refuse` it with a 400 naming it (for a public deployment), or `forward` it to the provider as given (for a private gateway).
+        unknown_parameters: UnknownParameters = "refuse";
     }
     /// Postgres, the source of truth.
     database: DatabaseSettings {
@@ -224,13 +227,23 @@ settings! {
         /// Requests one API key may make in a burst above its rate.
         key_rate_limit_burst: u32 = "1000";
         /// Largest request body the ingress reads, in bytes (413 above it).
-        max_request_bytes: usize = "1048576";
+        max_request_bytes: usize = "8388608";
         /// Longest message content, in characters (400 above it).
         max_message_chars: usize = "32000";
         /// Most messages one conversation stores (409 `conversation_full` above it).
         max_messages_per_conversation: u32 = "10000";
         /// Largest `max_tokens` a request may ask for.
         max_output_tokens: u32 = "16384";
+        /// Most choices (`n`) one chat completion may ask for.
+        max_choices: u32 = "16";
+        /// Most image, audio and file content parts one chat completion may carry (400 above it).
+        max_media_parts: usize = "16";
+        /// Most bytes of inline media (data URLs, base64 audio and files) one chat completion may carry (413 above it; the body limit applies too).
+        max_media_bytes: usize = "6291456";
+        /// Most tools one chat completion may offer the model.
+        max_tools: usize = "128";
+        /// Largest JSON schema (of a tool's parameters or a `json_schema` response format), in bytes of JSON.
+        max_schema_bytes: usize = "65536";
         /// Most history messages sent to the provider with each turn.
         history_max_messages: usize = "50";
         /// Most estimated tokens of history sent to the provider with each turn (about 4 characters a token).

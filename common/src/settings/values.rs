@@ -84,6 +84,25 @@ impl SettingValue for DatabasePooler {
     }
 }
 
+/// What the chat completions API does with a parameter it does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownParameters {
+    /// A 400 that names the parameter: a client relying on it learns at once that it is ignored.
+    Refuse,
+    /// Sent to the provider as given: chatq is a gateway to a provider that may know it.
+    Forward,
+}
+
+impl SettingValue for UnknownParameters {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "refuse" => Ok(Self::Refuse),
+            "forward" => Ok(Self::Forward),
+            _ => Err("expected `refuse` or `forward`".into()),
+        }
+    }
+}
+
 /// How logs are written: for people at a terminal, or for a log pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

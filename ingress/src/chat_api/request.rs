@@ -1,21 +1,42 @@
 //! The chat completions request chatq accepts, validated into a job.
 //!
-//! Parameters chatq does not support (tools, logprobs, n > 1, …) are refused with a 400 that names
-//! them, rather than silently ignored: a client relying on them would otherwise get a reply that
-//! looks right and is not.
+//! chatq checks what it must (the model, the shape of every message, tools and response format,
+//! limits on choices, media and schemas) and then passes the request on to the provider as the
+//! client sent it, so every parameter of the API reaches the model: nothing is rebuilt, nothing
+//! silently dropped. A parameter chatq does not know is refused with a 400 that names it, or
+//! forwarded as given, as the `unknown_parameters` setting says.
 
-use chatq_common::chat::{ChatMessage, GenerationParams, Role};
-use chatq_common::settings::LimitSettings;
+use chatq_common::chat::GenerationParams;
+use chatq_common::settings::{LimitSettings, UnknownParameters};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::{messages, tools};
 use crate::error::ApiError;
-use crate::validate::{SamplingFields, Stop, check_len};
+use crate::validate::{SamplingFields, Stop};
 
-/// Parameters accepted and ignored: they change nothing about the reply.
-const IGNORED: &[&str] = &["store", "metadata", "service_tier", "parallel_tool_calls"];
+/// Parameters of the OpenAI API that chatq passes on to the provider unread (those it reads are
+/// fields of [`ChatCompletionRequest`]).
+const FORWARDED: &[&str] = &[
+    "logit_bias",
+    "service_tier",
+    "modalities",
+    "audio",
+    "prediction",
+    "verbosity",
+    "web_search_options",
+    "prompt_cache_key",
+    "safety_identifier",
+    "functions",
+    "function_call",
+];
 
-/// `POST /v1/chat/completions`, as sent. (Serialize: an `Idempotency-Key` stands for this body.)
+/// Parameters that concern the client and chatq only, never sent on: how the answer is delivered,
+/// and OpenAI's stored completions (chatq keeps every job itself).
+const NOT_FORWARDED: &[&str] = &["stream", "stream_options", "store", "metadata"];
+
+/// `POST /v1/chat/completions`: the fields chatq reads. (Serialize: an `Idempotency-Key`
+/// stands for this body.)
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ChatCompletionRequest {
     pub model: Option<String>,
@@ -33,8 +54,15 @@ pub struct ChatCompletionRequest {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
     pub response_format: Option<Value>,
-    /// Everything else, refused unless listed in [`IGNORED`].
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
+    pub reasoning_effort: Option<String>,
+    pub store: Option<bool>,
+    pub metadata: Option<Map<String, Value>>,
+    /// Everything else: checked against the lists above and the `unknown_parameters` setting.
     #[serde(flatten)]
     pub other: Map<String, Value>,
 }
@@ -44,51 +72,62 @@ pub struct ChatCompletionRequest {
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
+    /// Accepted for compatibility; chunks are never obfuscated (chatq's stream is not padded).
+    #[serde(default)]
+    pub include_obfuscation: Option<bool>,
 }
 
 /// A validated request.
 #[derive(Debug)]
 pub struct CompletionJob {
     pub params: GenerationParams,
-    pub messages: Vec<ChatMessage>,
+    /// The body the provider is sent (the model resolved when the job is recorded).
+    pub body: Map<String, Value>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices asked for.
+    pub choices: u32,
 }
 
-fn unsupported(param: &str, message: String) -> ApiError {
+pub(super) fn unsupported(param: &str, message: String) -> ApiError {
     ApiError::invalid_with_code(message, param, "unsupported_parameter")
 }
 
+/// `Invalid '<param>': <what>.`, code `invalid_value`.
+pub(super) fn invalid(param: &str, what: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid_with_code(
+        format!("Invalid '{param}': {what}."),
+        param,
+        "invalid_value",
+    )
+}
+
 impl ChatCompletionRequest {
+    /// Checks the request and makes the body the provider is sent from `sent`, the body as the
+    /// client sent it.
+    ///
     /// # Errors
-    /// A missing or invalid field, or a parameter chatq does not support.
-    pub fn validate(self, limits: &LimitSettings) -> Result<CompletionJob, ApiError> {
-        if let Some(param) = self
-            .other
-            .keys()
-            .find(|key| !IGNORED.contains(&key.as_str()))
+    /// A missing or invalid field, one over its limit, or an unknown parameter while they are
+    /// refused.
+    pub fn validate(
+        self,
+        mut sent: Map<String, Value>,
+        limits: &LimitSettings,
+        unknown: UnknownParameters,
+    ) -> Result<CompletionJob, ApiError> {
+        if unknown == UnknownParameters::Refuse
+            && let Some(param) = self
+                .other
+                .keys()
+                .find(|key| !FORWARDED.contains(&key.as_str()))
         {
             return Err(unsupported(
                 param,
-                format!("Unsupported parameter: '{param}' is not supported by chatq."),
-            ));
-        }
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(unsupported("n", "Unsupported value: 'n' must be 1.".into()));
-        }
-        if self.logprobs == Some(true) {
-            return Err(unsupported(
-                "logprobs",
-                "Unsupported value: 'logprobs' must be false.".into(),
-            ));
-        }
-        if let Some(format) = &self.response_format
-            && format.get("type").and_then(Value::as_str) != Some("text")
-        {
-            return Err(unsupported(
-                "response_format",
-                "Unsupported value: only 'response_format' {\"type\": \"text\"} is supported."
-                    .into(),
+                format!(
+                    "Unrecognized request argument supplied: '{param}'. (chatq refuses parameters \
+                     it does not know; its operator can forward them with \
+                     CHATQ_UNKNOWN_PARAMETERS=forward.)"
+                ),
             ));
         }
         let stream = self.stream.unwrap_or(false);
@@ -105,25 +144,53 @@ impl ChatCompletionRequest {
                 "missing_required_parameter",
             ));
         };
-        let Some(raw_messages) = self.messages else {
+        let Some(raw_messages) = &self.messages else {
             return Err(ApiError::invalid_with_code(
                 "Missing required parameter: 'messages'.",
                 "messages",
                 "missing_required_parameter",
             ));
         };
-        if raw_messages.is_empty() {
-            return Err(ApiError::invalid_with_code(
-                "Invalid 'messages': empty array. Expected an array with minimum length 1.",
-                "messages",
-                "empty_array",
+        messages::check(raw_messages, limits)?;
+        let tool_names = tools::check_tools(self.tools.as_deref(), limits)?;
+        tools::check_tool_choice(self.tool_choice.as_ref(), &tool_names)?;
+        if let Some(format) = &self.response_format {
+            tools::check_response_format(format, limits)?;
+        }
+        let choices = self.n.unwrap_or(1);
+        if choices == 0 || choices > limits.max_choices {
+            return Err(invalid(
+                "n",
+                format!(
+                    "{choices} is not between 1 and {} (the most choices this server answers)",
+                    limits.max_choices
+                ),
             ));
         }
-        let messages = raw_messages
-            .iter()
-            .enumerate()
-            .map(|(i, message)| parse_message(i, message, limits))
-            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(top) = self.top_logprobs {
+            if top > 20 {
+                return Err(invalid("top_logprobs", format!("{top} is above 20")));
+            }
+            if self.logprobs != Some(true) {
+                return Err(ApiError::invalid(
+                    "Invalid 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is set.",
+                    "top_logprobs",
+                ));
+            }
+        }
+        if let Some(effort) = &self.reasoning_effort
+            && !matches!(
+                effort.as_str(),
+                "none" | "minimal" | "low" | "medium" | "high" | "xhigh"
+            )
+        {
+            return Err(invalid(
+                "reasoning_effort",
+                format!(
+                    "'{effort}' is not one of 'none', 'minimal', 'low', 'medium', 'high', 'xhigh'"
+                ),
+            ));
+        }
         let sampling = SamplingFields {
             model: Some(model),
             temperature: self.temperature,
@@ -135,7 +202,7 @@ impl ChatCompletionRequest {
             frequency_penalty: self.frequency_penalty,
             user: self.user,
         };
-        let params = sampling.into_params(limits).map_err(|err| match err {
+        let mut params = sampling.into_params(limits).map_err(|err| match err {
             // The token limit may have come in as max_completion_tokens; say so.
             ApiError::InvalidRequest {
                 message,
@@ -150,92 +217,16 @@ impl ChatCompletionRequest {
             }
             other => other,
         })?;
+        params.n = self.n;
+        for key in NOT_FORWARDED {
+            sent.remove(*key);
+        }
         Ok(CompletionJob {
             params,
-            messages,
+            body: sent,
             stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            choices,
         })
     }
-}
-
-/// One input message: `{role, content}` with text content (a string, or text parts).
-fn parse_message(
-    index: usize,
-    message: &Value,
-    limits: &LimitSettings,
-) -> Result<ChatMessage, ApiError> {
-    let param = |field: &str| format!("messages[{index}].{field}");
-    let Some(object) = message.as_object() else {
-        return Err(ApiError::invalid(
-            format!("Invalid 'messages[{index}]': expected an object."),
-            format!("messages[{index}]"),
-        ));
-    };
-    for key in object.keys() {
-        if !matches!(key.as_str(), "role" | "content" | "name") {
-            return Err(unsupported(
-                &param(key),
-                format!(
-                    "Unsupported parameter: '{}' is not supported by chatq.",
-                    param(key)
-                ),
-            ));
-        }
-    }
-    let role = match object.get("role").and_then(Value::as_str) {
-        Some("system" | "developer") => Role::System,
-        Some("user") => Role::User,
-        Some("assistant") => Role::Assistant,
-        Some(other) => {
-            return Err(unsupported(
-                &param("role"),
-                format!(
-                    "Unsupported value: '{}' role '{other}' is not supported by chatq (use system, developer, user or assistant).",
-                    param("role")
-                ),
-            ));
-        }
-        None => {
-            return Err(ApiError::invalid_with_code(
-                format!("Missing required parameter: '{}'.", param("role")),
-                param("role"),
-                "missing_required_parameter",
-            ));
-        }
-    };
-    let content = match object.get("content") {
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for (j, part) in parts.iter().enumerate() {
-                match (
-                    part.get("type").and_then(Value::as_str),
-                    part.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("text"), Some(t)) => text.push_str(t),
-                    _ => {
-                        return Err(unsupported(
-                            &format!("messages[{index}].content[{j}]"),
-                            format!(
-                                "Unsupported content: 'messages[{index}].content[{j}]' must be a text part; chatq supports text only."
-                            ),
-                        ));
-                    }
-                }
-            }
-            text
-        }
-        _ => {
-            return Err(ApiError::invalid(
-                format!(
-                    "Invalid '{}': expected a string or an array of text parts.",
-                    param("content")
-                ),
-                param("content"),
-            ));
-        }
-    };
-    check_len(&param("content"), &content, limits.max_message_chars)?;
-    Ok(ChatMessage::new(role, content))
 }

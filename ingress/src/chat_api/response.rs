@@ -3,10 +3,12 @@
 use std::time::Duration;
 
 use chatq_common::chat::Usage;
+use chatq_common::choices::{AssistantMessage, Choice, ChoiceDelta};
 use chatq_common::events::JobView;
 use chatq_common::job::JobStatus;
+use chatq_common::job::view::ReplyView;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
 
@@ -27,30 +29,28 @@ pub struct ChatCompletion {
     pub system_fingerprint: Option<String>,
 }
 
-impl ChatCompletion {
-    pub fn new(
-        id: String,
-        created: i64,
-        model: String,
-        content: String,
-        finish_reason: String,
-        usage: Option<Usage>,
-    ) -> Self {
-        Self {
-            id,
-            object: "chat.completion",
-            created,
-            model,
-            choices: vec![json!({
-                "index": 0,
-                "message": { "role": "assistant", "content": content, "refusal": null },
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            })],
-            usage,
-            system_fingerprint: None,
-        }
+/// A choice as the API answers it: the stored choice with the message's `role`.
+fn choice_json(choice: &Choice) -> Value {
+    let mut value = json!(choice);
+    value["message"]["role"] = json!("assistant");
+    value
+}
+
+/// The choices of a finished job: as stored for a chat completion, or its text reply as choice 0
+/// (a job recorded before choices were stored).
+fn choices_of(reply: &ReplyView) -> Vec<Choice> {
+    if !reply.choices.is_empty() {
+        return reply.choices.clone();
     }
+    vec![Choice {
+        index: 0,
+        message: AssistantMessage {
+            content: Some(reply.content.clone()),
+            ..AssistantMessage::default()
+        },
+        finish_reason: reply.finish_reason.clone().unwrap_or_else(|| "stop".into()),
+        logprobs: None,
+    }]
 }
 
 /// Builds the chunks of one streamed completion.
@@ -60,6 +60,8 @@ pub struct ChunkWriter {
     pub created: i64,
     pub model: String,
     pub include_usage: bool,
+    /// Choices asked for: each gets its role chunk first.
+    pub choices: u32,
 }
 
 impl ChunkWriter {
@@ -78,26 +80,57 @@ impl ChunkWriter {
         chunk.to_string()
     }
 
-    /// The first chunk: the assistant role, no content yet.
-    pub fn role(&self) -> String {
+    /// The first chunks: the assistant role of each choice, no content yet.
+    pub fn roles(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.choices.max(1)).map(|index| {
+            self.chunk(
+                json!([{ "index": index, "delta": { "role": "assistant", "content": "", "refusal": null }, "logprobs": null, "finish_reason": null }]),
+                None,
+            )
+        })
+    }
+
+    /// A piece of one choice, in the OpenAI chunk shape.
+    pub fn delta(&self, delta: &ChoiceDelta) -> String {
+        let mut body = Map::new();
+        if !delta.text.is_empty() {
+            body.insert("content".into(), json!(delta.text));
+        }
+        if !delta.tool_calls.is_empty() {
+            body.insert("tool_calls".into(), json!(delta.tool_calls));
+        }
+        if let Some(refusal) = &delta.refusal {
+            body.insert("refusal".into(), json!(refusal));
+        }
+        if let Some(reasoning) = &delta.reasoning_content {
+            body.insert("reasoning_content".into(), json!(reasoning));
+        }
         self.chunk(
-            json!([{ "index": 0, "delta": { "role": "assistant", "content": "", "refusal": null }, "logprobs": null, "finish_reason": null }]),
+            json!([{ "index": delta.index, "delta": body, "logprobs": delta.logprobs, "finish_reason": null }]),
             None,
         )
     }
 
-    pub fn content(&self, text: &str) -> String {
+    /// The last chunk of one choice: how it ended.
+    pub fn finish(&self, index: u32, finish_reason: &str) -> String {
         self.chunk(
-            json!([{ "index": 0, "delta": { "content": text }, "logprobs": null, "finish_reason": null }]),
+            json!([{ "index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason }]),
             None,
         )
     }
 
-    pub fn finish(&self, finish_reason: &str) -> String {
-        self.chunk(
-            json!([{ "index": 0, "delta": {}, "logprobs": null, "finish_reason": finish_reason }]),
-            None,
-        )
+    /// The chunks that end a reply: each choice's finish, then the usage when asked for.
+    pub fn ending(&self, reply: &ReplyView) -> Vec<String> {
+        let mut chunks: Vec<String> = choices_of(reply)
+            .iter()
+            .map(|choice| self.finish(choice.index, &choice.finish_reason))
+            .collect();
+        if self.include_usage
+            && let Some(usage) = reply.usage
+        {
+            chunks.push(self.usage(usage));
+        }
+        chunks
     }
 
     /// The last chunk when `stream_options.include_usage` is set: no choices, the usage.
@@ -120,14 +153,15 @@ impl ChatCompletion {
     /// The job ended without a reply: the HTTP error that says why.
     pub fn from_job(job: JobView, writer: ChunkWriter) -> Result<Self, ApiError> {
         match (job.status, job.reply) {
-            (JobStatus::Succeeded, Some(reply)) => Ok(ChatCompletion::new(
-                writer.id,
-                writer.created,
-                reply.model.unwrap_or(writer.model),
-                reply.content,
-                reply.finish_reason.unwrap_or_else(|| "stop".into()),
-                reply.usage,
-            )),
+            (JobStatus::Succeeded, Some(reply)) => Ok(ChatCompletion {
+                id: writer.id,
+                object: "chat.completion",
+                created: writer.created,
+                choices: choices_of(&reply).iter().map(choice_json).collect(),
+                model: reply.model.unwrap_or(writer.model),
+                usage: reply.usage,
+                system_fingerprint: None,
+            }),
             (status, _) => Err(job_error(status, job.error.as_ref())),
         }
     }

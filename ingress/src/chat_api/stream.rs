@@ -1,8 +1,9 @@
 //! A streamed chat completion: the job's events, as `chat.completion.chunk` lines.
 //!
-//! The first chunk carries the assistant role; each `message.delta` becomes a content chunk; the
-//! terminal event becomes the finish chunk (and the usage chunk, when asked for) and `[DONE]`, or
-//! an error line. If the reply restarts after text was sent (the provider failed mid-reply and the
+//! The first chunks carry the assistant role of each choice; each `message.delta` becomes a chunk
+//! of its choice (content, tool calls, refusal, reasoning, logprobs, as the provider sent them);
+//! the terminal event becomes each choice's finish chunk (and the usage chunk, when asked for)
+//! and `[DONE]`, or an error line. If the reply restarts after text was sent (the provider failed mid-reply and the
 //! job was retried), the stream ends with an error rather than mixing two attempts.
 
 use std::collections::VecDeque;
@@ -66,7 +67,8 @@ pub fn chunk_stream(
             }
             if !state.role_sent {
                 state.role_sent = true;
-                state.pending.push_back(state.writer.role());
+                let roles: Vec<String> = state.writer.roles().collect();
+                state.pending.extend(roles);
                 continue;
             }
             let event = tokio::select! {
@@ -105,20 +107,14 @@ impl ChunkState {
             }
             EventBody::Delta(delta) => {
                 self.content_sent = true;
-                self.pending.push_back(self.writer.content(&delta.delta));
+                self.pending.push_back(self.writer.delta(delta));
             }
             EventBody::Succeeded(job) | EventBody::Failed(job) | EventBody::Cancelled(job) => {
                 self.finished = true;
                 self.abandon.disarm();
                 match (&job.status, &job.reply) {
                     (JobStatus::Succeeded, Some(reply)) => {
-                        let finish_reason = reply.finish_reason.as_deref().unwrap_or("stop");
-                        self.pending.push_back(self.writer.finish(finish_reason));
-                        if self.writer.include_usage
-                            && let Some(usage) = reply.usage
-                        {
-                            self.pending.push_back(self.writer.usage(usage));
-                        }
+                        self.pending.extend(self.writer.ending(reply));
                         self.pending.push_back("[DONE]".into());
                     }
                     _ => {

@@ -177,21 +177,28 @@ impl Pump {
         }
     }
 
-    /// Ends the log from what Postgres holds: the reply as one delta (for a client that has seen
-    /// nothing of it) and the terminal event.
+    /// Ends the log from what Postgres holds: the reply as one delta per choice (for a client
+    /// that has seen nothing of it) and the terminal event.
     fn end_from(&self, job: JobRow) {
-        if let (JobStatus::Succeeded, Some(content)) = (job.status(), job.reply_content.as_deref())
-            && !content.is_empty()
+        let mut ids = EventIds::for_attempt(job.event_attempts());
+        let ended = JobEvent::ended_outside_attempt(job);
+        let reply = ended.body.ended_job().and_then(|job| job.reply.as_ref());
+        // Only for a client that saw nothing of the last attempt (not even its start).
+        let first = ids.clone().next();
+        if let Some(reply) = reply
+            && self.log.last_id().is_none_or(|last| first > last)
         {
-            let delta = EventBody::Delta(Delta {
-                delta: content.to_owned(),
-            });
-            let id = EventIds::for_attempt(job.event_attempts()).next();
-            if self.log.last_id().is_none_or(|last| id > last) {
-                self.log.append(HubEvent::new(id, delta));
+            let deltas: Vec<Delta> = if reply.choices.is_empty() {
+                vec![Delta::text(reply.content.clone())]
+            } else {
+                reply.choices.iter().map(|c| c.as_delta()).collect()
+            };
+            for delta in deltas.into_iter().filter(|d| !d.is_empty()) {
+                self.log
+                    .append(HubEvent::new(ids.next(), EventBody::Delta(delta)));
             }
         }
-        self.append(JobEvent::ended_outside_attempt(job));
+        self.append(ended);
     }
 
     /// Ends the log of a job that no longer exists (deleted with its conversation).

@@ -11,7 +11,7 @@ use crate::auth::Caller;
 use crate::chat_api::ChatCompletionRequest;
 use crate::chat_api::stream::chunk_stream;
 use crate::error::ApiResult;
-use crate::extract::JsonBody;
+use crate::extract::JsonBodyAsSent;
 use crate::routes::events::sse_response;
 use crate::state::AppState;
 use crate::submit::completion::{CompletionAnswer, run_completion};
@@ -23,10 +23,10 @@ pub async fn create(
     caller: Caller,
     RequestTrace(trace): RequestTrace,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<ChatCompletionRequest>,
+    JsonBodyAsSent(body, sent): JsonBodyAsSent<ChatCompletionRequest>,
 ) -> ApiResult<Response> {
     let key = IdempotencyKey::from_headers(&headers)?;
-    let started = run_completion(&state, &caller, body, key, trace).await?;
+    let started = run_completion(&state, &caller, body, sent, key, trace).await?;
     let mut response = match started.answer {
         CompletionAnswer::Whole(completion) => Json(completion).into_response(),
         CompletionAnswer::Stream {

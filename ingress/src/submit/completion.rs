@@ -52,11 +52,12 @@ pub async fn run_completion(
     state: &AppState,
     caller: &Caller,
     body: ChatCompletionRequest,
+    sent: serde_json::Map<String, serde_json::Value>,
     key: Option<IdempotencyKey>,
     trace: TraceContext,
 ) -> ApiResult<StartedCompletion> {
     let idempotency = key.map(|key| key.bind("/v1/chat/completions", &body));
-    let request = body.validate(&state.limits)?;
+    let request = body.validate(sent, &state.limits, state.unknown_parameters)?;
     let model = request.params.model.clone();
     if !state.models.is_empty() && !crate::routes::models::configured(state).contains(&model) {
         return Err(ApiError::NotFound(format!(
@@ -71,7 +72,8 @@ pub async fn run_completion(
         model: Some(model.clone()),
         request: JobRequest::ChatCompletion {
             params: request.params,
-            messages: request.messages,
+            body: Some(request.body),
+            messages: Vec::new(),
         },
         default_model: None,
         idempotency: idempotency.clone(),
@@ -97,6 +99,7 @@ pub async fn run_completion(
         created,
         model,
         include_usage: request.include_usage,
+        choices: request.choices,
     };
     let mut abandon = AbandonGuard::new(state, caller.tenant, job_id, replayed);
     let answer = if request.stream {

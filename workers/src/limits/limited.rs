@@ -8,9 +8,7 @@ use chatq_common::chat::estimate_tokens;
 use futures::StreamExt;
 
 use super::{DEFAULT_COMPLETION_ESTIMATE, ProviderLimits};
-use crate::provider::{
-    Provider, ProviderError, ProviderReply, ProviderRequest, ReplyStream, StreamItem,
-};
+use crate::provider::{Provider, ProviderError, ProviderRequest, ReplyStream, StreamItem};
 
 /// A provider behind this worker's share of the limits.
 pub struct LimitedProvider {
@@ -23,6 +21,7 @@ impl LimitedProvider {
         Self { inner, limits }
     }
 
+    /// The prompt's estimated tokens, plus the most each choice may answer with.
     fn estimate(request: &ProviderRequest) -> u32 {
         let prompt: usize = request
             .messages
@@ -30,12 +29,11 @@ impl LimitedProvider {
             .map(|m| estimate_tokens(&m.content) + 4)
             .sum();
         let prompt = u32::try_from(prompt).unwrap_or(u32::MAX);
-        prompt.saturating_add(
-            request
-                .params
-                .max_tokens
-                .unwrap_or(DEFAULT_COMPLETION_ESTIMATE),
-        )
+        let per_choice = request
+            .params
+            .max_tokens
+            .unwrap_or(DEFAULT_COMPLETION_ESTIMATE);
+        prompt.saturating_add(per_choice.saturating_mul(request.params.n.unwrap_or(1).max(1)))
     }
 
     fn observe<T>(&self, result: &Result<T, ProviderError>) {
@@ -50,19 +48,6 @@ impl LimitedProvider {
 impl Provider for LimitedProvider {
     fn describe(&self) -> String {
         self.inner.describe()
-    }
-
-    async fn complete(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError> {
-        let estimate = Self::estimate(request);
-        self.limits.admit(estimate).await;
-        let result = self.inner.complete(request).await;
-        self.observe(&result);
-        if let Ok(reply) = &result
-            && let Some(usage) = reply.usage
-        {
-            self.limits.settle_tokens(estimate, usage.total_tokens);
-        }
-        result
     }
 
     async fn complete_stream(

@@ -1,7 +1,7 @@
 //! The LLM behind a trait: one module per provider.
 //!
-//! A provider turns a prompt into a reply, either whole ([`Provider::complete`]) or as a stream of
-//! text deltas ([`Provider::complete_stream`]). Workers always stream, so clients see tokens as
+//! A provider turns a prompt into a streamed answer ([`Provider::complete_stream`]): pieces of its
+//! choices as they arrive, then how each ended. Workers always stream, so clients see tokens as
 //! they arrive. Errors are typed so the worker can decide from the variant alone whether another
 //! attempt could succeed ([`ProviderError::is_retryable`]) and how long to wait first.
 
@@ -14,35 +14,31 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatq_common::chat::{ChatMessage, GenerationParams, Usage};
+use chatq_common::choices::ChoiceDelta;
 use chatq_common::settings::{ProviderKind, ProviderSettings, SimulatedSettings};
 use futures::stream::BoxStream;
+use serde_json::{Map, Value};
 
 /// What a provider is asked.
 #[derive(Debug, Clone)]
 pub struct ProviderRequest {
+    /// The prompt as text: what a conversation turn sends, and what estimates read.
     pub messages: Vec<ChatMessage>,
     pub params: GenerationParams,
-}
-
-/// A whole reply.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProviderReply {
-    pub content: String,
-    pub finish_reason: String,
-    /// What the provider reported; `None` when it reported nothing.
-    pub usage: Option<Usage>,
-    /// The model that answered, as the provider names it.
-    pub model: String,
+    /// A chat completion's request as its client sent it (model resolved): sent instead of
+    /// `messages` and `params`, so every parameter reaches the provider as given.
+    pub body: Option<Map<String, Value>>,
 }
 
 /// One item of a streamed reply.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
-    /// More text.
-    Delta(String),
+    /// More of one choice.
+    Delta(ChoiceDelta),
     /// The end of the reply. A stream that ends without this was cut short.
     Done {
-        finish_reason: String,
+        /// How each choice ended, by index, as far as the provider said.
+        finish_reasons: Vec<(u32, String)>,
         usage: Option<Usage>,
         model: String,
     },
@@ -141,12 +137,6 @@ impl ProviderError {
 pub trait Provider: Send + Sync + 'static {
     /// A short name for logs and the start-up banner.
     fn describe(&self) -> String;
-
-    /// Asks for a whole reply.
-    ///
-    /// # Errors
-    /// See [`ProviderError`].
-    async fn complete(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError>;
 
     /// Asks for a streamed reply. The call returns once the provider has accepted the request;
     /// the stream then yields deltas and ends with [`StreamItem::Done`].

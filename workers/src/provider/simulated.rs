@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatq_common::chat::Usage;
+use chatq_common::choices::ChoiceDelta;
 use chatq_common::settings::SimulatedSettings;
 use futures::StreamExt;
 use rand::Rng;
 
 use self::text::{prompt_tokens, reply_tokens};
-use super::{Provider, ProviderError, ProviderReply, ProviderRequest, ReplyStream, StreamItem};
+use super::{Provider, ProviderError, ProviderRequest, ReplyStream, StreamItem};
 
 /// The simulated provider.
 #[derive(Debug, Clone)]
@@ -80,19 +81,6 @@ impl Provider for SimulatedProvider {
         )
     }
 
-    async fn complete(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError> {
-        let plan = self.plan(request)?;
-        let delays =
-            self.token_delay * u32::try_from(plan.tokens.len().saturating_sub(1)).unwrap_or(0);
-        tokio::time::sleep(self.ttft + delays).await;
-        Ok(ProviderReply {
-            content: plan.tokens.concat(),
-            finish_reason: plan.finish_reason,
-            usage: Some(plan.usage),
-            model: plan.model,
-        })
-    }
-
     async fn complete_stream(
         &self,
         request: &ProviderRequest,
@@ -100,7 +88,7 @@ impl Provider for SimulatedProvider {
         let plan = self.plan(request)?;
         let (ttft, delay) = (self.ttft, self.token_delay);
         let done = StreamItem::Done {
-            finish_reason: plan.finish_reason,
+            finish_reasons: vec![(0, plan.finish_reason)],
             usage: Some(plan.usage),
             model: plan.model,
         };
@@ -110,7 +98,7 @@ impl Provider for SimulatedProvider {
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
-                Ok(StreamItem::Delta(token))
+                Ok(StreamItem::Delta(ChoiceDelta::text(token)))
             },
         );
         Ok(deltas

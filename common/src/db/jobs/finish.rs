@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::read::{JobRow, select_job_rows};
 use crate::chat::Usage;
+use crate::choices::Choice;
 use crate::ids::{ConversationId, JobId, MessageId, TenantId};
 use crate::job::JobStatus;
 
@@ -29,6 +30,9 @@ pub struct Completion {
     pub cached: bool,
     /// The model the provider says answered.
     pub reply_model: String,
+    /// A chat completion's whole answer (`None` for a conversation turn, whose reply is
+    /// `content`).
+    pub choices: Option<Vec<Choice>>,
 }
 
 /// Writes replies: for each job the result and, for a conversation turn, the reply message, in
@@ -57,6 +61,14 @@ pub async fn complete(
     let upstreams: Vec<i32> = done.iter().map(|d| d.upstream_ms).collect();
     let cached: Vec<bool> = done.iter().map(|d| d.cached).collect();
     let models: Vec<String> = done.iter().map(|d| d.reply_model.clone()).collect();
+    let choices: Vec<Option<serde_json::Value>> = done
+        .iter()
+        .map(|d| {
+            d.choices
+                .as_ref()
+                .and_then(|c| serde_json::to_value(c).ok())
+        })
+        .collect();
     let mut conversations: Vec<Uuid> = done
         .iter()
         .filter_map(|d| d.conversation_id.map(|c| c.as_uuid()))
@@ -80,10 +92,11 @@ pub async fn complete(
                       reply_message_id = CASE WHEN jobs.conversation_id IS NULL THEN NULL ELSE t.reply_id END,
                       reply_content = t.content, finish_reason = t.finish_reason, usage = t.usage,
                       ttft_ms = t.ttft, upstream_ms = t.upstream, cached = t.cached, reply_model = t.model,
+                      reply_choices = t.choices,
                       claim_token = NULL, lease_expires_at = NULL, error_type = NULL, error_message = NULL
                  FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::jsonb[],
-                             $7::integer[], $8::integer[], $9::boolean[], $10::text[])
-                      AS t(id, token, reply_id, content, finish_reason, usage, ttft, upstream, cached, model)
+                             $7::integer[], $8::integer[], $9::boolean[], $10::text[], $11::jsonb[])
+                      AS t(id, token, reply_id, content, finish_reason, usage, ttft, upstream, cached, model, choices)
                 WHERE jobs.id = t.id AND jobs.claim_token = t.token AND jobs.status = 'running'
             RETURNING jobs.*
            ), conv AS (
@@ -109,6 +122,7 @@ pub async fn complete(
         &upstreams,
         &cached,
         &models[..],
+        &choices[..] as _,
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -37,6 +37,8 @@ pub struct JobRow {
     pub reply_model: Option<String>,
     /// Attempts before the job was last sent back from the dead letters.
     pub earlier_attempts: i32,
+    /// A chat completion's whole answer, as [`crate::choices::Choice`]s.
+    pub reply_choices: Option<Value>,
 }
 
 impl JobRow {
@@ -69,7 +71,8 @@ macro_rules! select_job_rows {
                       reply_content AS "reply_content?", finish_reason AS "finish_reason?",
                       usage AS "usage?", cached AS "cached!", error_type AS "error_type?",
                       error_message AS "error_message?", request_hash AS "request_hash?",
-                      reply_model AS "reply_model?", earlier_attempts AS "earlier_attempts!"
+                      reply_model AS "reply_model?", earlier_attempts AS "earlier_attempts!",
+                      reply_choices AS "reply_choices?"
                  FROM "# + $source,
             $($arg),+
         )

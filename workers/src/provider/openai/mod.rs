@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use chatq_common::choices::{Choice, ChoiceDelta};
 use chatq_common::settings::ProviderSettings;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -16,15 +17,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{
-    Provider, ProviderConfigError, ProviderError, ProviderReply, ProviderRequest, ReplyStream,
-    StreamItem,
+    Provider, ProviderConfigError, ProviderError, ProviderRequest, ReplyStream, StreamItem,
 };
 
 mod stream;
 mod wire;
 
 use self::stream::decode_stream;
-use self::wire::{WireError, WireRequest, WireResponse, WireUsage};
+use self::wire::{WireError, WireResponse, WireUsage, request_body};
 
 /// Most bytes of an error body kept for the job's error message.
 const MAX_ERROR_BODY: usize = 16 * 1024;
@@ -77,7 +77,7 @@ impl OpenAiProvider {
         })
     }
 
-    async fn send(&self, body: &WireRequest<'_>) -> Result<reqwest::Response, ProviderError> {
+    async fn send(&self, body: &serde_json::Value) -> Result<reqwest::Response, ProviderError> {
         let mut request = self.client.post(&self.completions_url).json(body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key.expose_secret());
@@ -108,31 +108,17 @@ impl Provider for OpenAiProvider {
         format!("OpenAI-compatible provider at {}", self.base_url)
     }
 
-    async fn complete(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError> {
-        let response = self.send(&WireRequest::new(request, false)).await?;
-        let body = read_capped(response, self.max_response_bytes).await?;
-        parse_completion(&body, &request.params.model)
-    }
-
     async fn complete_stream(
         &self,
         request: &ProviderRequest,
     ) -> Result<ReplyStream, ProviderError> {
-        let response = self.send(&WireRequest::new(request, true)).await?;
+        let response = self.send(&request_body(request)).await?;
         if answers_json(&response) {
             // Not an event stream: a server that ignores `stream: true` sends the whole
             // completion, anything else is not a reply (and says so, rather than "cut short").
             let body = read_capped(response, self.max_response_bytes).await?;
-            let reply = parse_completion(&body, &request.params.model)?;
-            let items = [
-                Ok(StreamItem::Delta(reply.content)),
-                Ok(StreamItem::Done {
-                    finish_reason: reply.finish_reason,
-                    usage: reply.usage,
-                    model: reply.model,
-                }),
-            ];
-            return Ok(futures::stream::iter(items).boxed());
+            let items = parse_completion(&body, &request.params.model)?;
+            return Ok(futures::stream::iter(items.into_iter().map(Ok)).boxed());
         }
         let chunks = response
             .bytes_stream()
@@ -155,21 +141,38 @@ fn answers_json(response: &reqwest::Response) -> bool {
         .is_some_and(|value| value.trim_start().starts_with("application/json"))
 }
 
-/// A whole (non-streamed) chat completion.
-fn parse_completion(body: &[u8], requested_model: &str) -> Result<ProviderReply, ProviderError> {
+/// A whole (non-streamed) chat completion, as the stream items that would have carried it: each
+/// choice as one delta, then the end.
+fn parse_completion(body: &[u8], requested_model: &str) -> Result<Vec<StreamItem>, ProviderError> {
     let parsed: WireResponse = serde_json::from_slice(body)
         .map_err(|err| ProviderError::Malformed(format!("not a chat completion: {err}")))?;
-    let choice = parsed
-        .choices
-        .into_iter()
-        .next()
-        .ok_or_else(|| ProviderError::Malformed("the reply has no choices".into()))?;
-    Ok(ProviderReply {
-        content: choice.message.content.unwrap_or_default(),
-        finish_reason: choice.finish_reason.unwrap_or_else(|| "stop".into()),
+    if parsed.choices.is_empty() {
+        return Err(ProviderError::Malformed("the reply has no choices".into()));
+    }
+    let mut items = Vec::new();
+    let mut finish_reasons = Vec::new();
+    for (position, choice) in (0..).zip(parsed.choices) {
+        let index = choice.index.unwrap_or(position);
+        let whole = Choice {
+            index,
+            message: choice.message,
+            finish_reason: String::new(),
+            logprobs: choice.logprobs.filter(|l| !l.is_null()),
+        };
+        let delta: ChoiceDelta = whole.as_delta();
+        if !delta.is_empty() {
+            items.push(StreamItem::Delta(delta));
+        }
+        if let Some(reason) = choice.finish_reason {
+            finish_reasons.push((index, reason));
+        }
+    }
+    items.push(StreamItem::Done {
+        finish_reasons,
         usage: parsed.usage.map(WireUsage::into_usage),
         model: parsed.model.unwrap_or_else(|| requested_model.to_owned()),
-    })
+    });
+    Ok(items)
 }
 
 fn transport_error(err: reqwest::Error) -> ProviderError {

@@ -21,7 +21,7 @@ pub(super) fn decode_stream(
         read: usize,
         max_bytes: usize,
         pending: std::collections::VecDeque<StreamItem>,
-        finish_reason: Option<String>,
+        finish_reasons: Vec<(u32, String)>,
         usage: Option<Usage>,
         model: String,
         finished: bool,
@@ -32,7 +32,7 @@ pub(super) fn decode_stream(
         read: 0,
         max_bytes,
         pending: Default::default(),
-        finish_reason: None,
+        finish_reasons: Vec::new(),
         usage: None,
         model: requested_model,
         finished: false,
@@ -48,16 +48,17 @@ pub(super) fn decode_stream(
             let Some(chunk) = state.chunks.next().await else {
                 // The body ended. Lenient with servers that omit `[DONE]` after a finish reason.
                 state.finished = true;
-                return match state.finish_reason.take() {
-                    Some(finish_reason) => Some((
+                return if state.finish_reasons.is_empty() {
+                    Some((Err(ProviderError::Truncated), state))
+                } else {
+                    Some((
                         Ok(StreamItem::Done {
-                            finish_reason,
+                            finish_reasons: std::mem::take(&mut state.finish_reasons),
                             usage: state.usage,
                             model: state.model.clone(),
                         }),
                         state,
-                    )),
-                    None => Some((Err(ProviderError::Truncated), state)),
+                    ))
                 };
             };
             let chunk = match chunk {
@@ -88,7 +89,7 @@ pub(super) fn decode_stream(
                 if data.trim() == "[DONE]" {
                     state.finished = true;
                     state.pending.push_back(StreamItem::Done {
-                        finish_reason: state.finish_reason.take().unwrap_or_else(|| "stop".into()),
+                        finish_reasons: std::mem::take(&mut state.finish_reasons),
                         usage: state.usage,
                         model: state.model.clone(),
                     });
@@ -125,14 +126,12 @@ pub(super) fn decode_stream(
                 if let Some(usage) = parsed.usage {
                     state.usage = Some(usage.into_usage());
                 }
-                for choice in parsed.choices {
-                    if let Some(text) = choice.delta.and_then(|delta| delta.content)
-                        && !text.is_empty()
-                    {
-                        state.pending.push_back(StreamItem::Delta(text));
+                for mut choice in parsed.choices {
+                    if let Some(reason) = choice.finish_reason.take() {
+                        state.finish_reasons.push((choice.index, reason));
                     }
-                    if let Some(reason) = choice.finish_reason {
-                        state.finish_reason = Some(reason);
+                    if let Some(delta) = choice.into_delta() {
+                        state.pending.push_back(StreamItem::Delta(delta));
                     }
                 }
             }
@@ -142,6 +141,8 @@ pub(super) fn decode_stream(
 
 #[cfg(test)]
 mod tests {
+    use chatq_common::choices::ChoiceDelta;
+
     use super::*;
 
     async fn decode(parts: &[&str]) -> Vec<Result<StreamItem, ProviderError>> {
@@ -166,15 +167,53 @@ mod tests {
         assert_eq!(
             items,
             vec![
-                StreamItem::Delta("Hel".into()),
-                StreamItem::Delta("lo".into()),
+                StreamItem::Delta(ChoiceDelta::text("Hel")),
+                StreamItem::Delta(ChoiceDelta::text("lo")),
                 StreamItem::Done {
-                    finish_reason: "stop".into(),
+                    finish_reasons: vec![(0, "stop".into())],
                     usage: Some(Usage::new(3, 2)),
                     model: "gpt".into()
                 },
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn tool_calls_choices_and_usage_details_come_through_as_sent() {
+        let items = decode(&[
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":1,\"delta\":{\"reasoning\":\"hm\",\"content\":\"B\"},\"logprobs\":{\"content\":[]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"},{\"index\":1,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":1},\"completion_tokens_details\":{\"reasoning_tokens\":1}}}\n\ndata: [DONE]\n\n",
+        ])
+        .await;
+        let items: Vec<StreamItem> = items.into_iter().map(Result::unwrap).collect();
+        let mut builder = chatq_common::choices::ChoicesBuilder::new();
+        let mut done = None;
+        for item in items {
+            match item {
+                StreamItem::Delta(delta) => builder.apply(delta),
+                StreamItem::Done {
+                    finish_reasons,
+                    usage,
+                    ..
+                } => {
+                    for (index, reason) in finish_reasons {
+                        builder.finish(index, reason);
+                    }
+                    done = usage;
+                }
+            }
+        }
+        let choices = builder.build("stop");
+        assert_eq!(choices[0].message.tool_calls[0].function.arguments, "{}");
+        assert_eq!(choices[0].finish_reason, "tool_calls");
+        assert_eq!(choices[1].message.content.as_deref(), Some("B"));
+        assert_eq!(choices[1].message.reasoning_content.as_deref(), Some("hm"));
+        let usage = done.unwrap();
+        assert_eq!(usage.prompt_tokens_details.unwrap().cached_tokens, 1);
+        assert_eq!(usage.completion_tokens_details.unwrap().reasoning_tokens, 1);
     }
 
     #[tokio::test]

@@ -1,51 +1,57 @@
 //! The OpenAI chat completions wire format, as chatq sends it to a provider and reads it back.
 
-use chatq_common::chat::{ChatMessage, GenerationParams, Usage};
+use chatq_common::chat::{
+    ChatMessage, CompletionTokensDetails, GenerationParams, PromptTokensDetails, Usage,
+};
+use chatq_common::choices::{AssistantMessage, ChoiceDelta, ToolCallDelta};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 
 use crate::provider::ProviderRequest;
 
-#[derive(Serialize)]
-pub(super) struct WireRequest<'a> {
-    pub(super) model: &'a str,
-    pub(super) messages: &'a [ChatMessage],
-    pub(super) stream: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) stream_options: Option<StreamOptions>,
-    #[serde(flatten)]
-    pub(super) params: SamplingParams<'a>,
+/// The body of a streamed request: a chat completion's own body, or one built from a
+/// conversation turn's prompt and parameters. Usage is always asked for, to settle the token
+/// budget with what the provider counted.
+pub(super) fn request_body(request: &ProviderRequest) -> Value {
+    let mut body = match &request.body {
+        Some(body) => body.clone(),
+        None => match serde_json::to_value(TurnRequest::new(request)) {
+            Ok(Value::Object(body)) => body,
+            _ => Map::new(),
+        },
+    };
+    body.insert("model".into(), Value::String(request.params.model.clone()));
+    body.insert("stream".into(), Value::Bool(true));
+    body.insert("stream_options".into(), json!({ "include_usage": true }));
+    Value::Object(body)
 }
 
+/// A conversation turn, as sent.
 #[derive(Serialize)]
-pub(super) struct StreamOptions {
-    pub(super) include_usage: bool,
-}
-
-/// The sampling fields of [`GenerationParams`], without the model (sent at the top level).
-#[derive(Serialize)]
-pub(super) struct SamplingParams<'a> {
+struct TurnRequest<'a> {
+    messages: &'a [ChatMessage],
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) temperature: Option<f64>,
+    temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) top_p: Option<f64>,
+    top_p: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) max_tokens: Option<u32>,
+    max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    pub(super) stop: &'a [String],
+    stop: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) seed: Option<i64>,
+    seed: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) presence_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) frequency_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) user: Option<&'a str>,
+    user: Option<&'a str>,
 }
 
-impl<'a> WireRequest<'a> {
-    pub(super) fn new(request: &'a ProviderRequest, stream: bool) -> Self {
+impl<'a> TurnRequest<'a> {
+    fn new(request: &'a ProviderRequest) -> Self {
         let GenerationParams {
-            model,
+            model: _,
             temperature,
             top_p,
             max_tokens,
@@ -54,28 +60,23 @@ impl<'a> WireRequest<'a> {
             presence_penalty,
             frequency_penalty,
             user,
+            n: _,
         } = &request.params;
         Self {
-            model,
             messages: &request.messages,
-            stream,
-            stream_options: stream.then_some(StreamOptions {
-                include_usage: true,
-            }),
-            params: SamplingParams {
-                temperature: *temperature,
-                top_p: *top_p,
-                max_tokens: *max_tokens,
-                stop,
-                seed: *seed,
-                presence_penalty: *presence_penalty,
-                frequency_penalty: *frequency_penalty,
-                user: user.as_deref(),
-            },
+            temperature: *temperature,
+            top_p: *top_p,
+            max_tokens: *max_tokens,
+            stop,
+            seed: *seed,
+            presence_penalty: *presence_penalty,
+            frequency_penalty: *frequency_penalty,
+            user: user.as_deref(),
         }
     }
 }
 
+/// A whole (non-streamed) completion, from a server that ignored `stream: true`.
 #[derive(Deserialize)]
 pub(super) struct WireResponse {
     pub(super) model: Option<String>,
@@ -86,13 +87,10 @@ pub(super) struct WireResponse {
 
 #[derive(Deserialize)]
 pub(super) struct WireChoice {
-    pub(super) message: WireMessage,
+    pub(super) index: Option<u32>,
+    pub(super) message: AssistantMessage,
     pub(super) finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct WireMessage {
-    pub(super) content: Option<String>,
+    pub(super) logprobs: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -107,13 +105,46 @@ pub(super) struct WireChunk {
 
 #[derive(Deserialize)]
 pub(super) struct WireChunkChoice {
+    #[serde(default)]
+    pub(super) index: u32,
     pub(super) delta: Option<WireDelta>,
     pub(super) finish_reason: Option<String>,
+    pub(super) logprobs: Option<Value>,
 }
 
 #[derive(Deserialize)]
 pub(super) struct WireDelta {
     pub(super) content: Option<String>,
+    #[serde(default)]
+    pub(super) tool_calls: Vec<ToolCallDelta>,
+    pub(super) refusal: Option<String>,
+    /// `reasoning_content` (DeepSeek, vLLM) or `reasoning` (OpenRouter, Ollama).
+    #[serde(alias = "reasoning")]
+    pub(super) reasoning_content: Option<String>,
+}
+
+impl WireChunkChoice {
+    /// The piece of the answer this chunk carries, if any.
+    pub(super) fn into_delta(self) -> Option<ChoiceDelta> {
+        let delta = self.delta;
+        let logprobs = self.logprobs.filter(|l| !l.is_null());
+        let piece = match delta {
+            Some(delta) => ChoiceDelta {
+                index: self.index,
+                text: delta.content.unwrap_or_default(),
+                tool_calls: delta.tool_calls,
+                refusal: delta.refusal.filter(|r| !r.is_empty()),
+                reasoning_content: delta.reasoning_content.filter(|r| !r.is_empty()),
+                logprobs,
+            },
+            None => ChoiceDelta {
+                index: self.index,
+                logprobs,
+                ..ChoiceDelta::default()
+            },
+        };
+        (!piece.is_empty()).then_some(piece)
+    }
 }
 
 #[derive(Deserialize)]
@@ -122,11 +153,17 @@ pub(super) struct WireUsage {
     pub(super) prompt_tokens: u32,
     #[serde(default)]
     pub(super) completion_tokens: u32,
+    pub(super) prompt_tokens_details: Option<PromptTokensDetails>,
+    pub(super) completion_tokens_details: Option<CompletionTokensDetails>,
 }
 
 impl WireUsage {
     pub(super) fn into_usage(self) -> Usage {
-        Usage::new(self.prompt_tokens, self.completion_tokens)
+        Usage {
+            prompt_tokens_details: self.prompt_tokens_details,
+            completion_tokens_details: self.completion_tokens_details,
+            ..Usage::new(self.prompt_tokens, self.completion_tokens)
+        }
     }
 }
 
