@@ -17,10 +17,12 @@
 //! - this file: [`MockConfig`] (its flags double as `chatq mock-llm`'s), the [`Fault`]s it can
 //!   play, what it counts ([`MockStats`], [`RecordedRequest`]), and [`MockLlm`], a running server.
 //! - [`answer`]: what the mock answers a request with, decided from the request alone.
+//! - `encode`: a planned answer as streamed chunks or whole choices.
 //! - [`reply`]: the reply text and token counts, borrowed from the simulated provider.
 //! - `server`: the HTTP handlers: completions (JSON and SSE), faults, limits, stats, control.
 
 pub mod answer;
+mod encode;
 pub mod reply;
 mod server;
 

@@ -7,7 +7,7 @@ use chatq_mock_llm::reply::{prompt_tokens, reply_tokens};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestOptions, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{TestOptions, assert_error, run_sdk_script, spawn_app, spawn_app_with};
 use crate::sse::SseReader;
 
 fn expected_reply(messages: &[ChatMessage], tokens: usize) -> String {
@@ -237,9 +237,6 @@ async fn models_are_listed_and_unknown_ones_refused_when_a_list_is_configured() 
 /// The official `openai` package, unpatched, pointed at chatq with `base_url`.
 #[tokio::test]
 async fn the_openai_python_sdk_works_against_chatq() {
-    let python = std::env::var("CQTEST_PYTHON").unwrap_or_else(|_| {
-        panic!("CQTEST_PYTHON is not set: run the suite with scripts/test, which installs the openai SDK")
-    });
     let app = spawn_app_with(TestOptions {
         mock: MockConfig {
             tokens: 12,
@@ -250,26 +247,11 @@ async fn the_openai_python_sdk_works_against_chatq() {
     })
     .await;
     let prompt = [ChatMessage::new(Role::User, "Say hi from the SDK")];
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk.py");
-    let output = tokio::process::Command::new(python)
-        .arg(script)
-        .env("OPENAI_BASE_URL", app.url("/v1"))
-        .env("OPENAI_API_KEY", &app.key)
-        .env("EXPECTED_REPLY", expected_reply(&prompt, 12))
-        .env("EXPECTED_PROMPT_TOKENS", prompt_tokens(&prompt).to_string())
-        .output()
-        .await
-        .expect("python runs");
-    let report = format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "the SDK script failed\n{report}");
-    assert!(
-        String::from_utf8_lossy(&output.stdout).contains("all SDK checks passed"),
-        "{report}"
-    );
+    let expected = [
+        ("EXPECTED_REPLY", expected_reply(&prompt, 12)),
+        ("EXPECTED_PROMPT_TOKENS", prompt_tokens(&prompt).to_string()),
+    ];
+    run_sdk_script(&app, "openai_sdk.py", &expected, "all SDK checks passed").await;
     app.stop().await;
 }
 

@@ -419,3 +419,32 @@ pub async fn assert_error(response: reqwest::Response, status: StatusCode, kind:
     );
     error.clone()
 }
+
+/// Runs a Python script from `tests/sdk` (the official SDKs, unpatched) against `app`: with
+/// `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `MOCK_URL` (the mock provider) and `extra` set. Fails the
+/// test unless the script exits 0 and prints `done`.
+pub async fn run_sdk_script(app: &TestApp, script: &str, extra: &[(&str, String)], done: &str) {
+    let python = std::env::var("CQTEST_PYTHON").unwrap_or_else(|_| {
+        panic!("CQTEST_PYTHON is not set: run the suite with scripts/test, which installs the SDKs")
+    });
+    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new(python)
+        .arg(path)
+        .env("OPENAI_BASE_URL", app.url("/v1"))
+        .env("OPENAI_API_KEY", &app.key)
+        .env("MOCK_URL", format!("http://{}", app.mock.addr()))
+        .envs(extra.iter().map(|(name, value)| (*name, value.as_str())))
+        .output()
+        .await
+        .expect("python runs");
+    let report = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{script} failed\n{report}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(done),
+        "{report}"
+    );
+}

@@ -9,6 +9,7 @@
 
 mod helpers;
 mod sse;
+mod tool_calls;
 
 mod backpressure;
 mod bad_input;

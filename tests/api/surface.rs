@@ -9,8 +9,11 @@ use chatq_mock_llm::MockConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestOptions, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{
+    TestApp, TestOptions, assert_error, run_sdk_script, spawn_app, spawn_app_with,
+};
 use crate::sse::SseReader;
+use crate::tool_calls::calls_of;
 
 fn weather_tool() -> Value {
     json!({
@@ -41,54 +44,12 @@ async fn complete(app: &TestApp, body: &Value) -> (String, Value) {
     (job, response.json().await.unwrap())
 }
 
-/// The tool calls of a message as (id, name, arguments).
-fn calls_of(message: &Value) -> Vec<(String, String, String)> {
-    message["tool_calls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|call| {
-            (
-                call["id"].as_str().unwrap().to_owned(),
-                call["function"]["name"].as_str().unwrap().to_owned(),
-                call["function"]["arguments"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-/// Runs an SDK script from tests/sdk against a test chatq and its mock.
-async fn run_python(app: &TestApp, script: &str, done: &str) {
-    let python = std::env::var("CQTEST_PYTHON").unwrap_or_else(|_| {
-        panic!("CQTEST_PYTHON is not set: run the suite with scripts/test, which installs the SDKs")
-    });
-    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = tokio::process::Command::new(python)
-        .arg(path)
-        .env("OPENAI_BASE_URL", app.url("/v1"))
-        .env("OPENAI_API_KEY", &app.key)
-        .env("MOCK_URL", format!("http://{}", app.mock.addr()))
-        .output()
-        .await
-        .expect("python runs");
-    let report = format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{script} failed\n{report}");
-    assert!(
-        String::from_utf8_lossy(&output.stdout).contains(done),
-        "{report}"
-    );
-}
-
 /// The official `openai` package, unchanged: tool loops streamed and not, `parse` with a schema,
 /// `n=3`, logprobs, image parts and reasoning parameters; the provider receives what was sent.
 #[tokio::test]
 async fn the_openai_sdk_uses_the_whole_surface_through_chatq() {
     let app = spawn_app().await;
-    run_python(&app, "openai_surface.py", "all surface checks passed").await;
+    run_sdk_script(&app, "openai_surface.py", &[], "all surface checks passed").await;
     app.stop().await;
 }
 
@@ -96,7 +57,7 @@ async fn the_openai_sdk_uses_the_whole_surface_through_chatq() {
 #[tokio::test]
 async fn an_agent_framework_runs_a_tool_using_agent_through_chatq() {
     let app = spawn_app().await;
-    run_python(&app, "openai_agents.py", "all agent checks passed").await;
+    run_sdk_script(&app, "openai_agents.py", &[], "all agent checks passed").await;
     app.stop().await;
 }
 

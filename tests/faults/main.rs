@@ -34,6 +34,8 @@
 
 mod harness;
 mod ledger;
+#[path = "../api/tool_calls.rs"]
+mod shared_tool_calls;
 #[path = "../api/sse.rs"]
 mod sse;
 

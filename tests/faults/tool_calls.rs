@@ -10,6 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::{Stack, StackOptions};
+use crate::shared_tool_calls::calls_of;
 use crate::sse::{SseEvent, SseReader};
 
 /// A tool whose arguments are long enough to stream in many pieces.
@@ -69,21 +70,6 @@ impl Assembled {
     fn calls(&self) -> Vec<(String, String, String)> {
         self.calls.values().cloned().collect()
     }
-}
-
-fn calls_of(message: &Value) -> Vec<(String, String, String)> {
-    message["tool_calls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|call| {
-            (
-                call["id"].as_str().unwrap().to_owned(),
-                call["function"]["name"].as_str().unwrap().to_owned(),
-                call["function"]["arguments"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,9 @@
 //! the [`Choice`]s a job stores. Everything a provider sends inside these shapes is kept as it
 //! came: tool-call arguments are text, log probabilities are passed on without being read.
 
-use std::collections::BTreeMap;
+mod builder;
+
+pub use builder::ChoicesBuilder;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -28,7 +30,7 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
-fn function_type() -> String {
+pub(crate) fn function_type() -> String {
     "function".into()
 }
 
@@ -180,7 +182,7 @@ impl Choice {
     }
 }
 
-fn append_opt(to: &mut Option<String>, more: Option<String>) {
+pub(crate) fn append_opt(to: &mut Option<String>, more: Option<String>) {
     if let Some(more) = more {
         to.get_or_insert_with(String::new).push_str(&more);
     }
@@ -188,7 +190,7 @@ fn append_opt(to: &mut Option<String>, more: Option<String>) {
 
 /// Log probabilities arrive as `{"content": [..], "refusal": [..]}` per chunk: the lists are
 /// appended; anything else the provider adds is kept from its latest chunk.
-fn append_logprobs(to: &mut Option<Value>, more: Option<Value>) {
+pub(crate) fn append_logprobs(to: &mut Option<Value>, more: Option<Value>) {
     let Some(Value::Object(more)) = more else {
         return;
     };
@@ -202,102 +204,6 @@ fn append_logprobs(to: &mut Option<Value>, more: Option<Value>) {
                 to.insert(key, value);
             }
         }
-    }
-}
-
-/// Puts a streamed answer back together, choice by choice.
-#[derive(Debug, Default)]
-pub struct ChoicesBuilder {
-    choices: BTreeMap<u32, Building>,
-}
-
-#[derive(Debug, Default)]
-struct Building {
-    content: String,
-    /// Whether any content arrived (a reply of only tool calls has `content: null`).
-    has_content: bool,
-    refusal: Option<String>,
-    reasoning: Option<String>,
-    /// By the provider's index of each call.
-    calls: BTreeMap<u32, ToolCall>,
-    logprobs: Option<Value>,
-    finish_reason: Option<String>,
-}
-
-impl ChoicesBuilder {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn apply(&mut self, delta: ChoiceDelta) {
-        let choice = self.choices.entry(delta.index).or_default();
-        if !delta.text.is_empty() {
-            choice.has_content = true;
-            choice.content.push_str(&delta.text);
-        }
-        append_opt(&mut choice.refusal, delta.refusal);
-        append_opt(&mut choice.reasoning, delta.reasoning_content);
-        append_logprobs(&mut choice.logprobs, delta.logprobs);
-        for piece in delta.tool_calls {
-            let call = choice.calls.entry(piece.index).or_insert_with(|| ToolCall {
-                id: String::new(),
-                kind: function_type(),
-                function: FunctionCall {
-                    name: String::new(),
-                    arguments: String::new(),
-                },
-            });
-            if let Some(id) = piece.id {
-                call.id = id;
-            }
-            if let Some(kind) = piece.kind {
-                call.kind = kind;
-            }
-            if let Some(function) = piece.function {
-                if let Some(name) = function.name {
-                    call.function.name.push_str(&name);
-                }
-                if let Some(arguments) = function.arguments {
-                    call.function.arguments.push_str(&arguments);
-                }
-            }
-        }
-    }
-
-    /// Records how choice `index` ended.
-    pub fn finish(&mut self, index: u32, reason: String) {
-        self.choices.entry(index).or_default().finish_reason = Some(reason);
-    }
-
-    /// The finished choices, in index order; at least choice 0. A choice the provider did not say
-    /// how it ended gets `default_finish` (`tool_calls` when it called tools).
-    pub fn build(mut self, default_finish: &str) -> Vec<Choice> {
-        self.choices.entry(0).or_default();
-        self.choices
-            .into_iter()
-            .map(|(index, built)| {
-                let tool_calls: Vec<ToolCall> = built.calls.into_values().collect();
-                let finish_reason = built.finish_reason.unwrap_or_else(|| {
-                    if tool_calls.is_empty() {
-                        default_finish.to_owned()
-                    } else {
-                        "tool_calls".to_owned()
-                    }
-                });
-                Choice {
-                    index,
-                    message: AssistantMessage {
-                        content: (built.has_content || tool_calls.is_empty())
-                            .then_some(built.content),
-                        refusal: built.refusal,
-                        tool_calls,
-                        reasoning_content: built.reasoning,
-                    },
-                    finish_reason,
-                    logprobs: built.logprobs,
-                }
-            })
-            .collect()
     }
 }
 
