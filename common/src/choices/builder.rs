@@ -92,8 +92,10 @@ impl ChoicesBuilder {
                 Choice {
                     index,
                     message: AssistantMessage {
-                        content: (built.has_content || tool_calls.is_empty())
-                            .then_some(built.content),
+                        // `null` for an answer of only tool calls or only a refusal.
+                        content: (built.has_content
+                            || (tool_calls.is_empty() && built.refusal.is_none()))
+                        .then_some(built.content),
                         refusal: built.refusal,
                         tool_calls,
                         reasoning_content: built.reasoning,

@@ -286,9 +286,24 @@ mod tests {
             logprobs: Some(json!({"content": [{"token": "b", "logprob": -0.2}]})),
             ..ChoiceDelta::default()
         });
+        builder.apply(ChoiceDelta {
+            index: 2,
+            refusal: Some("I can't ".into()),
+            ..ChoiceDelta::default()
+        });
+        builder.apply(ChoiceDelta {
+            index: 2,
+            refusal: Some("help with that.".into()),
+            ..ChoiceDelta::default()
+        });
         builder.finish(1, "length".into());
         let choices = builder.build("stop");
-        assert_eq!(choices.len(), 2);
+        assert_eq!(choices.len(), 3);
+        assert_eq!(
+            choices[2].message.refusal.as_deref(),
+            Some("I can't help with that.")
+        );
+        assert_eq!(choices[2].message.content, None, "a refusal has no content");
         assert_eq!(choices[0].message.content.as_deref(), Some("A"));
         assert_eq!(
             choices[0].message.reasoning_content.as_deref(),
