@@ -11,8 +11,10 @@
 //! once they have given back theirs (a heartbeat later); one that stops cleanly gives its leases
 //! back and deletes its key, and the others take over within a heartbeat; one that dies, or is
 //! paused, keeps its leases until they expire (three heartbeats after its last renewal), so until
-//! then its capacity goes unused, never used twice.
+//! then its capacity goes unused, never used twice; the others drop it from the fleet a heartbeat
+//! after its key expires, once two listings in a row have missed it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,6 +97,38 @@ pub struct Fleet {
     slots: Slots,
     /// When a heartbeat or a listing of the fleet last failed.
     last_failure: Option<Instant>,
+    /// Workers of the fleet as last seen that the last listing did not name.
+    missing: Missing,
+}
+
+/// Workers a listing did not name, kept in the fleet until a second listing in a row confirms
+/// they are gone: a single listing that misses a live worker's key (a replica of the bucket that
+/// has not caught up after a leader change, a key that expired while NATS could take nobody's
+/// heartbeats) must not halve anyone's share for a heartbeat. A worker that died is dropped one
+/// heartbeat later than its key expires.
+#[derive(Debug, Default)]
+struct Missing {
+    last_time: HashSet<String>,
+}
+
+impl Missing {
+    /// Of the workers seen before (`previous`) that this listing (`listed`) lacks, those to keep
+    /// in the fleet: all of them while `recovering` from a failed heartbeat, otherwise those that
+    /// the previous listing did not miss as well.
+    fn keep(&mut self, previous: &[String], listed: &[String], recovering: bool) -> Vec<String> {
+        let missing: HashSet<String> = previous
+            .iter()
+            .filter(|member| !listed.contains(member))
+            .cloned()
+            .collect();
+        let kept = missing
+            .iter()
+            .filter(|member| recovering || !self.last_time.contains(*member))
+            .cloned()
+            .collect();
+        self.last_time = missing;
+        kept
+    }
 }
 
 impl Fleet {
@@ -132,6 +166,7 @@ impl Fleet {
             grants: watch::channel(first).0,
             slots,
             last_failure: None,
+            missing: Missing::default(),
         })
     }
 
@@ -208,7 +243,8 @@ impl Fleet {
     /// not drop any: while NATS could not take this worker's heartbeats (a JetStream cluster
     /// electing leaders can take ten seconds and more), it could not take the others' either, and
     /// their keys may have expired although they are alive. Within three heartbeats they are
-    /// listed again; one that really died is dropped then.
+    /// listed again; one that really died is dropped then. Outside that window, a worker is dropped
+    /// only once two listings in a row have missed it ([`Missing`]).
     async fn beat(&mut self, status: &WorkerStatus) {
         if tokio::time::timeout(self.every, self.beat_once(status))
             .await
@@ -243,9 +279,8 @@ impl Fleet {
                 let recovering = self
                     .last_failure
                     .is_some_and(|at| at.elapsed() < self.every * 3);
-                if recovering {
-                    keys.extend(self.membership.borrow().members.iter().cloned());
-                }
+                let previous = self.membership.borrow().members.clone();
+                keys.extend(self.missing.keep(&previous, &keys, recovering));
                 let next = Membership::from_members(keys, &self.key);
                 self.membership.send_if_modified(|current| {
                     if *current == next {
@@ -292,6 +327,33 @@ mod tests {
         assert_eq!(membership.members, ["a", "b", "c"]);
         assert_eq!(membership.index, 0);
         assert_eq!(membership.integer_share(64), 22);
+    }
+
+    fn names(members: &[&str]) -> Vec<String> {
+        members.iter().map(|m| (*m).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_worker_is_dropped_only_when_two_listings_in_a_row_miss_it() {
+        let mut missing = Missing::default();
+        let fleet = names(&["a", "b", "c"]);
+        assert_eq!(missing.keep(&fleet, &names(&["a", "c"]), false), ["b"]);
+        // Listed again: forgotten as missing.
+        assert!(missing.keep(&fleet, &fleet, false).is_empty());
+        assert_eq!(missing.keep(&fleet, &names(&["a", "c"]), false), ["b"]);
+        assert!(
+            missing.keep(&fleet, &names(&["a", "c"]), false).is_empty(),
+            "missed twice in a row: dropped"
+        );
+    }
+
+    #[test]
+    fn while_recovering_nobody_is_dropped() {
+        let mut missing = Missing::default();
+        let fleet = names(&["a", "b"]);
+        assert_eq!(missing.keep(&fleet, &names(&["a"]), true), ["b"]);
+        assert_eq!(missing.keep(&fleet, &names(&["a"]), true), ["b"]);
+        assert!(missing.keep(&fleet, &names(&["a"]), false).is_empty());
     }
 
     #[test]

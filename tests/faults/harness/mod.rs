@@ -308,6 +308,10 @@ impl Stack {
         self.pool.close().await;
         // Dropping the cluster stops it and removes its files.
         drop(self.postgres);
-        drop(std::fs::remove_dir_all(&self.dir));
+        // CQTEST_KEEP_LOGS=1 keeps the processes' logs of a stack that passed, to read them
+        // (target/tmp/faults/<test>-<suffix>).
+        if std::env::var_os("CQTEST_KEEP_LOGS").is_none() {
+            drop(std::fs::remove_dir_all(&self.dir));
+        }
     }
 }

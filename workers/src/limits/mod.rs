@@ -44,6 +44,7 @@ use tokio::sync::watch;
 
 use self::adaptive::Adaptive;
 pub use self::limited::LimitedProvider;
+pub use self::rate::REQUESTS_AHEAD;
 use self::rate::{SharedLimiter, current, replace, request_limiter, wait_turn};
 use self::tokens::TokenBudget;
 use crate::leases::{Grant, RATE_UNITS};
@@ -279,6 +280,22 @@ mod tests {
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(940), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_changed_share_starts_at_its_rate_without_a_burst() {
+        // 1200 rpm: all of it is 20 requests a second, half of it 10 (one every 100 ms).
+        let limits = limits(Some(1200), None);
+        limits.apply(granted(RATE_UNITS, None));
+        limits.admit(1).await;
+        // Leases moved: this worker now holds half. The request it just sent counts against the
+        // new rate too, so the next one waits an interval of it rather than starting at once.
+        limits.apply(granted(RATE_UNITS / 2, None));
+        let started = Instant::now();
+        limits.admit(1).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(90), "{waited:?}");
+        assert!(waited < Duration::from_millis(600), "{waited:?}");
     }
 
     #[tokio::test]

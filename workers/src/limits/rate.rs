@@ -14,6 +14,10 @@ pub(super) type SharedLimiter = RwLock<Option<Arc<DefaultDirectRateLimiter>>>;
 const CELLS_PER_REQUEST: u32 = 16;
 /// How late, in cells, a request may start without losing its turn: half an interval.
 const LATE_CELLS: u32 = CELLS_PER_REQUEST / 2;
+/// How far ahead of its rate a worker may start requests: one request, plus the half interval a
+/// late turn keeps. A fleet of `n` workers may start `n` times this many requests beyond its
+/// fleet-wide rate in any window.
+pub const REQUESTS_AHEAD: f64 = (CELLS_PER_REQUEST + LATE_CELLS) as f64 / CELLS_PER_REQUEST as f64;
 const REQUEST_CELLS: NonZeroU32 = match NonZeroU32::new(CELLS_PER_REQUEST) {
     Some(cells) => cells,
     None => NonZeroU32::MIN,
@@ -58,6 +62,18 @@ pub(super) async fn wait_turn(limiter: &SharedLimiter) {
     }
 }
 
+/// Puts `next` in place of the limiter in use. A limiter that replaces another starts with its
+/// burst spent, so the first request under the new rate waits one interval of it: a fresh burst
+/// on top of what the old limiter has just let through would let the fleet's shares add up to
+/// more than the limit for a moment every time leases move between workers (or a 429 backs off).
 pub(super) fn replace(limiter: &SharedLimiter, next: Option<Arc<DefaultDirectRateLimiter>>) {
-    *limiter.write().unwrap_or_else(PoisonError::into_inner) = next;
+    let mut in_place = limiter.write().unwrap_or_else(PoisonError::into_inner);
+    if in_place.is_some()
+        && let Some(next) = &next
+        && let Some(burst) = NonZeroU32::new(CELLS_PER_REQUEST + LATE_CELLS)
+    {
+        // The whole burst fits a new limiter, so this spends it; refused, it would spend nothing.
+        let _spent = next.check_n(burst);
+    }
+    *in_place = next;
 }
