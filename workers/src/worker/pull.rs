@@ -19,6 +19,12 @@ use crate::slots::{Slot, Slots};
 
 /// How long an idle worker waits on one pull request before looking at both lanes again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How long after its expiry a long poll is still read. The server ends a long poll with a
+/// timeout status when it expires, but not always: one that delivered a message just before
+/// expiring may end without a word (seen with nats-server 2.9), and waiting for that word held
+/// every job published meanwhile for [`PULL_ANSWER_TIMEOUT`]. Nothing is delivered on an expired
+/// request, so after this grace the loop pulls again.
+const LONG_POLL_GRACE: Duration = Duration::from_millis(250);
 /// Most jobs asked for in one pull request.
 pub(super) const MAX_PULL: usize = 256;
 /// Longest wait for the next answer to a pull request. The server answers a fetch at once and a
@@ -44,27 +50,30 @@ impl Worker {
             }
             let messages = consumer.fetch().max_messages(free.len()).messages().await?;
             started += self
-                .dispatch(messages, free, jobs, hand_back, shutdown)
+                .dispatch(messages, None, free, jobs, hand_back, shutdown)
                 .await;
         }
         if started == 0 && !free.is_empty() {
             let (_, interactive) = &self.consumers[0];
+            let expired = tokio::time::Instant::now() + IDLE_POLL + LONG_POLL_GRACE;
             let messages = interactive
                 .batch()
                 .max_messages(free.len())
                 .expires(IDLE_POLL)
                 .messages()
                 .await?;
-            self.dispatch(messages, free, jobs, hand_back, shutdown)
+            self.dispatch(messages, Some(expired), free, jobs, hand_back, shutdown)
                 .await;
         }
         Ok(())
     }
 
-    /// Starts a job for each message, each holding one slot. Returns how many started.
+    /// Starts a job for each message, each holding one slot, until the pull request ends (or,
+    /// for a long poll, `expired` passes). Returns how many started.
     async fn dispatch<S, E>(
         &self,
         mut messages: S,
+        expired: Option<tokio::time::Instant>,
         free: &mut Vec<Slot>,
         jobs: &TaskTracker,
         hand_back: &CancellationToken,
@@ -77,12 +86,7 @@ impl Worker {
         let mut started = 0;
         loop {
             let next = tokio::select! {
-                next = tokio::time::timeout(PULL_ANSWER_TIMEOUT, messages.next()) => {
-                    next.unwrap_or_else(|_| {
-                        tracing::debug!("a pull request went unanswered; pulling again");
-                        None
-                    })
-                }
+                next = next_answer(&mut messages, expired) => next,
                 // A long poll is cut short by shutdown; anything it would still deliver is
                 // redelivered after its ack wait.
                 () = shutdown.cancelled() => None,
@@ -111,6 +115,22 @@ impl Worker {
         }
         started
     }
+}
+
+/// The next answer to a pull request; `None` once it has ended, when nothing came for
+/// [`PULL_ANSWER_TIMEOUT`], or, for a long poll, once it has `expired`.
+async fn next_answer<S: futures::Stream + Unpin>(
+    messages: &mut S,
+    expired: Option<tokio::time::Instant>,
+) -> Option<S::Item> {
+    let answer_by = tokio::time::Instant::now() + PULL_ANSWER_TIMEOUT;
+    let answer_by = expired.map_or(answer_by, |expired| expired.min(answer_by));
+    tokio::time::timeout_at(answer_by, messages.next())
+        .await
+        .unwrap_or_else(|_| {
+            tracing::debug!("a pull request went unanswered; pulling again");
+            None
+        })
 }
 
 /// Runs one delivered job and settles its message.
@@ -188,5 +208,36 @@ pub(super) async fn acquire(slots: &Slots, shutdown: &CancellationToken) -> Opti
         biased;
         () = shutdown.cancelled() => None,
         slot = slots.acquire() => Some(slot),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_the_server_never_ends_is_given_up_at_its_expiry() {
+        let started = tokio::time::Instant::now();
+        let expired = started + IDLE_POLL + LONG_POLL_GRACE;
+        let mut silent = futures::stream::pending::<()>();
+        assert_eq!(next_answer(&mut silent, Some(expired)).await, None);
+        assert_eq!(started.elapsed(), IDLE_POLL + LONG_POLL_GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_that_goes_unanswered_is_given_up() {
+        let started = tokio::time::Instant::now();
+        let mut silent = futures::stream::pending::<()>();
+        assert_eq!(next_answer(&mut silent, None).await, None);
+        assert_eq!(started.elapsed(), PULL_ANSWER_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn messages_are_read_until_the_request_ends() {
+        let expired = tokio::time::Instant::now() + IDLE_POLL;
+        let mut two = futures::stream::iter([1, 2]);
+        assert_eq!(next_answer(&mut two, Some(expired)).await, Some(1));
+        assert_eq!(next_answer(&mut two, Some(expired)).await, Some(2));
+        assert_eq!(next_answer(&mut two, Some(expired)).await, None);
     }
 }
