@@ -4,7 +4,8 @@
 //!   of the chosen tool (or of the first two with parallel calls allowed), its arguments an
 //!   example of its parameters' schema, `finish_reason: "tool_calls"`;
 //! - after tool results: `Tool results: ` and their contents, so a test sees they arrived;
-//! - with a `json_schema` response format: an example instance of the schema; with
+//! - with a `json_schema` response format: an example instance of the schema, or a refusal when
+//!   the last user message asks the model to refuse (contains `please refuse`); with
 //!   `json_object`: `{"answer": <the text reply>}`;
 //! - otherwise the simulated provider's deterministic text.
 //!
@@ -21,6 +22,8 @@ use super::reply::reply_tokens;
 pub enum Piece {
     Text(String),
     Reasoning(String),
+    /// A piece of a refusal, which comes instead of content.
+    Refusal(String),
     /// The start of tool call `index`: its id and name, no arguments yet.
     CallStart {
         index: u32,
@@ -134,6 +137,10 @@ fn plan_choice(
         reply_tokens(&prompt, count)
     };
     match request["response_format"]["type"].as_str() {
+        Some("json_schema") if asks_for_a_refusal(all) => PlannedChoice {
+            pieces: chunks(REFUSAL).into_iter().map(Piece::Refusal).collect(),
+            finish_reason: "stop".into(),
+        },
         Some("json_schema") => {
             let schema = &request["response_format"]["json_schema"]["schema"];
             PlannedChoice {
@@ -150,6 +157,18 @@ fn plan_choice(
             finish_reason: finish_reason.to_owned(),
         },
     }
+}
+
+/// What the mock says when it refuses.
+pub const REFUSAL: &str = "I'm sorry, I cannot help with that request.";
+
+/// Whether the last user message asks the model to refuse.
+fn asks_for_a_refusal(messages: &[Value]) -> bool {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m["role"].as_str() == Some("user"))
+        .is_some_and(|m| content_text(&m["content"]).contains("please refuse"))
 }
 
 /// The tool calls to answer with, if the request offers tools and lets the model call them.

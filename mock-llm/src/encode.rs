@@ -17,6 +17,7 @@ pub(super) fn piece_delta(
             logprobs.map_or(Value::Null, |top| answer::logprobs_of(text, position, top)),
         ),
         Piece::Reasoning(text) => (json!({ "reasoning_content": text }), Value::Null),
+        Piece::Refusal(text) => (json!({ "refusal": text }), Value::Null),
         Piece::CallStart { index, id, name } => (
             json!({ "tool_calls": [{"index": index, "id": id, "type": "function",
                                     "function": {"name": name, "arguments": ""}}] }),
@@ -33,6 +34,7 @@ pub(super) fn piece_delta(
 pub(super) fn whole_choice(index: u32, choice: &PlannedChoice, logprobs: Option<usize>) -> Value {
     let mut content: Option<String> = None;
     let mut reasoning: Option<String> = None;
+    let mut refusal: Option<String> = None;
     let mut calls: Vec<Value> = Vec::new();
     let mut tokens: Vec<Value> = Vec::new();
     for (position, piece) in choice.pieces.iter().enumerate() {
@@ -44,6 +46,7 @@ pub(super) fn whole_choice(index: u32, choice: &PlannedChoice, logprobs: Option<
                 }
             }
             Piece::Reasoning(text) => reasoning.get_or_insert_with(String::new).push_str(text),
+            Piece::Refusal(text) => refusal.get_or_insert_with(String::new).push_str(text),
             Piece::CallStart { id, name, .. } => calls.push(json!({
                 "id": id, "type": "function", "function": {"name": name, "arguments": ""}
             })),
@@ -55,7 +58,7 @@ pub(super) fn whole_choice(index: u32, choice: &PlannedChoice, logprobs: Option<
             }
         }
     }
-    let mut message = json!({ "role": "assistant", "content": content, "refusal": null });
+    let mut message = json!({ "role": "assistant", "content": content, "refusal": refusal });
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }

@@ -143,6 +143,19 @@ provider_got_what_was_sent("a json_schema response format")
 check(sent[-1]["response_format"]["type"] == "json_schema", "the SDK sent a json_schema")
 weather = parsed.choices[0].message.parsed
 check(weather == Weather(city="city example", temperature_c=1, sunny=True), "the reply parses into the schema")
+# A refusal comes instead of content, whole and streamed, as OpenAI sends it.
+REFUSE = [{"role": "user", "content": "What is the weather in Paris? (please refuse)"}]
+refused = parse(model="mock-model", messages=REFUSE, response_format=Weather).choices[0].message
+check(refused.refusal == "I'm sorry, I cannot help with that request.", "a refusal is passed on")
+check(refused.content is None and refused.parsed is None, "a refused reply has no content to parse")
+schema = sent[-1]["response_format"]
+refusal_chunks = [
+    c.delta.refusal
+    for chunk in client.chat.completions.create(model="mock-model", messages=REFUSE, response_format=schema, stream=True)
+    for c in chunk.choices
+    if c.delta.refusal
+]
+check(len(refusal_chunks) > 1 and "".join(refusal_chunks) == refused.refusal, "a refusal streams in pieces")
 as_object = client.chat.completions.create(model="mock-model", messages=QUESTION, response_format={"type": "json_object"})
 check("answer" in json.loads(as_object.choices[0].message.content), "json_object answers with JSON")
 
@@ -172,7 +185,7 @@ for chunk in client.chat.completions.create(model="mock-model", messages=QUESTIO
             streamed_tokens += [t.token for t in c.logprobs.content]
 check(streamed_tokens == [t.token for t in tokens], "streamed logprobs are the same")
 
-# 7. An image part (a data URL) and audio, passed on untouched.
+# 7. Image parts (a data URL and a URL), audio and a file, passed on untouched.
 PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 image = client.chat.completions.create(
     model="mock-model",
@@ -184,6 +197,19 @@ image = client.chat.completions.create(
 )
 provider_got_what_was_sent("image parts")
 check(image.choices[0].message.content, "an image request is answered")
+# A second of silence as WAV, and a small PDF, as the SDK's types spell them.
+WAV = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA="
+PDF = "data:application/pdf;base64,JVBERi0xLjQKJcOkw7zDtsOfCjEgMCBvYmoKPDwvVHlwZS9DYXRhbG9nPj4KZW5kb2JqCnRyYWlsZXIKPDwvUm9vdCAxIDAgUj4+CiUlRU9G"
+media = client.chat.completions.create(
+    model="mock-model",
+    messages=[{"role": "user", "content": [
+        {"type": "text", "text": "Transcribe this, then summarise the document."},
+        {"type": "input_audio", "input_audio": {"data": WAV, "format": "wav"}},
+        {"type": "file", "file": {"filename": "notes.pdf", "file_data": PDF}},
+    ]}],
+)
+provider_got_what_was_sent("audio and file parts")
+check(media.choices[0].message.content, "an audio and file request is answered")
 
 # 8. Reasoning parameters and usage details.
 reasoning = client.chat.completions.create(model="mock-model", messages=QUESTION, reasoning_effort="low", max_completion_tokens=64)
