@@ -12,40 +12,16 @@ use crate::helpers::{
     TestApp, TestOptions, assert_error, run_sdk_script, spawn_app, spawn_app_with,
 };
 
-/// A batch line asking the mock for an answer.
-fn request_line(custom_id: &str) -> Value {
-    json!({
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": "mock-model", "messages": [{"role": "user", "content": format!("Answer {custom_id}")}]},
-    })
-}
+#[path = "../support/batch_files.rs"]
+mod batch_files;
 
-fn jsonl(lines: &[Value]) -> Vec<u8> {
-    lines
-        .iter()
-        .map(|line| format!("{line}\n"))
-        .collect::<String>()
-        .into_bytes()
-}
+use batch_files::{custom_id_asked, jsonl, request_line, upload_form};
 
-/// `POST /v1/files` as a multipart form, built by hand.
+/// `POST /v1/files` with this key.
 async fn upload_as(app: &TestApp, key: &str, purpose: &str, data: &[u8]) -> reqwest::Response {
-    let boundary = "cqtest-boundary-5f1d";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"requests.jsonl\"\r\n\
-         Content-Type: application/jsonl\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(data);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let (content_type, body) = upload_form(purpose, data);
     app.request_as(key, Method::POST, "/v1/files")
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
+        .header("content-type", content_type)
         .body(body)
         .send()
         .await
@@ -116,12 +92,7 @@ async fn file_lines(app: &TestApp, file: &Value) -> Vec<Value> {
 fn provider_calls(app: &TestApp) -> HashMap<String, usize> {
     let mut calls = HashMap::new();
     for request in app.mock.requests() {
-        let content = request.body["messages"][0]["content"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        let custom_id = content.trim_start_matches("Answer ").to_owned();
-        *calls.entry(custom_id).or_insert(0) += 1;
+        *calls.entry(custom_id_asked(&request.body)).or_insert(0) += 1;
     }
     calls
 }
