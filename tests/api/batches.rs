@@ -15,7 +15,8 @@ use crate::helpers::{
 #[path = "../support/batch_files.rs"]
 mod batch_files;
 
-use batch_files::{custom_id_asked, jsonl, request_line, upload_form};
+use batch_files::{custom_id_asked, upload_form};
+pub use batch_files::{jsonl, request_line};
 
 /// `POST /v1/files` with this key.
 async fn upload_as(app: &TestApp, key: &str, purpose: &str, data: &[u8]) -> reqwest::Response {
