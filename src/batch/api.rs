@@ -91,7 +91,7 @@ impl BatchApi {
                 Ok(bytes::Bytes::from(tail))
             }));
         let sent = self
-            .request(reqwest::Method::POST, "/v1/files")
+            .request(reqwest::Method::POST, "/files")
             .header(
                 "content-type",
                 format!("multipart/form-data; boundary={boundary}"),
@@ -99,7 +99,7 @@ impl BatchApi {
             .body(reqwest::Body::wrap_stream(body))
             .send()
             .await;
-        answer(sent, "/v1/files").await
+        answer(sent, "/files").await
     }
 
     /// Streams a file's content to `path`; returns its lines.

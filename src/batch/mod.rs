@@ -25,11 +25,15 @@ use self::api::BatchApi;
 /// Where chatq is and the key to use.
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
-    /// chatq's base URL.
-    #[arg(long, env = "CHATQ_API_URL", default_value = "http://127.0.0.1:8080")]
+    /// chatq's API base URL (the OpenAI SDK's variable: the same value serves both).
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "http://127.0.0.1:8080/v1"
+    )]
     pub url: String,
     /// An API key (`chatq keys create --tenant NAME`).
-    #[arg(long, env = "CHATQ_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     pub key: String,
     /// No progress bars on standard error.
     #[arg(long)]
@@ -98,7 +102,7 @@ pub async fn run(command: BatchCommand) -> anyhow::Result<ExitCode> {
         } => submit(&file, &window, wait, &api).await,
         BatchCommand::List { limit, api } => {
             let list = BatchApi::new(&api)?
-                .get(&format!("/v1/batches?limit={limit}"))
+                .get(&format!("/batches?limit={limit}"))
                 .await?;
             for batch in list["data"].as_array().into_iter().flatten() {
                 let counts = &batch["request_counts"];
@@ -115,9 +119,7 @@ pub async fn run(command: BatchCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BatchCommand::Status { id, api } => {
-            let batch = BatchApi::new(&api)?
-                .get(&format!("/v1/batches/{id}"))
-                .await?;
+            let batch = BatchApi::new(&api)?.get(&format!("/batches/{id}")).await?;
             print_json(&batch);
             Ok(ExitCode::SUCCESS)
         }
@@ -128,7 +130,7 @@ pub async fn run(command: BatchCommand) -> anyhow::Result<ExitCode> {
             api,
         } => {
             let client = BatchApi::new(&api)?;
-            let batch = client.get(&format!("/v1/batches/{id}")).await?;
+            let batch = client.get(&format!("/batches/{id}")).await?;
             let written = download(&client, &batch["output_file_id"], &output).await?;
             let mut summary = json!({ "output": output, "output_lines": written });
             if let Some(errors) = errors {
@@ -141,7 +143,7 @@ pub async fn run(command: BatchCommand) -> anyhow::Result<ExitCode> {
         }
         BatchCommand::Cancel { id, api } => {
             let batch = BatchApi::new(&api)?
-                .post_json(&format!("/v1/batches/{id}/cancel"), &json!({}))
+                .post_json(&format!("/batches/{id}/cancel"), &json!({}))
                 .await?;
             print_json(&batch);
             Ok(ExitCode::SUCCESS)
@@ -160,7 +162,7 @@ async fn submit(file: &Path, window: &str, wait: bool, args: &ApiArgs) -> anyhow
     bar.finish_and_clear();
     let mut batch = client
         .post_json(
-            "/v1/batches",
+            "/batches",
             &json!({
                 "input_file_id": uploaded["id"],
                 "endpoint": "/v1/chat/completions",
@@ -177,7 +179,7 @@ async fn submit(file: &Path, window: &str, wait: bool, args: &ApiArgs) -> anyhow
         while !ended(&batch) {
             lines.show(&batch);
             tokio::time::sleep(Duration::from_millis(500)).await;
-            batch = client.get(&format!("/v1/batches/{id}")).await?;
+            batch = client.get(&format!("/batches/{id}")).await?;
         }
         lines.show(&batch);
         lines.finish();
@@ -217,7 +219,7 @@ async fn download(client: &BatchApi, file: &Value, path: &Path) -> anyhow::Resul
         anyhow::bail!("the batch has no such file (it failed validation, or has not started)");
     };
     client
-        .download(&format!("/v1/files/{file}/content"), path)
+        .download(&format!("/files/{file}/content"), path)
         .await
 }
 

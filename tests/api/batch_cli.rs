@@ -12,8 +12,8 @@ async fn chatq_batch(app: &TestApp, args: &[&str]) -> (i32, String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatq"))
         .arg("batch")
         .args(args)
-        .args(["--url", &app.url(""), "--no-progress"])
-        .env("CHATQ_API_KEY", &app.key)
+        .args(["--url", &app.url("/v1"), "--no-progress"])
+        .env("OPENAI_API_KEY", &app.key)
         .output()
         .await
         .expect("chatq runs");
@@ -108,7 +108,14 @@ async fn the_cli_submits_waits_lists_and_downloads_a_batch() {
     );
     // A wrong key is told so.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatq"))
-        .args(["batch", "list", "--url", &app.url(""), "--key", "sk-wrong"])
+        .args([
+            "batch",
+            "list",
+            "--url",
+            &app.url("/v1"),
+            "--key",
+            "sk-wrong",
+        ])
         .output()
         .await
         .unwrap();
