@@ -488,3 +488,96 @@ async fn lines_not_done_when_the_window_ends_expire() {
     assert_eq!(seen, expected, "every line is reported once");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn lines_are_retried_and_reach_the_error_file_only_when_they_fail_for_good() {
+    let app = spawn_app_with(TestOptions {
+        mock: MockConfig {
+            failure_rate: 1.0,
+            retry_after_secs: Some(1),
+            ..MockConfig::default()
+        },
+        settings: Box::new(|settings| settings.nats.job_max_attempts = 5),
+        ..TestOptions::default()
+    })
+    .await;
+    let ids = ["retry-a", "retry-b", "retry-c"];
+    let file = upload(&app, &jsonl(&ids.map(request_line))).await;
+    let batch = create_batch(&app, &file, "24h").await;
+    let id = batch["id"].as_str().unwrap().to_owned();
+    // Every line has failed at least once and waits for its next attempt.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let retried: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE batch_id IS NOT NULL AND attempts >= 2",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if retried == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lines were not retried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let running = app.get_ok(&format!("/v1/batches/{id}")).await;
+    assert_eq!(running["status"], "in_progress");
+    assert_eq!(
+        counts(&running),
+        (3, 0, 0),
+        "a line being retried has not failed: {running}"
+    );
+    assert!(file_lines(&app, &running["error_file_id"]).await.is_empty());
+    // The provider recovers: every line is answered, none is in the error file.
+    app.mock.set_config(MockConfig::default());
+    let batch = wait_for_batch(&app, &id, ended).await;
+    assert_eq!(
+        (batch["status"].as_str(), counts(&batch)),
+        (Some("completed"), (3, 3, 0)),
+        "{batch}"
+    );
+    assert!(file_lines(&app, &batch["error_file_id"]).await.is_empty());
+    assert_eq!(file_lines(&app, &batch["output_file_id"]).await.len(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_line_that_fails_every_attempt_is_in_the_error_file_once() {
+    let app = spawn_app_with(TestOptions {
+        mock: MockConfig {
+            failure_rate: 1.0,
+            retry_after_secs: Some(0),
+            ..MockConfig::default()
+        },
+        settings: Box::new(|settings| settings.nats.job_max_attempts = 3),
+        ..TestOptions::default()
+    })
+    .await;
+    let file = upload(&app, &jsonl(&[request_line("doomed")])).await;
+    let batch = create_batch(&app, &file, "24h").await;
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let batch = wait_for_batch(&app, &id, ended).await;
+    assert_eq!(
+        (batch["status"].as_str(), counts(&batch)),
+        (Some("completed"), (1, 0, 1)),
+        "{batch}"
+    );
+    assert_eq!(
+        provider_calls(&app).get("doomed"),
+        Some(&3),
+        "one call per attempt"
+    );
+    let errors = file_lines(&app, &batch["error_file_id"]).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let response = &errors[0]["response"];
+    assert!(
+        response["status_code"].as_u64().is_some_and(|s| s >= 500),
+        "{errors:?}"
+    );
+    assert!(response["body"]["error"]["message"].is_string());
+    assert!(file_lines(&app, &batch["output_file_id"]).await.is_empty());
+    app.stop().await;
+}
