@@ -581,3 +581,44 @@ async fn a_line_that_fails_every_attempt_is_in_the_error_file_once() {
     assert!(file_lines(&app, &batch["output_file_id"]).await.is_empty());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_running_batch_does_not_hold_up_a_chat_completion() {
+    let app = spawn_app_with(TestOptions {
+        mock: MockConfig {
+            ttft_ms: 100,
+            ..MockConfig::default()
+        },
+        settings: Box::new(|settings| settings.worker.concurrency = 2),
+        ..TestOptions::default()
+    })
+    .await;
+    let lines: Vec<Value> = (0..200)
+        .map(|i| request_line(&format!("line-{i}")))
+        .collect();
+    let file = upload(&app, &jsonl(&lines)).await;
+    let batch = create_batch(&app, &file, "24h").await;
+    let id = batch["id"].as_str().unwrap().to_owned();
+    wait_for_batch(&app, &id, |b| {
+        b["request_counts"]["completed"].as_i64() >= Some(4)
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let response = app
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "mock-model", "messages": [{"role": "user", "content": "Answer interactive"}]}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let waited = started.elapsed();
+    let batch = app.get_ok(&format!("/v1/batches/{id}")).await;
+    // Some 196 batch lines were queued ahead of it (10 s of work on two slots): it took the next
+    // free slot instead.
+    assert_eq!(batch["status"], "in_progress", "{batch}");
+    assert!(
+        waited < Duration::from_secs(3),
+        "the completion waited {waited:?}"
+    );
+    app.stop().await;
+}
