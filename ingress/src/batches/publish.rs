@@ -4,7 +4,7 @@
 //! The lines are recorded `queued` before the batch is answered, so publishing them is only a
 //! matter of time: done here at once, a page at a time with many publishes in flight (each still
 //! with `Nats-Msg-Id` and its acknowledgement awaited); anything this leaves unpublished (the
-//! queue filled up, NATS went away, the ingress stopped) is published by the reconciler, as for
+//! queue filled up, NATS went away, the ingress began to stop) is published by the reconciler, as for
 //! any other job recorded but not acknowledged.
 
 use chatq_common::db::batches::lines;
@@ -37,6 +37,11 @@ pub fn spawn(state: &AppState, batch: BatchId) {
 async fn publish(state: &AppState, batch: BatchId) -> Result<(), sqlx::Error> {
     let mut after: Option<JobId> = None;
     loop {
+        // A stopping ingress does not hold up its shutdown for a large batch: the reconciler
+        // publishes what is left.
+        if state.streams_stop.is_cancelled() {
+            return Ok(());
+        }
         let page = lines::unpublished(&state.pool, batch, after, PAGE).await?;
         let Some(last) = page.last() else {
             return Ok(());
