@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use chatq_common::Settings;
 use chatq_common::settings::SettingsFlags;
@@ -35,6 +36,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Run batches of chat completions through a running chatq (upload, start, watch, download).
+    Batch {
+        #[command(subcommand)]
+        command: crate::batch::BatchCommand,
     },
     /// Run an OpenAI-compatible mock LLM server (for demos, tests and benchmarks).
     MockLlm {
@@ -87,7 +93,15 @@ enum KeysCommand {
 }
 
 impl Cli {
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// Runs the command; its exit code (`chatq batch` says with it how a batch ended).
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Command::Batch { command } = self.command {
+            return crate::batch::run(command).await;
+        }
+        self.run_role().await.map(|()| ExitCode::SUCCESS)
+    }
+
+    async fn run_role(self) -> anyhow::Result<()> {
         match self.command {
             Command::Serve(args) => roles::serve(load(&args.settings)?, roles::Roles::Both).await,
             Command::Ingress(args) => {
@@ -107,6 +121,8 @@ impl Cli {
             } => roles::create_key(load(&settings)?, &tenant, admin).await,
             Command::MockLlm { addr, config, log } => roles::mock_llm(addr, config, &log.log).await,
             Command::Bench { args } => crate::bench::run(args),
+            // Answered by `run`.
+            Command::Batch { .. } => Ok(()),
         }
     }
 }

@@ -7,8 +7,10 @@
 //! - [`cli`]: the subcommands, each with every setting as a flag.
 //! - [`roles`]: starting each role (`serve`, `ingress`, `worker`, `migrate`, `keys`, `mock-llm`,
 //!   the last from the `chatq-mock-llm` crate) and draining it on a signal.
+//! - [`batch`]: `chatq batch …`, a client of the Batch API over HTTP.
 //! - [`bench`]: `chatq bench`, handing over to the separately built `chatq-bench` executable.
 
+mod batch;
 mod bench;
 mod cli;
 mod roles;
@@ -21,7 +23,7 @@ use clap::Parser;
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.run().await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             // Logging may not be set up yet (a bad setting), so write the error directly.
             #[expect(

@@ -120,6 +120,14 @@ typed_id!(
     /// A job: one request to the provider, queued, run and recorded.
     JobId, "job", "job"
 );
+typed_id!(
+    /// A file: an upload for batches, or a batch's output or errors.
+    FileId, "file", "file"
+);
+typed_id!(
+    /// A batch: the lines of an input file, each run as a job on the batch lane.
+    BatchId, "batch", "batch"
+);
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -22,10 +22,15 @@ use crate::error::ApiError;
 /// limit.
 const DRAIN_FACTOR: usize = 8;
 
+/// `POST` here uploads a file.
+const UPLOAD_PATH: &str = "/v1/files";
+
 /// The middleware: see the module documentation. `limit` is `max_request_bytes`.
 pub async fn limit_body(State(limit): State<usize>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    if body.size_hint().exact() == Some(0) {
+    // A file upload is streamed to storage, under its own limit (`crate::files::upload`).
+    let is_upload = parts.method == Method::POST && parts.uri.path() == UPLOAD_PATH;
+    if is_upload || body.size_hint().exact() == Some(0) {
         return next.run(Request::from_parts(parts, body)).await;
     }
     let declared = parts

@@ -138,8 +138,10 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the OpenAI error body a client is answered with (a 5xx's cause is logged
+    /// here, once, and not sent).
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
         let status = self.status();
         let message = match &self {
             ApiError::Internal(err) => {
@@ -158,6 +160,13 @@ impl IntoResponse for ApiError {
         let body = json!({
             "error": { "message": message, "type": self.kind(), "code": self.code(), "param": param }
         });
+        (status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
         let mut response = (status, Json(body)).into_response();
         if let ApiError::RateLimited { retry_after, .. }
         | ApiError::Overloaded { retry_after, .. } = &self

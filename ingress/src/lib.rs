@@ -16,6 +16,8 @@
 //! - `cancel`: cancelling a queued or running job.
 //! - `hub`: per-job event hubs behind SSE and waits: one subscription and replay per job, any
 //!   number of clients, and the Postgres fallback that ends every wait.
+//! - `files`, `batches`: the OpenAI Files and Batch APIs; a batch's lines are jobs on the batch
+//!   lane, recorded in bulk.
 //! - `chat_api`: the chat completions wire format clients speak: the request and its
 //!   validation, the completion and chunk shapes.
 //! - `auth`: API keys to tenants, with a short-lived cache.
@@ -32,11 +34,13 @@
 //! - [`error`]: the one error type, in the OpenAI error shape.
 
 mod auth;
+mod batches;
 mod body_limit;
 mod cancel;
 mod chat_api;
 pub mod error;
 mod extract;
+mod files;
 mod hub;
 mod observe;
 mod published_marks;

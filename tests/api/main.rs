@@ -13,6 +13,8 @@ mod tool_calls;
 
 mod backpressure;
 mod bad_input;
+mod batch_cli;
+mod batches;
 mod body_limit;
 mod chat;
 mod completions;

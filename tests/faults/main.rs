@@ -7,6 +7,7 @@
 //! messages, injects its fault while they run, and ends with a ledger ([`ledger`]): every
 //! accepted job reaches exactly one terminal state, with at most one reply, and none is lost.
 //!
+//! - [`batches`]: a worker killed mid-batch: every line answered exactly once.
 //! - [`workers`]: a worker killed mid-job, stopped with SIGTERM, crashing between commit and ack;
 //!   long calls kept alive by in-progress acks.
 //! - [`nats`]: nats-server killed and restarted, with its store kept or wiped.
@@ -39,6 +40,7 @@ mod shared_tool_calls;
 #[path = "../api/sse.rs"]
 mod sse;
 
+mod batches;
 mod cluster;
 mod fleet;
 mod ingress;

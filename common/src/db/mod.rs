@@ -5,8 +5,10 @@
 //! Functions here do no HTTP and no NATS: they take a pool or a connection, run SQL, and return
 //! typed rows or outcomes the caller decides on.
 
+pub mod batches;
 pub mod conversations;
 pub mod feedback;
+pub mod files;
 pub mod jobs;
 pub mod keys;
 pub mod messages;

@@ -6,6 +6,7 @@
 //! on the hot path, and the hot path waits on a sweep for one small batch at most. A job that is
 //! `queued` or `running` is never deleted, whatever its age: not by the job sweeps, which only
 //! look at finished statuses, and not with its conversation, which is kept while it has one.
+//! A batch's jobs are its output: they are kept with their batch, whatever their age.
 
 use sqlx::PgPool;
 
@@ -24,6 +25,7 @@ pub async fn delete_finished_jobs(
           WHERE id IN (SELECT id FROM jobs
                         WHERE status IN ('succeeded', 'cancelled', 'expired')
                           AND finished_at < now() - make_interval(secs => $1)
+                          AND batch_id IS NULL
                         ORDER BY finished_at
                         LIMIT $2
                           FOR UPDATE SKIP LOCKED)",
@@ -50,6 +52,7 @@ pub async fn delete_dead_letters(
           WHERE id IN (SELECT id FROM jobs
                         WHERE status = 'failed'
                           AND finished_at < now() - make_interval(secs => $1)
+                          AND batch_id IS NULL
                         ORDER BY finished_at
                         LIMIT $2
                           FOR UPDATE SKIP LOCKED)",

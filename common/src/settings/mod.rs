@@ -254,6 +254,14 @@ settings! {
         max_event_streams: usize = "20000";
         /// Longest wait, in seconds, that `Prefer: wait=N` and `?wait=N` may ask for.
         max_wait_secs: u64 = "60";
+        /// Largest file `POST /v1/files` stores, in bytes (413 above it); an upload is streamed to Postgres, never held whole.
+        max_file_bytes: u64 = "209715200";
+        /// Most lines (batch requests) one uploaded file may hold (400 above it).
+        max_file_lines: u64 = "100000";
+        /// Shortest `completion_window` a batch may ask for, in seconds.
+        batch_min_window_secs: u64 = "3600";
+        /// Longest `completion_window` a batch may ask for, in seconds.
+        batch_max_window_secs: u64 = "604800";
     }
     /// A worker process.
     worker: WorkerSettings {

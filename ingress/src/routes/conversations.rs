@@ -45,7 +45,7 @@ pub struct ListQuery {
     after: Option<String>,
 }
 
-fn page_size(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+pub(crate) fn page_size(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
     match limit {
         None => Ok(default),
         Some(limit) if (1..=max).contains(&limit) => Ok(limit),

@@ -2,9 +2,11 @@
 //! methods in the OpenAI error shape.
 
 mod admin;
+mod batches;
 mod completions;
-mod conversations;
+pub(crate) mod conversations;
 pub(crate) mod events;
+mod files;
 mod health;
 mod jobs;
 mod messages;
@@ -54,6 +56,19 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}/events", get(events::stream))
         .route("/v1/chat/completions", post(completions::create))
+        .route(
+            "/v1/files",
+            // An upload is streamed to storage under its own limit (max_file_bytes), not read
+            // whole under max_request_bytes (crate::body_limit lets it through).
+            post(files::upload)
+                .layer(DefaultBodyLimit::disable())
+                .get(files::list),
+        )
+        .route("/v1/files/{id}", get(files::get).delete(files::delete))
+        .route("/v1/files/{id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::get))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
         .route("/v1/admin/queue", get(operators::queue))

@@ -1,0 +1,86 @@
+//! Batches: create, list, get, cancel (the OpenAI Batch API, on the batch lane).
+
+use axum::Json;
+use axum::extract::State;
+use chatq_common::db::batches as stored;
+use chatq_common::ids::BatchId;
+use serde::Deserialize;
+
+use super::conversations::page_size;
+use crate::auth::Caller;
+use crate::batches::create::CreateBatchRequest;
+use crate::batches::{self, BatchView};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{IdPath, JsonBody, QueryParams};
+use crate::state::AppState;
+use crate::views::ListView;
+
+/// Default and largest page sizes, as OpenAI's.
+const DEFAULT_PAGE: i64 = 20;
+const MAX_PAGE: i64 = 100;
+
+/// `POST /v1/batches`.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<CreateBatchRequest>,
+) -> ApiResult<Json<BatchView>> {
+    let row = batches::create::create(&state, caller.tenant, request).await?;
+    Ok(Json(batches::shown(&state, caller.tenant, row).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+/// `GET /v1/batches`: newest first, `?limit&after`.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<ListView<BatchView>>> {
+    let limit = page_size(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let after = query
+        .after
+        .map(|after| {
+            after.parse::<BatchId>().map_err(|err| {
+                ApiError::invalid_with_code(
+                    format!("Invalid 'after': {err}."),
+                    "after",
+                    "invalid_id",
+                )
+            })
+        })
+        .transpose()?;
+    let mut rows = stored::list(&state.pool, caller.tenant, after, limit).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let mut data = Vec::with_capacity(rows.len());
+    for row in rows {
+        data.push(batches::shown(&state, caller.tenant, row).await?);
+    }
+    Ok(Json(ListView::new(data, has_more, |b: &BatchView| {
+        b.id.to_string()
+    })))
+}
+
+/// `GET /v1/batches/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<BatchId>,
+) -> ApiResult<Json<BatchView>> {
+    Ok(Json(batches::view(&state, caller.tenant, id).await?))
+}
+
+/// `POST /v1/batches/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath<BatchId>,
+) -> ApiResult<Json<BatchView>> {
+    Ok(Json(batches::cancel(&state, caller.tenant, id).await?))
+}
