@@ -82,6 +82,8 @@ impl FromRequestParts<AppState> for Caller {
                 None => ApiError::internal(anyhow::anyhow!("key lookup failed")),
             })?
             .ok_or_else(invalid)?;
+        // Limited on the key itself, however the header spelled it.
+        state.key_limits.check(owner.key_id)?;
         Ok(Caller {
             tenant: owner.tenant_id,
             owner,

@@ -1,0 +1,4 @@
+//! Hostile clients: what a client that means harm (or is merely careless) can and cannot do.
+//! One file per concern.
+
+mod rate_limits;
