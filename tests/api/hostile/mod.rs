@@ -1,4 +1,5 @@
 //! Hostile clients: what a client that means harm (or is merely careless) can and cannot do.
 //! One file per concern.
 
+mod nul;
 mod rate_limits;
