@@ -59,11 +59,7 @@ pub async fn run_completion(
     let idempotency = key.map(|key| key.bind("/v1/chat/completions", &body));
     let request = body.validate(sent, &state.limits, state.unknown_parameters)?;
     let model = request.params.model.clone();
-    if !state.models.is_empty() && !crate::routes::models::configured(state).contains(&model) {
-        return Err(ApiError::NotFound(format!(
-            "The model '{model}' does not exist or you do not have access to it. GET /v1/models lists the models."
-        )));
-    }
+    crate::routes::models::ensure_offered(state, &model)?;
     super::shed_if_full(state, idempotency.is_some())?;
     let job = NewJob {
         id: JobId::new(),

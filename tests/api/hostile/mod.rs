@@ -1,5 +1,6 @@
 //! Hostile clients: what a client that means harm (or is merely careless) can and cannot do.
 //! One file per concern.
 
+mod models;
 mod nul;
 mod rate_limits;
