@@ -18,7 +18,8 @@
 //!   number of clients, and the Postgres fallback that ends every wait.
 //! - `chat_api`: the chat completions wire format clients speak: the request and its
 //!   validation, the completion and chunk shapes.
-//! - `auth`: API keys to tenants, with a short-lived cache.
+//! - `auth`: API keys to tenants; `key_directory`: the key caches and the bounds that keep
+//!   unknown keys from costing Postgres.
 //! - `extract`: extractors that turn bad input into clear 4xx answers; `body_limit`: the 413 for
 //!   an oversized body, which every client gets to read.
 //! - `validate`: request bodies and their limits.
@@ -38,6 +39,7 @@ mod chat_api;
 pub mod error;
 mod extract;
 mod hub;
+mod key_directory;
 mod observe;
 mod published_marks;
 mod queue_monitor;
@@ -128,8 +130,10 @@ impl Application {
             background_stop.clone(),
         ));
         let key_limits = ratelimit::KeyRateLimits::new(&settings.limits);
+        let keys = key_directory::KeyDirectory::new(pool.clone(), &settings.limits);
         background.spawn(forget_idle_keys(
             key_limits.clone(),
+            keys.clone(),
             background_stop.clone(),
         ));
         // New jobs of concurrent requests are recorded together (group commit).
@@ -165,7 +169,7 @@ impl Application {
             topology,
             jetstream: async_nats::jetstream::new(nats.clone()),
             nats,
-            keys: auth::key_cache(),
+            keys,
             published: PublishedMarks::start(pool.clone(), &background, background_stop.clone()),
             pool,
             default_model: default_model.map(Arc::from),
@@ -213,13 +217,17 @@ impl Application {
         let streams_stop = self.streams_stop.clone();
         // `into_make_service` prepares the routes once; a plain Router would copy every route,
         // with its layers, for each connection (about 100 KB each, held by every SSE stream).
-        axum::serve(self.listener, self.router.into_make_service())
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                streams_stop.cancel();
-            })
-            .await
-            .context("the HTTP server failed")?;
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            streams_stop.cancel();
+        })
+        .await
+        .context("the HTTP server failed")?;
         // Phase 2: flush the background batchers, now that no request can feed them.
         self.background_stop.cancel();
         self.background.close();
@@ -229,12 +237,20 @@ impl Application {
     }
 }
 
-/// Keeps the per-key limiter's memory bounded by forgetting keys that have been idle.
-async fn forget_idle_keys(limits: ratelimit::KeyRateLimits, stop: CancellationToken) {
+/// Keeps the per-key and per-peer limiters' memory bounded by forgetting keys and peers that
+/// have been idle.
+async fn forget_idle_keys(
+    limits: ratelimit::KeyRateLimits,
+    keys: key_directory::KeyDirectory,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = ticks.tick() => limits.forget_idle(),
+            _ = ticks.tick() => {
+                limits.forget_idle();
+                keys.forget_idle();
+            }
             () = stop.cancelled() => return,
         }
     }

@@ -11,7 +11,6 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::KeyCache;
 use crate::hub::EventHubs;
 use crate::published_marks::PublishedMarks;
 use crate::queue_monitor::QueueMonitor;
@@ -36,7 +35,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,
     pub topology: Topology,
-    pub keys: KeyCache,
+    /// API keys to owners, with the bounds that keep unknown keys cheap.
+    pub keys: crate::key_directory::KeyDirectory,
     /// Batches "JetStream acknowledged this job" updates into one statement.
     pub published: PublishedMarks,
     /// The model used when neither the request nor the conversation names one.
