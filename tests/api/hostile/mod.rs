@@ -2,6 +2,7 @@
 //! One file per concern.
 
 mod key_flood;
+mod leaks;
 mod models;
 mod nul;
 mod rate_limits;
