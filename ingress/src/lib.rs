@@ -26,6 +26,7 @@
 //! - `views`: the JSON shapes of the API.
 //! - `queue_monitor`: queue depth per lane and the drain rate behind `Retry-After`.
 //! - `ratelimit`: per-key request rate limits.
+//! - `serve`: the server loop, with a cap on connections and a deadline for request headers.
 //! - `observe`: request metrics and `GET /metrics`.
 //! - `trace_context`: one trace per request (`traceparent` in and out), named by the request's
 //!   span and recorded on the jobs it creates.
@@ -45,6 +46,7 @@ mod published_marks;
 mod queue_monitor;
 mod ratelimit;
 mod routes;
+mod serve;
 mod state;
 mod submit;
 mod trace_context;
@@ -84,6 +86,7 @@ pub struct Application {
     background_stop: CancellationToken,
     /// Ends open event streams when shutdown begins (they would otherwise never finish).
     streams_stop: CancellationToken,
+    connection_limits: serve::ConnectionLimits,
 }
 
 impl Application {
@@ -174,6 +177,9 @@ impl Application {
             pool,
             default_model: default_model.map(Arc::from),
             limits: Arc::new(settings.limits.clone()),
+            body_read_timeout: std::time::Duration::from_secs(
+                settings.ingress.body_read_timeout_secs.max(1),
+            ),
             sse_keepalive: std::time::Duration::from_secs(
                 settings.ingress.sse_keepalive_secs.max(1),
             ),
@@ -194,6 +200,12 @@ impl Application {
             background,
             background_stop,
             streams_stop,
+            connection_limits: serve::ConnectionLimits {
+                max_connections: settings.ingress.max_connections,
+                header_read_timeout: std::time::Duration::from_secs(
+                    settings.ingress.header_read_timeout_secs.max(1),
+                ),
+            },
         })
     }
 
@@ -215,19 +227,19 @@ impl Application {
         // Phase 1: stop accepting connections, end event streams (clients reconnect elsewhere
         // with Last-Event-ID), and let other requests in flight finish.
         let streams_stop = self.streams_stop.clone();
-        // `into_make_service` prepares the routes once; a plain Router would copy every route,
-        // with its layers, for each connection (about 100 KB each, held by every SSE stream).
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let end_streams = async {
             shutdown.cancelled().await;
             streams_stop.cancel();
-        })
-        .await
-        .context("the HTTP server failed")?;
+        };
+        tokio::join!(
+            serve::serve(
+                self.listener,
+                self.router,
+                self.connection_limits,
+                shutdown.clone()
+            ),
+            end_streams
+        );
         // Phase 2: flush the background batchers, now that no request can feed them.
         self.background_stop.cancel();
         self.background.close();

@@ -20,6 +20,8 @@ use crate::ratelimit::KeyRateLimits;
 pub struct AppState {
     /// What a request may ask for, and how much of this ingress it may use.
     pub limits: Arc<LimitSettings>,
+    /// How long a request body may take to arrive (`body_read_timeout_secs`; `body_limit`).
+    pub body_read_timeout: std::time::Duration,
     /// Between keep-alive comments on an idle event stream (`sse_keepalive_secs`).
     pub sse_keepalive: std::time::Duration,
     /// `cancel_abandoned_completions`: cancel a completion's job when its client goes away

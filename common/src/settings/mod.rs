@@ -158,6 +158,12 @@ settings! {
         cancel_abandoned_completions: bool = "true";
         /// What `POST /v1/chat/completions` does with a parameter it does not know: `refuse` it with a 400 naming it (for a public deployment), or `forward` it to the provider as given (for a private gateway).
         unknown_parameters: UnknownParameters = "refuse";
+        /// Most client connections one ingress holds open (event streams included); beyond it new connections wait in the listen backlog until one closes. Keep the process's file-descriptor limit above it.
+        max_connections / http_max_connections: usize = "25000";
+        /// Seconds a connection has to send a request's headers, counted from the end of the previous request on a kept-alive connection; a slower one is closed.
+        header_read_timeout_secs: u64 = "30";
+        /// Seconds a request's body may take to arrive once its headers have (408 above it).
+        body_read_timeout_secs: u64 = "30";
     }
     /// Postgres, the source of truth.
     database: DatabaseSettings {

@@ -67,7 +67,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
-            body_limit,
+            crate::body_limit::BodyLimits {
+                max_bytes: body_limit,
+                read_timeout: state.body_read_timeout,
+            },
             crate::body_limit::limit_body,
         ))
         .layer(middleware::from_fn(observe::record));
