@@ -7,10 +7,12 @@
 //! - [`cli`]: the subcommands, each with every setting as a flag.
 //! - [`roles`]: starting each role (`serve`, `ingress`, `worker`, `migrate`, `keys`, `mock-llm`,
 //!   the last from the `chatq-mock-llm` crate) and draining it on a signal.
+//! - [`keys`]: `chatq keys create | list | revoke`.
 //! - [`bench`]: `chatq bench`, handing over to the separately built `chatq-bench` executable.
 
 mod bench;
 mod cli;
+mod keys;
 mod roles;
 
 use std::process::ExitCode;

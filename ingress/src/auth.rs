@@ -25,9 +25,21 @@ pub struct Caller {
     pub owner: KeyOwner,
 }
 
-/// A caller whose key has the admin scope.
+/// A caller whose key has the admin scope (its tenant) or the operator scope (every tenant).
 #[derive(Debug, Clone, Copy)]
 pub struct Admin(pub Caller);
+
+impl Admin {
+    /// The tenant whose data the caller may see and change; `None` for an operator, who may
+    /// see every tenant's.
+    pub fn tenant_scope(&self) -> Option<TenantId> {
+        (!self.0.owner.is_operator).then_some(self.0.tenant)
+    }
+}
+
+/// A caller whose key has the operator scope: the fleet (queue, workers).
+#[derive(Debug, Clone, Copy)]
+pub struct Operator;
 
 /// The address the request came from (the proxy's, behind one).
 fn peer(parts: &Parts) -> Option<IpAddr> {
@@ -82,12 +94,28 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = Caller::from_request_parts(parts, state).await?;
-        if !caller.owner.is_admin {
+        if !(caller.owner.is_admin || caller.owner.is_operator) {
             return Err(ApiError::Forbidden(
                 "This endpoint needs an admin key (`chatq keys create --tenant NAME --admin`)."
                     .into(),
             ));
         }
         Ok(Admin(caller))
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if !caller.owner.is_operator {
+            return Err(ApiError::Forbidden(
+                "This endpoint shows the whole fleet and needs an operator key \
+                 (`chatq keys create --tenant NAME --operator`)."
+                    .into(),
+            ));
+        }
+        Ok(Operator)
     }
 }

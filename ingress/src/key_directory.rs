@@ -1,5 +1,8 @@
 //! API keys to their owners, without letting unknown keys cost Postgres.
 //!
+//! A known key is reused for [`KEY_CACHE_TTL`], unless `chatq keys revoke` announces a
+//! revocation, which empties the cache at once; its expiry is checked on every request.
+//!
 //! A well-formed random key is not in any cache, so each one would be a query. Three bounds keep
 //! a flood of them from reaching the database or crowding out real clients:
 //!
@@ -89,6 +92,19 @@ impl KeyDirectory {
     /// lookups are saturated or Postgres is unreachable.
     pub async fn owner(&self, key: &str, peer: Option<IpAddr>) -> Result<KeyOwner, ApiError> {
         let hash = hash_key(key);
+        let owner = self.find(&hash, peer).await?;
+        // Checked on every request: a cached key stops working the moment it expires.
+        if owner.expired(time::OffsetDateTime::now_utc()) {
+            self.known.invalidate(&hash).await;
+            return Err(ApiError::Unauthenticated(
+                "This API key has expired. Ask for a new one.".into(),
+            ));
+        }
+        Ok(owner)
+    }
+
+    async fn find(&self, hash: &[u8; 32], peer: Option<IpAddr>) -> Result<KeyOwner, ApiError> {
+        let hash = *hash;
         if let Some(owner) = self.known.get(&hash).await {
             return Ok(owner);
         }
@@ -146,6 +162,13 @@ impl KeyDirectory {
     async fn blocked(&self, peer: Option<IpAddr>) -> Option<Duration> {
         let until = self.blocked.get(&peer?).await?;
         until.checked_duration_since(Instant::now())
+    }
+
+    /// Forgets every known key, so the next request of each is looked up again: a key was
+    /// revoked (`chatq keys revoke` says so over NATS; revocations are rare, and the lookups
+    /// this costs are bounded like any others).
+    pub fn forget_known_keys(&self) {
+        self.known.invalidate_all();
     }
 
     /// Forgets peers idle long enough to be back at their full failure budget.

@@ -134,6 +134,16 @@ impl Application {
         ));
         let key_limits = ratelimit::KeyRateLimits::new(&settings.limits);
         let keys = key_directory::KeyDirectory::new(pool.clone(), &settings.limits);
+        // Subscribed before the first request is served, so no revocation can be missed.
+        let revocations = nats
+            .subscribe(topology.key_revocations_subject())
+            .await
+            .context("cannot subscribe to key revocations")?;
+        background.spawn(forget_revoked_keys(
+            revocations,
+            keys.clone(),
+            background_stop.clone(),
+        ));
         background.spawn(forget_idle_keys(
             key_limits.clone(),
             keys.clone(),
@@ -246,6 +256,25 @@ impl Application {
         self.background.wait().await;
         tracing::info!("ingress stopped");
         Ok(())
+    }
+}
+
+/// Empties the key cache whenever a key is revoked, so the revoked key stops working now rather
+/// than when its cache entry expires.
+async fn forget_revoked_keys(
+    mut revocations: async_nats::Subscriber,
+    keys: key_directory::KeyDirectory,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt as _;
+    loop {
+        tokio::select! {
+            revoked = revocations.next() => match revoked {
+                Some(_) => keys.forget_known_keys(),
+                None => return,
+            },
+            () = stop.cancelled() => return,
+        }
     }
 }
 

@@ -7,3 +7,4 @@ mod leaks;
 mod models;
 mod nul;
 mod rate_limits;
+mod scopes;
