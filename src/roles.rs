@@ -130,7 +130,7 @@ async fn bootstrap_development_key(pool: &sqlx::PgPool, addr: SocketAddr) -> any
     )]
     {
         eprintln!(
-            "\n  This database had no API keys, so chatq created one for tenant \"dev\" (admin).\n  \
+            "\n  This database had no API keys, so chatq created one for tenant \"dev\" (operator).\n  \
              It is shown only now; keep it:\n\n      {key}\n\n  Try it:\n\n      \
              KEY={key}\n      \
              curl -s -X POST {base}/v1/conversations -H \"Authorization: Bearer $KEY\" -d '{{\"title\":\"hello\"}}'\n\n  \
