@@ -9,7 +9,8 @@ use chatq_common::settings::SettingsFlags;
 use chatq_mock_llm::MockConfig;
 use clap::{Parser, Subcommand};
 
-use crate::roles;
+use crate::{keys, roles};
+use chatq_common::db::keys::KeyScope;
 
 /// chatq: a queue-backed AI chat backend.
 ///
@@ -84,9 +85,30 @@ enum KeysCommand {
         /// Tenant the key belongs to.
         #[arg(long)]
         tenant: String,
-        /// Give the key the admin scope (operator endpoints).
+        /// Give the key the admin scope: its tenant's dead letters.
         #[arg(long)]
         admin: bool,
+        /// Give the key the operator scope: every tenant's dead letters, the queue and workers.
+        #[arg(long, conflicts_with = "admin")]
+        operator: bool,
+        /// Days until the key stops working (it never expires without this).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        #[command(flatten)]
+        settings: SettingsFlags,
+    },
+    /// List API keys (never the keys themselves): id, tenant, prefix, scope, dates.
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        settings: SettingsFlags,
+    },
+    /// Revoke an API key by its id (`key_…`, as `chatq keys list` shows it); every ingress stops
+    /// accepting it within a second.
+    Revoke {
+        key_id: String,
         #[command(flatten)]
         settings: SettingsFlags,
     },
@@ -111,14 +133,28 @@ impl Cli {
                 roles::serve(load(&args.settings)?, roles::Roles::Worker).await
             }
             Command::Migrate(args) => roles::migrate(load(&args.settings)?).await,
-            Command::Keys {
-                command:
-                    KeysCommand::Create {
-                        tenant,
-                        admin,
-                        settings,
-                    },
-            } => roles::create_key(load(&settings)?, &tenant, admin).await,
+            Command::Keys { command } => match command {
+                KeysCommand::Create {
+                    tenant,
+                    admin,
+                    operator,
+                    expires_in_days,
+                    settings,
+                } => {
+                    let scope = match (admin, operator) {
+                        (_, true) => KeyScope::Operator,
+                        (true, false) => KeyScope::Admin,
+                        (false, false) => KeyScope::Tenant,
+                    };
+                    keys::create(load(&settings)?, &tenant, scope, expires_in_days).await
+                }
+                KeysCommand::List { tenant, settings } => {
+                    keys::list(load(&settings)?, tenant.as_deref()).await
+                }
+                KeysCommand::Revoke { key_id, settings } => {
+                    keys::revoke(load(&settings)?, &key_id).await
+                }
+            },
             Command::MockLlm { addr, config, log } => roles::mock_llm(addr, config, &log.log).await,
             Command::Bench { args } => crate::bench::run(args),
             // Answered by `run`.

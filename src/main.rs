@@ -8,11 +8,13 @@
 //! - [`roles`]: starting each role (`serve`, `ingress`, `worker`, `migrate`, `keys`, `mock-llm`,
 //!   the last from the `chatq-mock-llm` crate) and draining it on a signal.
 //! - [`batch`]: `chatq batch …`, a client of the Batch API over HTTP.
+//! - [`keys`]: `chatq keys create | list | revoke`.
 //! - [`bench`]: `chatq bench`, handing over to the separately built `chatq-bench` executable.
 
 mod batch;
 mod bench;
 mod cli;
+mod keys;
 mod roles;
 
 use std::process::ExitCode;

@@ -115,9 +115,14 @@ async fn bootstrap_development_key(pool: &sqlx::PgPool, addr: SocketAddr) -> any
     if db::keys::any_key_exists(pool).await? {
         return Ok(());
     }
-    let key = db::keys::create_key(pool, "dev", true)
-        .await
-        .context("cannot create the development API key")?;
+    let key = db::keys::create_key(
+        pool,
+        "dev",
+        chatq_common::db::keys::KeyScope::Operator,
+        None,
+    )
+    .await
+    .context("cannot create the development API key")?;
     let base = format!("http://{addr}");
     #[expect(
         clippy::print_stderr,
@@ -125,7 +130,7 @@ async fn bootstrap_development_key(pool: &sqlx::PgPool, addr: SocketAddr) -> any
     )]
     {
         eprintln!(
-            "\n  This database had no API keys, so chatq created one for tenant \"dev\" (admin).\n  \
+            "\n  This database had no API keys, so chatq created one for tenant \"dev\" (operator).\n  \
              It is shown only now; keep it:\n\n      {key}\n\n  Try it:\n\n      \
              KEY={key}\n      \
              curl -s -X POST {base}/v1/conversations -H \"Authorization: Bearer $KEY\" -d '{{\"title\":\"hello\"}}'\n\n  \
@@ -141,34 +146,6 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let pool = db::connect(&settings.database).await?;
     db::migrate(&pool).await?;
     tracing::info!(database = %settings.database.url_for_logs(), "migrations applied");
-    Ok(())
-}
-
-/// `chatq keys create`: the key alone on standard output, the explanation on standard error.
-pub async fn create_key(settings: Settings, tenant: &str, admin: bool) -> anyhow::Result<()> {
-    let tenant = tenant.trim();
-    anyhow::ensure!(!tenant.is_empty(), "--tenant must not be empty");
-    let pool = db::connect(&settings.database).await?;
-    db::migrate(&pool).await?;
-    let key = db::keys::create_key(&pool, tenant, admin).await?;
-    #[expect(
-        clippy::print_stderr,
-        reason = "the explanation for a person; the key goes to stdout"
-    )]
-    {
-        eprintln!(
-            "Created {}API key {} for tenant \"{tenant}\". It is shown only once:",
-            if admin { "an admin " } else { "an " },
-            key.key_id
-        );
-    }
-    #[expect(
-        clippy::print_stdout,
-        reason = "the command's output, for `KEY=$(chatq keys create ...)`"
-    )]
-    {
-        println!("{}", key.plaintext);
-    }
     Ok(())
 }
 

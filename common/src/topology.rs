@@ -120,6 +120,13 @@ impl Topology {
         format!("{}.control.cancel.*", self.namespace)
     }
 
+    /// `chatq.control.keys.revoked`: `chatq keys revoke` tells every ingress to forget the keys
+    /// it has cached, so a revoked key stops working at once rather than when its cache entry
+    /// expires.
+    pub fn key_revocations_subject(&self) -> String {
+        format!("{}.control.keys.revoked", self.namespace)
+    }
+
     /// Deliveries of one job message before JetStream stops delivering it.
     pub fn max_deliver(&self) -> i64 {
         self.max_deliver

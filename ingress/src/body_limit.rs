@@ -8,6 +8,12 @@
 //! [`DRAIN_FACTOR`] times the limit, and then answered with 413 and `Connection: close`, which the
 //! client, done writing, reads. (A body larger still is cut off: reading it all would let a client
 //! make the server read as much as it likes.)
+//!
+//! Reading and draining together must end within `body_read_timeout_secs`; a body that trickles
+//! in slower is answered with 408 and `Connection: close`, so a client cannot hold a request
+//! open by sending its body a byte at a time.
+
+use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
@@ -25,14 +31,50 @@ const DRAIN_FACTOR: usize = 8;
 /// `POST` here uploads a file.
 const UPLOAD_PATH: &str = "/v1/files";
 
-/// The middleware: see the module documentation. `limit` is `max_request_bytes`.
-pub async fn limit_body(State(limit): State<usize>, request: Request, next: Next) -> Response {
+/// What the middleware holds a body to.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// `max_request_bytes`.
+    pub max_bytes: usize,
+    /// `body_read_timeout_secs`.
+    pub read_timeout: Duration,
+}
+
+/// The middleware: see the module documentation.
+pub async fn limit_body(
+    State(limits): State<BodyLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
     let (parts, body) = request.into_parts();
     // A file upload is streamed to storage, under its own limit (`crate::files::upload`).
     let is_upload = parts.method == Method::POST && parts.uri.path() == UPLOAD_PATH;
     if is_upload || body.size_hint().exact() == Some(0) {
         return next.run(Request::from_parts(parts, body)).await;
     }
+    let read = tokio::time::timeout(
+        limits.read_timeout,
+        read_or_refuse(&parts, body, limits.max_bytes),
+    );
+    match read.await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(refused)) => refused,
+        Err(_) => ApiError::RequestTimeout {
+            limit: limits.read_timeout,
+        }
+        .into_response(),
+    }
+}
+
+/// The whole body, or the answer that refuses it.
+async fn read_or_refuse(
+    parts: &axum::http::request::Parts,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Response> {
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -40,25 +82,22 @@ pub async fn limit_body(State(limit): State<usize>, request: Request, next: Next
         .and_then(|value| value.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
         drain(body, limit.saturating_mul(DRAIN_FACTOR)).await;
-        return too_large(limit);
+        return Err(too_large(limit));
     }
     match read_within(body, limit).await {
-        Ok(bytes) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
+        Ok(bytes) => Ok(bytes),
         Err(Oversized(rest)) => {
             drain(rest, limit.saturating_mul(DRAIN_FACTOR)).await;
-            too_large(limit)
+            Err(too_large(limit))
         }
         // The client went away or sent a broken body: nobody is left to read an answer, but
         // one is due.
-        Err(Broken) => ApiError::InvalidRequest {
+        Err(Broken) => Err(ApiError::InvalidRequest {
             message: "The request body could not be read.".into(),
             param: None,
             code: Some("invalid_body"),
         }
-        .into_response(),
+        .into_response()),
     }
 }
 

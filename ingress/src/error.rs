@@ -34,6 +34,9 @@ pub enum ApiError {
     /// 405: the route exists with other methods.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 408: the request body did not arrive within `body_read_timeout_secs`.
+    #[error("the request body did not arrive within {} seconds", limit.as_secs())]
+    RequestTimeout { limit: Duration },
     /// 409: the request conflicts with the current state.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } | ApiError::ContentTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -108,9 +112,9 @@ impl ApiError {
 
     fn kind(&self) -> &'static str {
         match self {
-            ApiError::InvalidRequest { .. } | ApiError::MethodNotAllowed(_) => {
-                "invalid_request_error"
-            }
+            ApiError::InvalidRequest { .. }
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::RequestTimeout { .. } => "invalid_request_error",
             ApiError::Unauthenticated(_) => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
             ApiError::NotFound(_) => "not_found_error",
@@ -130,6 +134,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => Some("invalid_api_key"),
             ApiError::Conflict { code, .. } => Some(code),
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
+            ApiError::RequestTimeout { .. } => Some("request_timeout"),
             ApiError::ContentTooLarge { .. } => Some("content_too_large"),
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ApiError::Overloaded { .. } => Some("overloaded"),
@@ -168,6 +173,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = self.status_and_body();
         let mut response = (status, Json(body)).into_response();
+        if let ApiError::RequestTimeout { .. } = &self {
+            // The rest of a trickling body is not worth waiting for: the connection ends here.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::RateLimited { retry_after, .. }
         | ApiError::Overloaded { retry_after, .. } = &self
         {

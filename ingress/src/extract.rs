@@ -66,7 +66,8 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
         .map_err(|rejection| body_rejection(rejection, state.limits.max_request_bytes))
 }
 
-/// Parses JSON, reporting the path of a field of the wrong type as `param`.
+/// Parses JSON, reporting the path of a field of the wrong type as `param`. Text anywhere in it
+/// must be storable: a NUL character is refused here, for every body.
 ///
 /// # Errors
 /// 400 with what was wrong and where.
@@ -78,6 +79,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             code: Some("invalid_json"),
         });
     }
+    crate::validate::refuse_nul(bytes)?;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
     match result {

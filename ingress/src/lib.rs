@@ -20,13 +20,15 @@
 //!   lane, recorded in bulk.
 //! - `chat_api`: the chat completions wire format clients speak: the request and its
 //!   validation, the completion and chunk shapes.
-//! - `auth`: API keys to tenants, with a short-lived cache.
+//! - `auth`: API keys to tenants; `key_directory`: the key caches and the bounds that keep
+//!   unknown keys from costing Postgres.
 //! - `extract`: extractors that turn bad input into clear 4xx answers; `body_limit`: the 413 for
 //!   an oversized body, which every client gets to read.
 //! - `validate`: request bodies and their limits.
 //! - `views`: the JSON shapes of the API.
 //! - `queue_monitor`: queue depth per lane and the drain rate behind `Retry-After`.
 //! - `ratelimit`: per-key request rate limits.
+//! - `serve`: the server loop, with a cap on connections and a deadline for request headers.
 //! - `observe`: request metrics and `GET /metrics`.
 //! - `trace_context`: one trace per request (`traceparent` in and out), named by the request's
 //!   span and recorded on the jobs it creates.
@@ -42,11 +44,13 @@ pub mod error;
 mod extract;
 mod files;
 mod hub;
+mod key_directory;
 mod observe;
 mod published_marks;
 mod queue_monitor;
 mod ratelimit;
 mod routes;
+mod serve;
 mod state;
 mod submit;
 mod trace_context;
@@ -86,6 +90,7 @@ pub struct Application {
     background_stop: CancellationToken,
     /// Ends open event streams when shutdown begins (they would otherwise never finish).
     streams_stop: CancellationToken,
+    connection_limits: serve::ConnectionLimits,
 }
 
 impl Application {
@@ -132,8 +137,20 @@ impl Application {
             background_stop.clone(),
         ));
         let key_limits = ratelimit::KeyRateLimits::new(&settings.limits);
+        let keys = key_directory::KeyDirectory::new(pool.clone(), &settings.limits);
+        // Subscribed before the first request is served, so no revocation can be missed.
+        let revocations = nats
+            .subscribe(topology.key_revocations_subject())
+            .await
+            .context("cannot subscribe to key revocations")?;
+        background.spawn(forget_revoked_keys(
+            revocations,
+            keys.clone(),
+            background_stop.clone(),
+        ));
         background.spawn(forget_idle_keys(
             key_limits.clone(),
+            keys.clone(),
             background_stop.clone(),
         ));
         // New jobs of concurrent requests are recorded together (group commit).
@@ -169,11 +186,14 @@ impl Application {
             topology,
             jetstream: async_nats::jetstream::new(nats.clone()),
             nats,
-            keys: auth::key_cache(),
+            keys,
             published: PublishedMarks::start(pool.clone(), &background, background_stop.clone()),
             pool,
             default_model: default_model.map(Arc::from),
             limits: Arc::new(settings.limits.clone()),
+            body_read_timeout: std::time::Duration::from_secs(
+                settings.ingress.body_read_timeout_secs.max(1),
+            ),
             sse_keepalive: std::time::Duration::from_secs(
                 settings.ingress.sse_keepalive_secs.max(1),
             ),
@@ -194,6 +214,12 @@ impl Application {
             background,
             background_stop,
             streams_stop,
+            connection_limits: serve::ConnectionLimits {
+                max_connections: settings.ingress.max_connections,
+                header_read_timeout: std::time::Duration::from_secs(
+                    settings.ingress.header_read_timeout_secs.max(1),
+                ),
+            },
         })
     }
 
@@ -215,15 +241,19 @@ impl Application {
         // Phase 1: stop accepting connections, end event streams (clients reconnect elsewhere
         // with Last-Event-ID), and let other requests in flight finish.
         let streams_stop = self.streams_stop.clone();
-        // `into_make_service` prepares the routes once; a plain Router would copy every route,
-        // with its layers, for each connection (about 100 KB each, held by every SSE stream).
-        axum::serve(self.listener, self.router.into_make_service())
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                streams_stop.cancel();
-            })
-            .await
-            .context("the HTTP server failed")?;
+        let end_streams = async {
+            shutdown.cancelled().await;
+            streams_stop.cancel();
+        };
+        tokio::join!(
+            serve::serve(
+                self.listener,
+                self.router,
+                self.connection_limits,
+                shutdown.clone()
+            ),
+            end_streams
+        );
         // Phase 2: flush the background batchers, now that no request can feed them.
         self.background_stop.cancel();
         self.background.close();
@@ -233,12 +263,39 @@ impl Application {
     }
 }
 
-/// Keeps the per-key limiter's memory bounded by forgetting keys that have been idle.
-async fn forget_idle_keys(limits: ratelimit::KeyRateLimits, stop: CancellationToken) {
+/// Empties the key cache whenever a key is revoked, so the revoked key stops working now rather
+/// than when its cache entry expires.
+async fn forget_revoked_keys(
+    mut revocations: async_nats::Subscriber,
+    keys: key_directory::KeyDirectory,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt as _;
+    loop {
+        tokio::select! {
+            revoked = revocations.next() => match revoked {
+                Some(_) => keys.forget_known_keys(),
+                None => return,
+            },
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Keeps the per-key and per-peer limiters' memory bounded by forgetting keys and peers that
+/// have been idle.
+async fn forget_idle_keys(
+    limits: ratelimit::KeyRateLimits,
+    keys: key_directory::KeyDirectory,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = ticks.tick() => limits.forget_idle(),
+            _ = ticks.tick() => {
+                limits.forget_idle();
+                keys.forget_idle();
+            }
             () = stop.cancelled() => return,
         }
     }

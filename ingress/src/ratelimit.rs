@@ -1,18 +1,18 @@
-//! Per-key request rate limits at the door: `key_rate_limit_per_sec` with a burst of
-//! `key_rate_limit_burst`, per API key, per ingress process (GCRA, `governor`). Over the limit a
-//! request gets 429 `rate_limit_error` with `Retry-After`, before any work is done for it.
+//! Per-key request rate limits: `key_rate_limit_per_sec` with a burst of `key_rate_limit_burst`,
+//! per API key, per ingress process (GCRA, `governor`). Over the limit a request gets 429
+//! `rate_limit_error` with `Retry-After`, before its body is read or any work is done for it.
 //!
-//! Keys are told apart by the hash of the bearer token, so the limit applies before (and
-//! without) the key lookup; requests without a token share one bucket.
+//! The limit is checked once the key is authenticated, on the key's id: every spelling of the
+//! `Authorization` header that authenticates as one key (`Bearer K`, `bearer K`, `Bearer  K`)
+//! draws on the one budget. A lookup of a known key is a cache hit, so a key over its rate costs
+//! the database nothing; requests that do not authenticate are limited per peer instead
+//! (`auth_failures`).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use chatq_common::ids::ApiKeyId;
 use chatq_common::settings::LimitSettings;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -22,7 +22,7 @@ use crate::error::ApiError;
 /// The limiter, shared by every request of this process.
 #[derive(Clone)]
 pub struct KeyRateLimits {
-    limiter: Option<Arc<DefaultKeyedRateLimiter<[u8; 32]>>>,
+    limiter: Option<Arc<DefaultKeyedRateLimiter<ApiKeyId>>>,
 }
 
 impl KeyRateLimits {
@@ -35,32 +35,15 @@ impl KeyRateLimits {
         Self { limiter }
     }
 
-    /// Forgets keys idle long enough to be back at full burst (bounded memory).
-    pub fn forget_idle(&self) {
-        if let Some(limiter) = &self.limiter {
-            limiter.retain_recent();
-        }
-    }
-}
-
-/// Middleware: 429 for a key over its rate.
-pub async fn limit_per_key(
-    State(limits): State<KeyRateLimits>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(limiter) = &limits.limiter else {
-        return next.run(request).await;
-    };
-    let token = request
-        .headers()
-        .get(AUTHORIZATION)
-        .map(|value| value.as_bytes())
-        .unwrap_or_default();
-    let key = chatq_common::api_key::hash_key(&String::from_utf8_lossy(token));
-    match limiter.check_key(&key) {
-        Ok(()) => next.run(request).await,
-        Err(not_until) => {
+    /// Takes one request from the key's budget.
+    ///
+    /// # Errors
+    /// 429 with the wait in `Retry-After` when the key is over its rate.
+    pub fn check(&self, key: ApiKeyId) -> Result<(), ApiError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.check_key(&key).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             metrics::counter!(chatq_common::metrics::JOBS_REJECTED, "reason" => "key_rate_limited")
                 .increment(1);
@@ -68,7 +51,13 @@ pub async fn limit_per_key(
                 message: "Too many requests for this API key. Slow down and retry after the time in Retry-After.".into(),
                 retry_after: wait.max(Duration::from_secs(1)),
             }
-            .into_response()
+        })
+    }
+
+    /// Forgets keys idle long enough to be back at full burst (bounded memory).
+    pub fn forget_idle(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
         }
     }
 }

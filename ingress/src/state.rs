@@ -11,7 +11,6 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::KeyCache;
 use crate::hub::EventHubs;
 use crate::published_marks::PublishedMarks;
 use crate::queue_monitor::QueueMonitor;
@@ -21,6 +20,8 @@ use crate::ratelimit::KeyRateLimits;
 pub struct AppState {
     /// What a request may ask for, and how much of this ingress it may use.
     pub limits: Arc<LimitSettings>,
+    /// How long a request body may take to arrive (`body_read_timeout_secs`; `body_limit`).
+    pub body_read_timeout: std::time::Duration,
     /// Between keep-alive comments on an idle event stream (`sse_keepalive_secs`).
     pub sse_keepalive: std::time::Duration,
     /// `cancel_abandoned_completions`: cancel a completion's job when its client goes away
@@ -36,7 +37,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,
     pub topology: Topology,
-    pub keys: KeyCache,
+    /// API keys to owners, with the bounds that keep unknown keys cheap.
+    pub keys: crate::key_directory::KeyDirectory,
     /// Batches "JetStream acknowledged this job" updates into one statement.
     pub published: PublishedMarks,
     /// The model used when neither the request nor the conversation names one.

@@ -317,3 +317,64 @@ pub fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
         ))
     }
 }
+
+/// Refuses a NUL character (`\u0000`) anywhere in a JSON body: in any string, or any key.
+///
+/// Postgres stores no NUL in `text` or `jsonb`, so one would fail the statement that records it
+/// (and, in a group commit, every other request recorded with it). Every JSON body passes through
+/// here before it is read, so no field anywhere can carry one; the error names the first field
+/// that does, in the path notation of the other errors (`messages[0].content`).
+///
+/// # Errors
+/// 400 `invalid_value`, naming the field.
+pub fn refuse_nul(raw: &[u8]) -> Result<(), ApiError> {
+    // A NUL can only arrive escaped (JSON allows no raw control character in a string), so a
+    // body without the escape costs one scan; only one with it is parsed again to find where.
+    if !raw.windows(6).any(|window| window == b"\\u0000") {
+        return Ok(());
+    }
+    // A body that is not JSON gets its syntax error from the parser proper.
+    let Ok(body) = serde_json::from_slice::<Value>(raw) else {
+        return Ok(());
+    };
+    match nul_path(&body, "") {
+        None => Ok(()),
+        Some(path) => {
+            let param = if path.is_empty() {
+                ".".to_owned()
+            } else {
+                path
+            };
+            Err(ApiError::invalid_with_code(
+                format!("Invalid '{param}': text may not contain the NUL character (\\u0000)."),
+                param,
+                "invalid_value",
+            ))
+        }
+    }
+}
+
+/// The path of the first string or key in `value` that holds a NUL.
+fn nul_path(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::String(text) => text.contains('\0').then(|| path.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| nul_path(item, &format!("{path}[{index}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            // The key is echoed in the error; a NUL in it is shown escaped.
+            let shown = key.replace('\0', "\\u0000");
+            let inner = if path.is_empty() {
+                shown
+            } else {
+                format!("{path}.{shown}")
+            };
+            if key.contains('\0') {
+                return Some(inner);
+            }
+            nul_path(item, &inner)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}

@@ -23,7 +23,7 @@ async fn spawn_small_limits() -> TestApp {
 }
 
 /// One bad request and the error it must get.
-struct Case {
+pub(crate) struct Case {
     what: &'static str,
     method: Method,
     path: String,
@@ -38,7 +38,7 @@ struct Case {
 }
 
 impl Case {
-    fn new(what: &'static str, method: Method, path: impl Into<String>) -> Self {
+    pub(crate) fn new(what: &'static str, method: Method, path: impl Into<String>) -> Self {
         Self {
             what,
             method,
@@ -52,33 +52,33 @@ impl Case {
         }
     }
 
-    fn json(mut self, body: Value) -> Self {
+    pub(crate) fn json(mut self, body: Value) -> Self {
         self.body = Some(body.to_string().into_bytes());
         self
     }
 
-    fn raw(mut self, body: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn raw(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = Some(body.into());
         self
     }
 
-    fn status(mut self, status: StatusCode, kind: &'static str) -> Self {
+    pub(crate) fn status(mut self, status: StatusCode, kind: &'static str) -> Self {
         self.status = status;
         self.kind = kind;
         self
     }
 
-    fn code(mut self, code: &'static str) -> Self {
+    pub(crate) fn code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
     }
 
-    fn param(mut self, param: &'static str) -> Self {
+    pub(crate) fn param(mut self, param: &'static str) -> Self {
         self.param = Some(param);
         self
     }
 
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub(crate) fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.header = Some((name, value.into()));
         self
     }
@@ -86,7 +86,7 @@ impl Case {
 
 /// Sends each case and checks its error and that it wrote nothing; reports every case that
 /// failed, not only the first.
-async fn check(app: &TestApp, cases: Vec<Case>) {
+pub(crate) async fn check(app: &TestApp, cases: Vec<Case>) {
     let mut failures = Vec::new();
     for case in cases {
         let before = app.row_counts().await;

@@ -169,10 +169,15 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
             .expect("worker starts");
         tasks.spawn(worker.run_until_stopped(shutdown.clone()));
     }
-    let key = chatq_common::db::keys::create_key(&pool, "tenant-a", false)
-        .await
-        .unwrap()
-        .plaintext;
+    let key = chatq_common::db::keys::create_key(
+        &pool,
+        "tenant-a",
+        chatq_common::db::keys::KeyScope::Tenant,
+        None,
+    )
+    .await
+    .unwrap()
+    .plaintext;
     TestApp {
         addr,
         http: reqwest::Client::builder()
@@ -207,20 +212,30 @@ impl TestApp {
         self.http.request(method, self.url(path)).bearer_auth(key)
     }
 
-    /// A key for another tenant.
-    /// An admin key (operator endpoints).
+    /// An operator key (the fleet's queue, workers and every tenant's dead letters).
     pub async fn admin_key(&self) -> String {
-        chatq_common::db::keys::create_key(&self.pool, "operators", true)
-            .await
-            .unwrap()
-            .plaintext
+        chatq_common::db::keys::create_key(
+            &self.pool,
+            "operators",
+            chatq_common::db::keys::KeyScope::Operator,
+            None,
+        )
+        .await
+        .unwrap()
+        .plaintext
     }
 
+    /// A key for another tenant.
     pub async fn other_tenant_key(&self, name: &str) -> String {
-        chatq_common::db::keys::create_key(&self.pool, name, false)
-            .await
-            .unwrap()
-            .plaintext
+        chatq_common::db::keys::create_key(
+            &self.pool,
+            name,
+            chatq_common::db::keys::KeyScope::Tenant,
+            None,
+        )
+        .await
+        .unwrap()
+        .plaintext
     }
 
     /// A GET with this test's key.

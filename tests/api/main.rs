@@ -35,3 +35,5 @@ mod traces;
 mod web;
 mod web_browser;
 mod write_path;
+
+mod hostile;

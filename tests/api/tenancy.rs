@@ -1,13 +1,23 @@
 //! Tenancy and authentication: a key sees only its tenant's data, and everything else is 404;
-//! a request without a valid key is 401.
+//! a request without a valid key is 401. The matrix below holds every route that takes an id
+//! (conversation, message, job, feedback, dead letter).
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use chatq_common::db::keys::{KeyScope, create_key};
+use chatq_mock_llm::{Fault, MockConfig};
+
 use crate::helpers::{TestApp, assert_error, id_of, messages_path, spawn_app};
 
-/// Everything another tenant could try on a conversation, its reply and its job.
-fn requests_on(conversation: &str, reply: &str, job: &str) -> Vec<(Method, String, Option<Value>)> {
+/// Everything another tenant could try on a conversation, its reply and its job, and (with an
+/// admin key of its own tenant) on a failed job.
+fn requests_on(
+    conversation: &str,
+    reply: &str,
+    job: &str,
+    failed: &str,
+) -> Vec<(Method, String, Option<Value>)> {
     vec![
         (
             Method::GET,
@@ -44,6 +54,15 @@ fn requests_on(conversation: &str, reply: &str, job: &str) -> Vec<(Method, Strin
         (Method::GET, format!("/v1/messages/{reply}/feedback"), None),
         (Method::GET, format!("/v1/jobs/{job}"), None),
         (Method::GET, format!("/v1/jobs/{job}?wait=1"), None),
+        (Method::GET, format!("/v1/jobs/{job}/events"), None),
+        (Method::POST, format!("/v1/jobs/{job}/cancel"), None),
+        (Method::GET, format!("/v1/jobs/{failed}"), None),
+        (Method::POST, format!("/v1/jobs/{failed}/cancel"), None),
+        (
+            Method::POST,
+            format!("/v1/admin/dead-letters/{failed}/retry"),
+            None,
+        ),
     ]
 }
 
@@ -91,11 +110,64 @@ async fn another_tenants_conversation_message_and_job_do_not_exist_for_you() {
     let job = id_of(&accepted["job"]);
     let finished = app.wait_for_job_as(&other_key, &job).await;
     let reply = finished["reply"]["message_id"].as_str().unwrap().to_owned();
+    let rated = app
+        .request_as(
+            &other_key,
+            Method::POST,
+            &format!("/v1/messages/{reply}/feedback"),
+        )
+        .json(&json!({ "rating": 1, "comment": "private" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rated.status(), StatusCode::CREATED);
+    // A dead letter of theirs: a turn the provider refuses.
+    app.mock.set_config(MockConfig {
+        fault: Some(Fault::Status { status: 400 }),
+        ..MockConfig::default()
+    });
+    let second: Value = app
+        .request_as(&other_key, Method::POST, "/v1/conversations")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refused: Value = app
+        .request_as(&other_key, Method::POST, &messages_path(&id_of(&second)))
+        .json(&json!({ "content": "secret" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failed = id_of(&refused["job"]);
+    assert_eq!(
+        app.wait_for_job_as(&other_key, &failed).await["status"],
+        "failed"
+    );
+    // Our tenant's admin key: it may do more than a tenant key, and still sees none of theirs.
+    let our_admin = create_key(&app.pool, "tenant-a", KeyScope::Admin, None)
+        .await
+        .unwrap()
+        .plaintext;
+    let dead: Value = app
+        .request_as(&our_admin, Method::GET, "/v1/admin/dead-letters")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dead["data"], json!([]), "{dead}");
 
     let before = app.row_counts().await;
     let seen_before = seen_by(&app, &other_key, &theirs, &job).await;
-    for (method, path, body) in requests_on(&theirs, &reply, &job) {
-        let mut request = app.request(method.clone(), &path);
+    for (method, path, body) in requests_on(&theirs, &reply, &job, &failed) {
+        let mut request = app.request_as(&our_admin, method.clone(), &path);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -109,6 +181,15 @@ async fn another_tenants_conversation_message_and_job_do_not_exist_for_you() {
     }
     assert_eq!(app.row_counts().await, before);
     assert_eq!(seen_by(&app, &other_key, &theirs, &job).await, seen_before);
+    let still_failed: Value = app
+        .request_as(&other_key, Method::GET, &format!("/v1/jobs/{failed}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(still_failed["status"], "failed", "{still_failed}");
 
     // Listings hold only the caller's own conversations.
     let mine = id_of(&app.create_conversation(json!({ "title": "mine" })).await);
@@ -133,7 +214,7 @@ async fn another_tenants_conversation_message_and_job_do_not_exist_for_you() {
         .iter()
         .map(|c| &c["id"])
         .collect();
-    assert_eq!(theirs_listed, [&json!(theirs)]);
+    assert_eq!(theirs_listed, [&json!(id_of(&second)), &json!(theirs)]);
     app.stop().await;
 }
 

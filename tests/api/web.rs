@@ -49,6 +49,25 @@ async fn the_chat_page_is_served_without_a_key_and_may_only_talk_to_this_origin(
         !page.contains("<script>") && !page.contains("<style>") && !page.contains(" style="),
         "the page holds no inline script or style (the policy would block it)"
     );
+    // Nor script in any other form: every script element loads a file of this origin, and no
+    // element carries an event handler or a javascript: URL.
+    for script in page.split("<script").skip(1) {
+        let tag = script.split('>').next().unwrap_or_default();
+        assert!(
+            tag.contains("src=\"/assets/"),
+            "an inline script: <script{tag}>"
+        );
+    }
+    let lowered = page.to_ascii_lowercase();
+    assert!(!lowered.contains("javascript:"), "a javascript: URL");
+    let handler = lowered.split_whitespace().find(|word| {
+        word.starts_with("on")
+            && word.contains('=')
+            && word[2..].split('=').next().is_some_and(|name| {
+                name.chars().all(|c| c.is_ascii_lowercase()) && !name.is_empty()
+            })
+    });
+    assert_eq!(handler, None, "an inline event handler");
     for asset in ["/assets/chat.js", "/assets/chat.css"] {
         assert!(
             page.contains(&format!("\"{asset}\"")),

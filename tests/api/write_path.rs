@@ -31,10 +31,15 @@ impl Fixture {
             ..TestOptions::default()
         })
         .await;
-        let tenant = chatq_common::db::keys::create_key(&app.pool, "batch", false)
-            .await
-            .unwrap()
-            .tenant_id;
+        let tenant = chatq_common::db::keys::create_key(
+            &app.pool,
+            "batch",
+            chatq_common::db::keys::KeyScope::Tenant,
+            None,
+        )
+        .await
+        .unwrap()
+        .tenant_id;
         Self {
             app,
             tenant,

@@ -265,7 +265,7 @@ async fn an_untrusted_provider_gives_clear_job_errors() {
         (
             Fault::MalformedAfter { after_tokens: 2 },
             "provider_malformed_reply",
-            "not JSON",
+            "malformed reply",
         ),
         (Fault::Garbage, "provider_malformed_reply", "malformed"),
         (

@@ -32,14 +32,26 @@ pub fn retry_delay(attempt: u32, retry_after: Option<Duration>) -> Duration {
     base.mul_f64(jitter)
 }
 
-/// The job error a client sees: the provider's own words where they help, never chatq's
-/// credentials or internals.
+/// The job error a client sees: a stable sentence per kind of failure, with the status the
+/// provider answered where it has one. Never the provider's own words (its error bodies may
+/// carry its internals, or echo chatq's credentials), nor transport details (the provider's URL);
+/// operators find those in the worker's log, redacted.
 pub fn public_message(error: &ProviderError) -> String {
     match error {
+        ProviderError::RateLimited { .. } => {
+            "the provider is rate limiting requests (HTTP 429)".into()
+        }
+        ProviderError::Server { status, .. } => format!("the provider failed with HTTP {status}"),
         ProviderError::Rejected { status: 401 | 403, .. } => {
             "the provider refused chatq's credentials; the operator should check CHATQ_PROVIDER_API_KEY".into()
         }
-        other => other.to_string(),
+        ProviderError::Rejected { status, .. } => format!(
+            "the provider rejected the request with HTTP {status}; check the model and the request's parameters"
+        ),
+        ProviderError::Timeout(_) => "the provider did not answer in time".into(),
+        ProviderError::Connect(_) => "cannot reach the provider".into(),
+        ProviderError::Malformed(_) => "the provider sent a malformed reply".into(),
+        ProviderError::Truncated | ProviderError::TooLarge { .. } => error.to_string(),
     }
 }
 
@@ -120,5 +132,31 @@ mod tests {
             message: "Incorrect API key provided: sk-abc".into(),
         };
         assert!(!public_message(&error).contains("sk-abc"));
+    }
+
+    #[test]
+    fn clients_see_no_provider_text_or_transport_detail() {
+        let secret = "at http://admin:hunter2@10.0.0.7:8000/v1: internal trace";
+        for error in [
+            ProviderError::Server {
+                status: 502,
+                message: secret.into(),
+                retry_after: None,
+            },
+            ProviderError::Rejected {
+                status: 400,
+                message: secret.into(),
+            },
+            ProviderError::Timeout(secret.into()),
+            ProviderError::Connect(secret.into()),
+            ProviderError::Malformed(secret.into()),
+        ] {
+            let shown = public_message(&error);
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("10.0.0.7"),
+                "{shown}"
+            );
+            assert!(shown.starts_with("the provider") || shown.starts_with("cannot reach"));
+        }
     }
 }

@@ -158,6 +158,12 @@ settings! {
         cancel_abandoned_completions: bool = "true";
         /// What `POST /v1/chat/completions` does with a parameter it does not know: `refuse` it with a 400 naming it (for a public deployment), or `forward` it to the provider as given (for a private gateway).
         unknown_parameters: UnknownParameters = "refuse";
+        /// Most client connections one ingress holds open (event streams included); beyond it new connections wait in the listen backlog until one closes. Keep the process's file-descriptor limit above it.
+        max_connections / http_max_connections: usize = "25000";
+        /// Seconds a connection has to send a request's headers, counted from the end of the previous request on a kept-alive connection; a slower one is closed.
+        header_read_timeout_secs: u64 = "30";
+        /// Seconds a request's body may take to arrive once its headers have (408 above it).
+        body_read_timeout_secs: u64 = "30";
     }
     /// Postgres, the source of truth.
     database: DatabaseSettings {
@@ -226,6 +232,12 @@ settings! {
         key_rate_limit_per_sec: Option<u32> = "200";
         /// Requests one API key may make in a burst above its rate.
         key_rate_limit_burst: u32 = "1000";
+        /// Failed authentications one peer address may make per minute to one ingress; beyond it, its unknown keys get 429 without a lookup (keys it already used still work). Behind a proxy every client shares the proxy's address.
+        auth_failures_per_min: Option<u32> = "60";
+        /// Most API key lookups one ingress runs against Postgres at once (a key found in the cache needs none); a lookup that waits 2 s for a slot gets 503.
+        auth_max_concurrent_lookups: usize = "16";
+        /// Seconds an ingress remembers that a key does not exist, so asking again costs no query.
+        auth_unknown_key_cache_secs: u64 = "10";
         /// Largest request body the ingress reads, in bytes (413 above it).
         max_request_bytes: usize = "8388608";
         /// Longest message content, in characters (400 above it).

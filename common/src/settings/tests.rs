@@ -93,6 +93,38 @@ fn secrets_are_not_printed() {
 }
 
 #[test]
+fn every_credential_in_a_url_is_redacted() {
+    for (url, shown) in [
+        (
+            "postgres://chatq@db:5432/chatq?password=hunter2&sslmode=require",
+            "postgres://chatq@db:5432/chatq?password=***&sslmode=require",
+        ),
+        (
+            "postgres://db/chatq?user=chatq&sslpassword=hunter2",
+            "postgres://db/chatq?user=chatq&sslpassword=***",
+        ),
+        (
+            "postgres://u:p@ss:w0rd@db/chatq",
+            "postgres://u:***@db/chatq",
+        ),
+        ("nats://s3cr3t-token@nats:4222", "nats://***@nats:4222"),
+        ("nats://app:hunter2@nats:4222", "nats://app:***@nats:4222"),
+        (
+            "https://proxy:hunter2@llm.example/v1?api_key=sk-1&x=1#top",
+            "https://proxy:***@llm.example/v1?api_key=***&x=1#top",
+        ),
+        (
+            "https://llm.example/v1?access_token=abc",
+            "https://llm.example/v1?access_token=***",
+        ),
+        ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+        ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+    ] {
+        assert_eq!(redact_url(url), shown, "{url}");
+    }
+}
+
+#[test]
 fn flags_are_generated_for_every_setting() {
     use clap::{Args, FromArgMatches};
     let cmd = SettingsFlags::augment_args(Command::new("t"));

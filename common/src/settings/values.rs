@@ -205,20 +205,62 @@ impl SettingValue for NatsServers {
     }
 }
 
-/// Hides the password of a `scheme://user:password@host/...` URL.
+/// Query parameters whose values are credentials, by the words their names contain
+/// (`password`, `sslpassword`, `api_key`, `access_token`, `X-Amz-Signature`, …).
+const SECRET_PARAMETER_WORDS: [&str; 7] =
+    ["pass", "pwd", "secret", "token", "key", "auth", "signature"];
+
+/// A URL as it may appear in logs and errors: the one redaction every URL chatq prints goes
+/// through (database, NATS, provider).
+///
+/// Hidden: the password of `scheme://user:password@host`; the whole user part of a NATS URL
+/// (`nats://TOKEN@host`: NATS reads a lone user as a token); and the value of any query parameter
+/// whose name says it holds a credential (`?password=`, `?sslpassword=`, `?api_key=`,
+/// `?access_token=`). Everything else stays, so an operator can still tell which server is meant.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}")
-            } else {
-                format!("{scheme}://{user}@{host}")
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None if scheme.eq_ignore_ascii_case("postgres")
+                || scheme.eq_ignore_ascii_case("postgresql")
+                || scheme.eq_ignore_ascii_case("http")
+                || scheme.eq_ignore_ascii_case("https") =>
+            {
+                format!("{userinfo}@{host}")
             }
+            None => format!("***@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let path = match path.split_once('?') {
+        Some((before, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((query, fragment)) => (query, Some(fragment)),
+                None => (query, None),
+            };
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            let fragment = fragment.map_or(String::new(), |f| format!("#{f}"));
+            format!("{before}?{}{fragment}", query.join("&"))
         }
-        None => url.to_owned(),
-    }
+        None => path.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}")
+}
+
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMETER_WORDS
+        .iter()
+        .any(|word| name.contains(word))
 }

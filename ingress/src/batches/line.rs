@@ -12,7 +12,6 @@ use crate::chat_api::ChatCompletionRequest;
 use crate::error::ApiError;
 use crate::extract::parse_json;
 use crate::state::AppState;
-use crate::submit::completion::check_model;
 
 /// The one endpoint batches run.
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
@@ -139,7 +138,7 @@ fn completion_request(body: &Value, state: &AppState) -> Result<(String, JobRequ
         ));
     }
     let model = request.params.model.clone();
-    check_model(state, &model)?;
+    crate::routes::models::ensure_offered(state, &model)?;
     Ok((
         model,
         JobRequest::ChatCompletion {

@@ -1,4 +1,5 @@
-//! Operator endpoints (admin-scope keys): dead letters, across every tenant.
+//! Dead letters: an admin key sees and retries its own tenant's; an operator key every tenant's.
+//! Another tenant's dead letter does not exist for an admin key (404).
 //!
 //! A dead letter is a job that ended `failed`: it used up its attempts, or hit an error that can
 //! never succeed. Postgres has the record these endpoints read; the dead-letter stream in
@@ -67,7 +68,7 @@ impl From<DeadLetterRow> for DeadLetterView {
 /// `GET /v1/admin/dead-letters?limit&after`: failed jobs, most recent failure first.
 pub async fn dead_letters(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ListView<DeadLetterView>>> {
     let limit = match query.limit {
@@ -93,7 +94,7 @@ pub async fn dead_letters(
             })
         })
         .transpose()?;
-    let mut rows = dead_letters::list(&state.pool, limit + 1, after).await?;
+    let mut rows = dead_letters::list(&state.pool, admin.tenant_scope(), limit + 1, after).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(0));
     let views = rows.into_iter().map(DeadLetterView::from).collect();
@@ -110,10 +111,10 @@ pub async fn dead_letters(
 /// progress.
 pub async fn retry_dead_letter(
     State(state): State<AppState>,
-    Admin(operator): Admin,
+    admin: Admin,
     IdPath(id): IdPath<JobId>,
 ) -> ApiResult<Json<JobView>> {
-    let job = requeue_dead_letter(&state, id).await?;
-    tracing::info!(job_id = %id, operator_tenant = %operator.tenant, "dead letter sent back to the queue");
+    let job = requeue_dead_letter(&state, admin.tenant_scope(), id).await?;
+    tracing::info!(job_id = %id, key_id = %admin.0.owner.key_id, "dead letter sent back to the queue");
     Ok(Json(job))
 }

@@ -28,6 +28,9 @@ pub async fn create(
     OptionalJsonBody(request): OptionalJsonBody<CreateConversation>,
 ) -> ApiResult<(StatusCode, Json<ConversationView>)> {
     request.validate(&state.limits)?;
+    if let Some(model) = &request.model {
+        crate::routes::models::ensure_offered(&state, model)?;
+    }
     let new = NewConversation {
         title: request.title,
         system_prompt: request.system_prompt,

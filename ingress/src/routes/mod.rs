@@ -21,7 +21,6 @@ use axum::routing::{get, post};
 
 use crate::error::ApiError;
 use crate::observe;
-use crate::ratelimit::limit_per_key;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -73,11 +72,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{id}", get(models::get))
         .route("/v1/admin/queue", get(operators::queue))
         .route("/v1/admin/workers", get(operators::workers))
-        // Per-key limits apply to the API, not to probes and scrapes.
-        .route_layer(middleware::from_fn_with_state(
-            state.key_limits.clone(),
-            limit_per_key,
-        ))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(observe::metrics))
@@ -88,7 +82,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
-            body_limit,
+            crate::body_limit::BodyLimits {
+                max_bytes: body_limit,
+                read_timeout: state.body_read_timeout,
+            },
             crate::body_limit::limit_body,
         ))
         .layer(middleware::from_fn(observe::record));

@@ -37,6 +37,20 @@ pub fn configured(state: &AppState) -> Vec<String> {
     models
 }
 
+/// The one check of a model a request names against `CHATQ_MODELS`, on every route that takes
+/// a model. An empty list accepts any name (the provider decides).
+///
+/// # Errors
+/// 404 for a model that is not offered, as OpenAI answers an unknown model.
+pub fn ensure_offered(state: &AppState, model: &str) -> ApiResult<()> {
+    if state.models.is_empty() || configured(state).iter().any(|m| m == model) {
+        return Ok(());
+    }
+    Err(ApiError::NotFound(format!(
+        "The model '{model}' does not exist or you do not have access to it. GET /v1/models lists the models."
+    )))
+}
+
 pub async fn list(State(state): State<AppState>, _caller: Caller) -> Json<ListView<ModelView>> {
     let data = configured(&state)
         .iter()

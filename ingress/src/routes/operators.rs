@@ -1,4 +1,4 @@
-//! Operator endpoints (admin keys only): the queue per lane and the live workers.
+//! Operator endpoints (operator keys only): the queue per lane and the live workers of the fleet.
 
 use axum::Json;
 use axum::extract::State;
@@ -6,13 +6,13 @@ use chatq_common::db::operators;
 use chatq_common::job::Lane;
 use serde_json::{Value, json};
 
-use crate::auth::Admin;
+use crate::auth::Operator;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// `GET /v1/admin/queue`: per lane, jobs waiting (consumer lag), in flight, redelivered, and the
 /// age of the oldest waiting job; plus the queue's size, its limit and the drain rate.
-pub async fn queue(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<Value>> {
+pub async fn queue(State(state): State<AppState>, _operator: Operator) -> ApiResult<Json<Value>> {
     state
         .queue
         .sample_once(&state.jetstream, &state.topology)
@@ -45,7 +45,7 @@ pub async fn queue(State(state): State<AppState>, _admin: Admin) -> ApiResult<Js
 }
 
 /// `GET /v1/admin/workers`: every live worker's last heartbeat.
-pub async fn workers(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<Value>> {
+pub async fn workers(State(state): State<AppState>, _operator: Operator) -> ApiResult<Json<Value>> {
     let store = state
         .jetstream
         .get_key_value(state.topology.workers_bucket())

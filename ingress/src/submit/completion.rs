@@ -59,7 +59,7 @@ pub async fn run_completion(
     let idempotency = key.map(|key| key.bind("/v1/chat/completions", &body));
     let request = body.validate(sent, &state.limits, state.unknown_parameters)?;
     let model = request.params.model.clone();
-    check_model(state, &model)?;
+    crate::routes::models::ensure_offered(state, &model)?;
     super::shed_if_full(state, idempotency.is_some())?;
     let job = NewJob {
         id: JobId::new(),
@@ -123,23 +123,6 @@ pub async fn run_completion(
         replayed,
         answer,
     })
-}
-
-/// Refuses a model the server does not offer (when `models` names the ones it does).
-///
-/// # Errors
-/// 404 naming the model.
-pub fn check_model(state: &AppState, model: &str) -> ApiResult<()> {
-    if !state.models.is_empty()
-        && !crate::routes::models::configured(state)
-            .iter()
-            .any(|offered| offered == model)
-    {
-        return Err(ApiError::NotFound(format!(
-            "The model '{model}' does not exist or you do not have access to it. GET /v1/models lists the models."
-        )));
-    }
-    Ok(())
 }
 
 /// Follows the job's events (before publishing it, so not even the first token can be missed).

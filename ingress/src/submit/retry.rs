@@ -4,7 +4,7 @@
 
 use chatq_common::db::jobs;
 use chatq_common::db::jobs::dead_letters::{self, RetryOutcome};
-use chatq_common::ids::JobId;
+use chatq_common::ids::{JobId, TenantId};
 use chatq_common::job::Lane;
 use chatq_common::queue::{PublishJobError, publish_copy};
 use chatq_common::trace::TraceContext;
@@ -13,14 +13,19 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::views::JobView;
 
-/// Requeues a failed job and publishes its new copy. Returns the job as the retry left it.
+/// Requeues a failed job of `tenant` (any tenant's for `None`: an operator) and publishes its
+/// new copy. Returns the job as the retry left it.
 ///
 /// # Errors
 /// 404 for no such job; 409 for a job that is not failed, or whose conversation has another
 /// reply in progress; database errors.
-pub async fn requeue_dead_letter(state: &AppState, id: JobId) -> ApiResult<JobView> {
+pub async fn requeue_dead_letter(
+    state: &AppState,
+    tenant: Option<TenantId>,
+    id: JobId,
+) -> ApiResult<JobView> {
     let deadline_secs = state.limits.job_deadline_secs as f64;
-    let retried = dead_letters::retry(&state.pool, id, deadline_secs).await?;
+    let retried = dead_letters::retry(&state.pool, tenant, id, deadline_secs).await?;
     let (lane, publication, traceparent) = match retried {
         RetryOutcome::Requeued {
             lane,
@@ -44,9 +49,11 @@ pub async fn requeue_dead_letter(state: &AppState, id: JobId) -> ApiResult<JobVi
         }
     };
     // Read before publishing: the answer shows the job back in the queue, as the retry left it.
-    let job = jobs::get_any(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job", id))?;
+    let job = match tenant {
+        Some(tenant) => jobs::get(&state.pool, tenant, id).await?,
+        None => jobs::get_any(&state.pool, id).await?,
+    };
+    let job = job.ok_or_else(|| ApiError::not_found("job", id))?;
     let lane: Lane = lane.parse().unwrap_or(Lane::Interactive);
     // The retry belongs to the trace of the request that created the job.
     let trace = traceparent.as_deref().and_then(TraceContext::parse);

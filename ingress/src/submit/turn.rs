@@ -63,6 +63,9 @@ pub async fn send_turn(
     } = turn;
     check_content("content", &body.content, limits)?;
     let params = body.sampling().into_params(limits)?;
+    if !params.model.is_empty() {
+        crate::routes::models::ensure_offered(state, &params.model)?;
+    }
     let idempotency = key.map(|key| key.bind(&conversation.to_string(), &body));
     super::shed_if_full(state, idempotency.is_some())?;
 

@@ -146,14 +146,24 @@ impl Stack {
             .connect(&database_url)
             .await
             .expect("the test database is reachable");
-        let key = chatq_common::db::keys::create_key(&pool, "fault-tenant", false)
-            .await
-            .unwrap()
-            .plaintext;
-        let admin_key = chatq_common::db::keys::create_key(&pool, "operators", true)
-            .await
-            .unwrap()
-            .plaintext;
+        let key = chatq_common::db::keys::create_key(
+            &pool,
+            "fault-tenant",
+            chatq_common::db::keys::KeyScope::Tenant,
+            None,
+        )
+        .await
+        .unwrap()
+        .plaintext;
+        let admin_key = chatq_common::db::keys::create_key(
+            &pool,
+            "operators",
+            chatq_common::db::keys::KeyScope::Operator,
+            None,
+        )
+        .await
+        .unwrap()
+        .plaintext;
         let nats_client = async_nats::connect(nats_urls.as_slice())
             .await
             .expect("the test connects to its nats-server");

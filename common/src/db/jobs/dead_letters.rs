@@ -1,5 +1,6 @@
-//! Dead letters as operators see them: jobs that ended `failed` (attempts used up, or an error
-//! that can never succeed), across every tenant, and sending one back to the queue.
+//! Dead letters as admins see them: jobs that ended `failed` (attempts used up, or an error
+//! that can never succeed), of one tenant or (for an operator) of every tenant, and sending one
+//! back to the queue.
 //!
 //! The dead-letter stream in JetStream keeps a copy of each for inspection; this table is the
 //! record the admin endpoints read and change.
@@ -26,12 +27,14 @@ pub struct DeadLetterRow {
     pub failed_at: OffsetDateTime,
 }
 
-/// Failed jobs, most recent failure first, after the job `after` (keyset pagination).
+/// Failed jobs, most recent failure first, after the job `after` (keyset pagination): the
+/// tenant's, or every tenant's when `tenant` is `None` (an operator).
 ///
 /// # Errors
 /// Database errors.
 pub async fn list(
     pool: &PgPool,
+    tenant: Option<TenantId>,
     limit: i64,
     after: Option<JobId>,
 ) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
@@ -42,12 +45,14 @@ pub async fn list(
                   error_type, error_message, created_at, finished_at AS "failed_at!"
              FROM jobs
             WHERE status = 'failed' AND finished_at IS NOT NULL
+              AND ($3::uuid IS NULL OR tenant_id = $3)
               AND ($2::uuid IS NULL
                    OR (finished_at, id) < (SELECT finished_at, id FROM jobs WHERE id = $2))
             ORDER BY finished_at DESC, id DESC
             LIMIT $1"#,
         limit,
         after.map(|id| id.as_uuid()),
+        tenant.map(|t| t.as_uuid()),
     )
     .fetch_all(pool)
     .await
@@ -72,12 +77,14 @@ pub enum RetryOutcome {
 
 /// Sends a failed job back to the queue: `queued`, attempts from 0 (the earlier ones are kept in
 /// `earlier_attempts`), a new deadline `deadline_secs` from now, a new publication (the old copy
-/// may still be in JetStream's duplicate window) not yet published.
+/// may still be in JetStream's duplicate window) not yet published. Only a job of `tenant`
+/// (any tenant's when `None`: an operator) is found.
 ///
 /// # Errors
 /// Database errors.
 pub async fn retry(
     pool: &PgPool,
+    tenant: Option<TenantId>,
     id: JobId,
     deadline_secs: f64,
 ) -> Result<RetryOutcome, sqlx::Error> {
@@ -88,10 +95,11 @@ pub async fn retry(
                   deadline_at = now() + make_interval(secs => $2),
                   finished_at = NULL, claim_token = NULL, claimed_by = NULL, lease_expires_at = NULL,
                   cancel_requested_at = NULL, error_type = NULL, error_message = NULL
-            WHERE id = $1 AND status = 'failed'
+            WHERE id = $1 AND status = 'failed' AND ($3::uuid IS NULL OR tenant_id = $3)
         RETURNING lane, publication, traceparent"#,
         id.as_uuid(),
         deadline_secs,
+        tenant.map(|t| t.as_uuid()),
     )
     .fetch_optional(pool)
     .await;
@@ -102,9 +110,13 @@ pub async fn retry(
             traceparent: row.traceparent,
         }),
         Ok(None) => {
-            let status = sqlx::query_scalar!("SELECT status FROM jobs WHERE id = $1", id.as_uuid())
-                .fetch_optional(pool)
-                .await?;
+            let status = sqlx::query_scalar!(
+                "SELECT status FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",
+                id.as_uuid(),
+                tenant.map(|t| t.as_uuid()),
+            )
+            .fetch_optional(pool)
+            .await?;
             Ok(match status {
                 Some(status) => {
                     RetryOutcome::NotFailed(status.parse().unwrap_or(JobStatus::Failed))

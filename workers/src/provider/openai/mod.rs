@@ -54,7 +54,9 @@ impl OpenAiProvider {
             .trim_end_matches('/')
             .to_owned();
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            return Err(ProviderConfigError::InvalidBaseUrl(base_url));
+            return Err(ProviderConfigError::InvalidBaseUrl(
+                chatq_common::settings::redact_url(&base_url),
+            ));
         }
         // reqwest is built without a default TLS crypto backend; use ring (already in the tree
         // for NATS and Postgres TLS). Installing twice is harmless.
@@ -105,7 +107,10 @@ impl OpenAiProvider {
 #[async_trait]
 impl Provider for OpenAiProvider {
     fn describe(&self) -> String {
-        format!("OpenAI-compatible provider at {}", self.base_url)
+        format!(
+            "OpenAI-compatible provider at {}",
+            chatq_common::settings::redact_url(&self.base_url)
+        )
     }
 
     async fn complete_stream(
@@ -177,14 +182,26 @@ fn parse_completion(body: &[u8], requested_model: &str) -> Result<Vec<StreamItem
 
 fn transport_error(err: reqwest::Error) -> ProviderError {
     if err.is_timeout() {
-        ProviderError::Timeout(err.to_string())
-    } else if err.is_connect() {
-        ProviderError::Connect(err.to_string())
+        ProviderError::Timeout(transport_detail(err))
     } else if err.is_body() || err.is_decode() {
         ProviderError::Truncated
     } else {
-        ProviderError::Connect(err.to_string())
+        ProviderError::Connect(transport_detail(err))
     }
+}
+
+/// What went wrong on the wire, for the worker's log: the error and its causes, without the
+/// request's URL (which holds the provider's address and any credentials in it).
+fn transport_detail(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut detail = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    detail
 }
 
 /// `Retry-After` in seconds, or OpenAI's `retry-after-ms`.
@@ -238,6 +255,21 @@ async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_provider_is_described_without_its_credentials() {
+        let settings = ProviderSettings {
+            base_url: Some("https://proxy:hunter2@llm.example/v1?api_key=sk-secret".into()),
+            ..chatq_common::Settings::default().provider
+        };
+        let described = OpenAiProvider::new(&settings, 1).unwrap().describe();
+        assert!(
+            described.contains("llm.example")
+                && !described.contains("hunter2")
+                && !described.contains("sk-secret"),
+            "{described}"
+        );
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_milliseconds() {

@@ -1,0 +1,10 @@
+//! Hostile clients: what a client that means harm (or is merely careless) can and cannot do.
+//! One file per concern.
+
+mod connections;
+mod key_flood;
+mod leaks;
+mod models;
+mod nul;
+mod rate_limits;
+mod scopes;
