@@ -112,6 +112,7 @@ impl Attempt<'_> {
                 JobRequest::ChatCompletion { body, .. } => body.clone(),
                 JobRequest::ConversationTurn { .. } => None,
             },
+            lane: self.lane,
         };
         let deadline = (self.job.deadline_at - time::OffsetDateTime::now_utc())
             .try_into()

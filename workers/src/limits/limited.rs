@@ -55,7 +55,7 @@ impl Provider for LimitedProvider {
         request: &ProviderRequest,
     ) -> Result<ReplyStream, ProviderError> {
         let estimate = Self::estimate(request);
-        self.limits.admit(estimate).await;
+        self.limits.admit(estimate, request.lane).await;
         let result = self.inner.complete_stream(request).await;
         self.observe(&result);
         let stream = result?;

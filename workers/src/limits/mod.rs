@@ -31,6 +31,7 @@
 
 mod adaptive;
 mod limited;
+mod priority;
 mod rate;
 mod tokens;
 
@@ -39,11 +40,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use chatq_common::job::Lane;
 use chatq_common::settings::LimitSettings;
 use tokio::sync::watch;
 
 use self::adaptive::Adaptive;
 pub use self::limited::LimitedProvider;
+use self::priority::LanePriority;
 pub use self::rate::REQUESTS_AHEAD;
 use self::rate::{SharedLimiter, current, replace, request_limiter, wait_turn};
 use self::tokens::TokenBudget;
@@ -68,6 +71,8 @@ pub struct ProviderLimits {
     adaptive_pace: SharedLimiter,
     adaptive: Mutex<Adaptive>,
     slots: Slots,
+    /// Interactive calls take their turns ahead of batch calls.
+    priority: LanePriority,
 }
 
 impl ProviderLimits {
@@ -101,6 +106,7 @@ impl ProviderLimits {
                 accepted: VecDeque::new(),
             }),
             slots: Slots::new(worker_concurrency.max(1)),
+            priority: LanePriority::default(),
         });
         limits.apply(first);
         limits
@@ -171,11 +177,12 @@ impl ProviderLimits {
     }
 
     /// Waits until a call estimated at `tokens` may start: under a valid grant, at its turn of
-    /// the request rate, once its tokens (and the debt of earlier calls) are taken. Returns how
-    /// long it waited.
-    pub async fn admit(&self, tokens: u32) -> Duration {
+    /// the request rate, once its tokens (and the debt of earlier calls) are taken, and for a
+    /// batch line, once no interactive call is waiting ([`priority`]). Returns how long it waited.
+    pub async fn admit(&self, tokens: u32, lane: Lane) -> Duration {
         let started = Instant::now();
         self.maybe_raise();
+        let _in_line = self.priority.wait_in_line(lane).await;
         loop {
             self.until_granted().await;
             wait_turn(&self.requests).await;
@@ -273,7 +280,7 @@ mod tests {
         limits.apply(granted(RATE_UNITS / 2, None));
         let started = Instant::now();
         for _ in 0..11 {
-            limits.admit(1).await;
+            limits.admit(1, Lane::Interactive).await;
         }
         // One at once, the next half an interval later (the lateness allowed to every turn),
         // then one every 100 ms: the eleventh starts 950 ms in.
@@ -287,32 +294,78 @@ mod tests {
         // 1200 rpm: all of it is 20 requests a second, half of it 10 (one every 100 ms).
         let limits = limits(Some(1200), None);
         limits.apply(granted(RATE_UNITS, None));
-        limits.admit(1).await;
+        limits.admit(1, Lane::Interactive).await;
         // Leases moved: this worker now holds half. The request it just sent counts against the
         // new rate too, so the next one waits an interval of it rather than starting at once.
         limits.apply(granted(RATE_UNITS / 2, None));
         let started = Instant::now();
-        limits.admit(1).await;
+        limits.admit(1, Lane::Interactive).await;
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(90), "{waited:?}");
         assert!(waited < Duration::from_millis(600), "{waited:?}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_interactive_call_goes_ahead_of_batch_calls_waiting_for_turns() {
+        // 1200 rpm: 20 turns a second.
+        let limits = limits(Some(1200), None);
+        limits.apply(granted(RATE_UNITS, None));
+        let batch_admitted = Arc::new(AtomicUsize::new(0));
+        let batch: Vec<_> = (0..40)
+            .map(|_| {
+                let limits = limits.clone();
+                let admitted = batch_admitted.clone();
+                tokio::spawn(async move {
+                    limits.admit(1, Lane::Batch).await;
+                    admitted.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        // Forty batch lines wait for two seconds of turns; an interactive call then waits for
+        // about one turn, not for theirs.
+        while batch_admitted.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..3 {
+            let before = batch_admitted.load(Ordering::SeqCst);
+            let waited = limits.admit(1, Lane::Interactive).await;
+            let went_first = batch_admitted.load(Ordering::SeqCst) - before;
+            assert!(waited < Duration::from_millis(250), "waited {waited:?}");
+            assert!(went_first <= 2, "{went_first} batch lines went first");
+        }
+        for line in batch {
+            line.await.unwrap();
+        }
+        assert_eq!(
+            batch_admitted.load(Ordering::SeqCst),
+            40,
+            "every batch line had its turn"
+        );
+    }
+
     #[tokio::test]
     async fn a_call_waits_for_a_grant_and_not_past_one_that_lapsed() {
         let limits = limits(Some(6000), None);
-        let admitted = tokio::time::timeout(Duration::from_millis(200), limits.admit(1)).await;
+        let admitted = tokio::time::timeout(
+            Duration::from_millis(200),
+            limits.admit(1, Lane::Interactive),
+        )
+        .await;
         assert!(admitted.is_err(), "no call starts before any lease is held");
         limits.apply(Grant {
             rate_units: RATE_UNITS,
             concurrency: None,
             valid_until: Some(Instant::now() - Duration::from_millis(1)),
         });
-        let admitted = tokio::time::timeout(Duration::from_millis(200), limits.admit(1)).await;
+        let admitted = tokio::time::timeout(
+            Duration::from_millis(200),
+            limits.admit(1, Lane::Interactive),
+        )
+        .await;
         assert!(admitted.is_err(), "nor under a grant that has lapsed");
         let waiting = {
             let limits = limits.clone();
-            tokio::spawn(async move { limits.admit(1).await })
+            tokio::spawn(async move { limits.admit(1, Lane::Interactive).await })
         };
         limits.apply(granted(RATE_UNITS, None));
         tokio::time::timeout(Duration::from_secs(1), waiting)
@@ -331,9 +384,9 @@ mod tests {
         };
         let limits = ProviderLimits::new(&settings, 8);
         limits.apply(granted(RATE_UNITS, None));
-        limits.admit(256).await;
+        limits.admit(256, Lane::Interactive).await;
         let started = Instant::now();
-        limits.admit(300).await;
+        limits.admit(300, Lane::Interactive).await;
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(2800), "{waited:?}");
         assert!(waited < Duration::from_millis(4500), "{waited:?}");
@@ -346,7 +399,7 @@ mod tests {
             .map(|_| limits.slots().try_acquire().unwrap())
             .collect();
         for _ in 0..20 {
-            limits.admit(1).await;
+            limits.admit(1, Lane::Interactive).await;
         }
         limits.rate_limited();
         let (rate, concurrency) = limits.adaptive();

@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chatq_common::chat::{ChatMessage, GenerationParams, Usage};
 use chatq_common::choices::ChoiceDelta;
+use chatq_common::job::Lane;
 use chatq_common::settings::{ProviderKind, ProviderSettings, SimulatedSettings};
 use futures::stream::BoxStream;
 use serde_json::{Map, Value};
@@ -28,6 +29,8 @@ pub struct ProviderRequest {
     /// A chat completion's request as its client sent it (model resolved): sent instead of
     /// `messages` and `params`, so every parameter reaches the provider as given.
     pub body: Option<Map<String, Value>>,
+    /// The job's lane: interactive calls take their turns at the provider limit first.
+    pub lane: Lane,
 }
 
 /// One item of a streamed reply.
