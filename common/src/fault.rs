@@ -6,7 +6,6 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::ids::JobId;
 use crate::settings::FaultSettings;
 
 /// The exit status of a process ended at a fault point.
@@ -21,11 +20,15 @@ pub enum FaultPoint {
     /// In a worker, between committing a job's result and acknowledging its message
     /// (`CHATQ_FAULT_EXIT_AFTER_COMMIT`): the redelivery must find the job finished.
     AfterCommit,
+    /// In the ingress, in the middle of validating a batch: its first page of lines recorded, not
+    /// committed (`CHATQ_FAULT_EXIT_MID_VALIDATION`): another ingress must take the batch up.
+    MidValidation,
 }
 
 static ARMED: OnceLock<FaultSettings> = OnceLock::new();
 static BEFORE_PUBLISH: AtomicU64 = AtomicU64::new(0);
 static AFTER_COMMIT: AtomicU64 = AtomicU64::new(0);
+static MID_VALIDATION: AtomicU64 = AtomicU64::new(0);
 static RECORD_ACKS: AtomicU64 = AtomicU64::new(0);
 
 /// Sets this process's fault points from its settings (once; later calls change nothing).
@@ -43,8 +46,9 @@ pub fn record_ack_lost() -> bool {
         && RECORD_ACKS.fetch_add(1, Ordering::SeqCst) < settings.lose_record_ack
 }
 
-/// Passes a fault point with this job; ends the process if this is the configured pass.
-pub fn reached(point: FaultPoint, job_id: JobId) {
+/// Passes a fault point with this job (or batch); ends the process if this is the configured
+/// pass.
+pub fn reached(point: FaultPoint, job_id: impl std::fmt::Display) {
     let Some(settings) = ARMED.get() else { return };
     let (after, passes, name) = match point {
         FaultPoint::BeforePublish => (
@@ -57,10 +61,15 @@ pub fn reached(point: FaultPoint, job_id: JobId) {
             &AFTER_COMMIT,
             "CHATQ_FAULT_EXIT_AFTER_COMMIT",
         ),
+        FaultPoint::MidValidation => (
+            settings.exit_mid_validation,
+            &MID_VALIDATION,
+            "CHATQ_FAULT_EXIT_MID_VALIDATION",
+        ),
     };
     if after == 0 || passes.fetch_add(1, Ordering::SeqCst) + 1 < after {
         return;
     }
-    tracing::error!(%job_id, "{name}: ending the process here, as a crash would");
+    tracing::error!(id = %job_id, "{name}: ending the process here, as a crash would");
     std::process::exit(EXIT_CODE);
 }

@@ -6,7 +6,7 @@
 //!
 //! | what | name | kind |
 //! |---|---|---|
-//! | job queue | stream `CHATQ_JOBS`, subjects `chatq.jobs.interactive`, `chatq.jobs.batch` | work-queue, file, `discard: new` |
+//! | job queue | stream `CHATQ_JOBS`, subjects `chatq.jobs.interactive`, `chatq.jobs.batch` | work-queue, file, `discard: new` per lane |
 //! | lane consumers | `chatq_interactive`, `chatq_batch` on `CHATQ_JOBS` | durable pull, explicit ack |
 //! | dead letters | stream `CHATQ_DEAD`, subjects `chatq.dead.<lane>` | limits, file, kept 30 days |
 //! | job events | stream `CHATQ_EVENTS`, subjects `chatq.events.<job id>` | limits, file, kept `events_retention_secs` |
@@ -149,7 +149,12 @@ impl Topology {
             storage: StorageType::File,
             // A full queue rejects new jobs instead of dropping old ones: back-pressure at the door.
             discard: DiscardPolicy::New,
-            max_messages: self.queue_max_jobs,
+            // Each lane (one subject each) holds up to `queue_max_jobs` of its own: a large batch
+            // fills the batch lane and waits in Postgres for room there, and never takes the
+            // places interactive jobs are admitted to.
+            max_messages_per_subject: self.queue_max_jobs,
+            discard_new_per_subject: true,
+            max_messages: self.queue_max_jobs.saturating_mul(Lane::ALL.len() as i64),
             max_message_size: MAX_ENVELOPE_BYTES,
             duplicate_window: DUPLICATE_WINDOW,
             num_replicas: self.replicas,

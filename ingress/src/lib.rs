@@ -201,6 +201,11 @@ impl Application {
             unknown_parameters: settings.ingress.unknown_parameters,
             tasks: background.clone(),
         };
+        // Batch validations another ingress began and did not finish are taken up here.
+        background.spawn(batches::validate::run_until_stopped(
+            state.clone(),
+            streams_stop.clone(),
+        ));
         let request_id = HeaderName::from_static("x-request-id");
         let router = routes::router(state)
             .layer(TraceLayer::new_for_http().make_span_with(trace_context::request_span))

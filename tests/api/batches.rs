@@ -30,7 +30,7 @@ async fn upload_as(app: &TestApp, key: &str, purpose: &str, data: &[u8]) -> reqw
 }
 
 /// Uploads a batch file; returns its id.
-async fn upload(app: &TestApp, data: &[u8]) -> String {
+pub(crate) async fn upload(app: &TestApp, data: &[u8]) -> String {
     let response = upload_as(app, &app.key, "batch", data).await;
     let status = response.status();
     let file: Value = response.json().await.unwrap();
@@ -38,7 +38,7 @@ async fn upload(app: &TestApp, data: &[u8]) -> String {
     file["id"].as_str().unwrap().to_owned()
 }
 
-async fn create_batch(app: &TestApp, file: &str, window: &str) -> Value {
+pub(crate) async fn create_batch(app: &TestApp, file: &str, window: &str) -> Value {
     let response = app
         .post_json(
             "/v1/batches",
@@ -52,7 +52,11 @@ async fn create_batch(app: &TestApp, file: &str, window: &str) -> Value {
 }
 
 /// Polls the batch until `done` says so (or panics after a minute).
-async fn wait_for_batch(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_for_batch(
+    app: &TestApp,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let batch = app.get_ok(&format!("/v1/batches/{id}")).await;
@@ -67,7 +71,7 @@ async fn wait_for_batch(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) 
     }
 }
 
-fn ended(batch: &Value) -> bool {
+pub(crate) fn ended(batch: &Value) -> bool {
     matches!(
         batch["status"].as_str(),
         Some("completed" | "failed" | "expired" | "cancelled")
@@ -304,6 +308,10 @@ async fn lines_that_are_not_requests_fail_the_batch_line_by_line() {
     }
     let file = upload(&app, text.as_bytes()).await;
     let batch = create_batch(&app, &file, "24h").await;
+    // Answered at once; the input is read after.
+    assert_eq!(batch["status"], "validating", "{batch}");
+    assert_eq!(batch["request_counts"]["total"], 0, "{batch}");
+    let batch = wait_for_batch(&app, batch["id"].as_str().unwrap(), ended).await;
     assert_eq!(batch["status"], "failed", "{batch}");
     assert!(batch["failed_at"].is_i64());
     let errors: Vec<(i64, String)> = batch["errors"]["data"]
@@ -620,5 +628,76 @@ async fn a_running_batch_does_not_hold_up_a_chat_completion() {
         waited < Duration::from_secs(3),
         "the completion waited {waited:?}"
     );
+    app.stop().await;
+}
+
+/// Published copies of the batch's lines, as Postgres records them.
+async fn published_lines(app: &TestApp, batch: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE batch_id = $1::uuid AND published_at IS NOT NULL",
+    )
+    .bind(batch.trim_start_matches("batch_"))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_queue_fills_only_the_batch_lane() {
+    let app = spawn_app_with(TestOptions {
+        workers: 0,
+        settings: Box::new(|s| s.nats.queue_max_jobs = 3),
+        ..TestOptions::default()
+    })
+    .await;
+    let lines: Vec<Value> = (0..10)
+        .map(|i| request_line(&format!("line-{i}")))
+        .collect();
+    let file = upload(&app, &jsonl(&lines)).await;
+    let batch = create_batch(&app, &file, "24h").await;
+    let id = batch["id"].as_str().unwrap().to_owned();
+    // The batch lane takes three lines; the other seven wait in Postgres for room.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while published_lines(&app, &id).await < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "lines never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let batch = app.get_ok(&format!("/v1/batches/{id}")).await;
+    assert_eq!(counts(&batch), (10, 0, 0), "{batch}");
+
+    // The interactive lane still has all its room.
+    for _ in 0..3 {
+        let conversation = app.create_conversation(json!({})).await;
+        app.send(conversation["id"].as_str().unwrap(), "still admitted")
+            .await;
+    }
+    assert_eq!(published_lines(&app, &id).await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn lines_beyond_a_full_batch_lane_run_as_it_drains() {
+    let app = spawn_app_with(TestOptions {
+        settings: Box::new(|s| {
+            s.nats.queue_max_jobs = 3;
+            s.worker.reconcile_interval_secs = 1;
+            s.worker.reconcile_after_secs = 0;
+        }),
+        ..TestOptions::default()
+    })
+    .await;
+    let lines: Vec<Value> = (0..12)
+        .map(|i| request_line(&format!("line-{i}")))
+        .collect();
+    let file = upload(&app, &jsonl(&lines)).await;
+    let batch = create_batch(&app, &file, "24h").await;
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let batch = wait_for_batch(&app, &id, ended).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(counts(&batch), (12, 12, 0));
+    let calls = provider_calls(&app);
+    for i in 0..12 {
+        assert_eq!(calls.get(&format!("line-{i}")), Some(&1), "{calls:?}");
+    }
     app.stop().await;
 }

@@ -158,7 +158,10 @@ async fn every_copy_of_a_job_is_published_in_its_requests_trace() {
         .await
         .unwrap();
     let mut tx = app.pool.begin().await.unwrap();
-    let unpublished = reconcile::unpublished(&mut tx, 0.0, 10).await.unwrap();
+    let unpublished =
+        reconcile::unpublished(&mut tx, chatq_common::job::Lane::Interactive, 0.0, 10)
+            .await
+            .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(unpublished.len(), 1, "{unpublished:?}");
     assert_eq!(unpublished[0].traceparent, Some(answered.to_string()));

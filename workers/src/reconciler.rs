@@ -151,11 +151,15 @@ impl Reconciler {
         let abandoned = reconcile::requeue_abandoned(&self.ctx.pool, after).await?;
         let lost = self.audit().await?;
         let mut published = 0;
-        loop {
-            let (found, stored) = self.publish_batch(after).await?;
-            published += stored;
-            if found < BATCH as usize || stored < found as u64 {
-                break;
+        // Lane by lane, interactive first: each lane has its own room in the stream, so a batch
+        // waiting for room in a full batch lane never holds up an interactive job.
+        for lane in Lane::ALL {
+            loop {
+                let (found, stored) = self.publish_batch(lane, after).await?;
+                published += stored;
+                if found < BATCH as usize || stored < found as u64 {
+                    break;
+                }
             }
         }
         let report = PassReport {
@@ -315,15 +319,15 @@ impl Reconciler {
         Ok(forgotten)
     }
 
-    /// Step 3, for one batch. Returns how many jobs were found and how many JetStream stored.
-    async fn publish_batch(&self, after: f64) -> Result<(usize, u64), ReconcileError> {
+    /// Step 3, for one batch of one lane's jobs. Returns how many jobs were found and how many
+    /// JetStream stored.
+    async fn publish_batch(&self, lane: Lane, after: f64) -> Result<(usize, u64), ReconcileError> {
         let ctx = &self.ctx;
         let mut tx = ctx.pool.begin().await?;
-        let pending = reconcile::unpublished(&mut tx, after, BATCH).await?;
+        let pending = reconcile::unpublished(&mut tx, lane, after, BATCH).await?;
         let found = pending.len();
         let mut publishes = futures::stream::iter(pending)
             .map(|copy| async move {
-                let lane: Lane = copy.lane.parse().unwrap_or(Lane::Interactive);
                 // In the trace of the request that created the job.
                 let trace = copy.traceparent.as_deref().and_then(TraceContext::parse);
                 let stored = publish_copy(
@@ -345,7 +349,7 @@ impl Reconciler {
             match result {
                 Ok(_) => stored.push(copy.id.as_uuid()),
                 Err(PublishJobError::QueueFull) => {
-                    tracing::warn!("the job queue is full; the reconciler will try again later");
+                    tracing::debug!(%lane, "the lane's queue is full; the reconciler will try again later");
                     break;
                 }
                 Err(PublishJobError::Unavailable(err)) => {

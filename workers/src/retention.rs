@@ -1,5 +1,6 @@
 //! The retention sweep: every worker, every `CHATQ_RETENTION_SWEEP_INTERVAL_SECS`, deletes what
-//! has been kept long enough (finished jobs, dead letters, idle conversations; see
+//! has been kept long enough (finished jobs, dead letters, idle conversations, ended batches,
+//! expired files; see
 //! [`chatq_common::db::retention`] for what each means and why an unfinished job is never
 //! deleted).
 //!
@@ -21,6 +22,12 @@ pub struct SweepReport {
     pub finished_jobs: u64,
     pub dead_letters: u64,
     pub conversations: u64,
+    /// Lines (jobs) of batches that ended long enough ago.
+    pub batch_lines: u64,
+    /// Batches that ended long enough ago, with their output and error files.
+    pub batches: u64,
+    /// Files past their `expires_at`, and uploads kept long enough.
+    pub files: u64,
 }
 
 /// Deletes expired rows, in batches.
@@ -35,19 +42,8 @@ impl Sweeper {
         Self { pool, settings }
     }
 
-    /// Whether anything is ever deleted.
-    pub fn is_needed(&self) -> bool {
-        let s = &self.settings;
-        s.finished_jobs_secs.is_some()
-            || s.dead_letters_secs.is_some()
-            || s.idle_conversations_secs.is_some()
-    }
-
     /// Sweeps every interval until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
-        if !self.is_needed() {
-            return;
-        }
         let every = Duration::from_secs(self.settings.sweep_interval_secs.max(1));
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -66,6 +62,9 @@ impl Sweeper {
                     finished_jobs = report.finished_jobs,
                     dead_letters = report.dead_letters,
                     conversations = report.conversations,
+                    batch_lines = report.batch_lines,
+                    batches = report.batches,
+                    files = report.files,
                     "retention sweep deleted expired rows"
                 ),
                 Err(err) => {
@@ -104,6 +103,24 @@ impl Sweeper {
                 })
                 .await?;
         }
+        if let Some(secs) = s.batches_secs {
+            report.batch_lines = self
+                .in_batches(batch, |pool| async move {
+                    retention::delete_ended_batch_lines(&pool, secs as f64, batch).await
+                })
+                .await?;
+            report.batches = self
+                .in_batches(batch, |pool| async move {
+                    retention::delete_ended_batches(&pool, secs as f64, batch).await
+                })
+                .await?;
+        }
+        let uploads = s.uploads_secs.map(|secs| secs as f64);
+        report.files = self
+            .in_batches(batch, |pool| async move {
+                retention::delete_expired_files(&pool, uploads, batch).await
+            })
+            .await?;
         Ok(report)
     }
 

@@ -1,6 +1,7 @@
 //! Files: uploads (their bytes in `file_chunks`) and the output and error files of batches (no
 //! bytes of their own: rendered from the batch's jobs). Every query is scoped by tenant: another
-//! tenant's file does not exist.
+//! tenant's file does not exist; nor does a file past its `expires_at` (a batch's
+//! `output_expires_after`), from that instant, before the retention sweep deletes it.
 
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
@@ -184,7 +185,7 @@ pub async fn get(
         RawFile,
         r#"SELECT id AS "id: FileId", purpose, filename, bytes, lines,
                   batch_id AS "batch_id: BatchId", contents, created_at, expires_at
-             FROM files WHERE id = $1 AND tenant_id = $2"#,
+             FROM files WHERE id = $1 AND tenant_id = $2 AND (expires_at IS NULL OR expires_at > now())"#,
         id.as_uuid(),
         tenant.as_uuid(),
     )
@@ -211,7 +212,7 @@ pub async fn list(
                   batch_id AS "batch_id: BatchId", contents, created_at, expires_at
              FROM files
             WHERE tenant_id = $1 AND ($2::text IS NULL OR purpose = $2)
-              AND ($3::uuid IS NULL OR id < $3)
+              AND ($3::uuid IS NULL OR id < $3) AND (expires_at IS NULL OR expires_at > now())
             ORDER BY id DESC
             LIMIT $4"#,
         tenant.as_uuid(),

@@ -6,7 +6,8 @@
 //! on the hot path, and the hot path waits on a sweep for one small batch at most. A job that is
 //! `queued` or `running` is never deleted, whatever its age: not by the job sweeps, which only
 //! look at finished statuses, and not with its conversation, which is kept while it has one.
-//! A batch's jobs are its output: they are kept with their batch, whatever their age.
+//! A batch's jobs are its output: they are kept with their batch, whatever their age, and go with
+//! it once it has ended and its own period has passed.
 
 use sqlx::PgPool;
 
@@ -92,6 +93,92 @@ pub async fn delete_idle_conversations(
                              WHERE j.conversation_id = conversations.id
                                AND j.status IN ('queued', 'running'))",
         idle_secs,
+        batch,
+    )
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Deletes up to `batch` jobs (lines) of batches that ended more than `older_than_secs` ago; the
+/// batches themselves go once their lines are gone ([`delete_ended_batches`]).
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_ended_batch_lines(
+    pool: &PgPool,
+    older_than_secs: f64,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "DELETE FROM jobs
+          WHERE id IN (SELECT j.id FROM batches b JOIN jobs j ON j.batch_id = b.id
+                        WHERE b.status IN ('completed', 'failed', 'expired', 'cancelled')
+                          AND coalesce(b.completed_at, b.failed_at, b.expired_at, b.cancelled_at)
+                              < now() - make_interval(secs => $1)
+                        LIMIT $2
+                          FOR UPDATE OF j SKIP LOCKED)",
+        older_than_secs,
+        batch,
+    )
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Deletes up to `batch` batches that ended more than `older_than_secs` ago and have no line left
+/// (see [`delete_ended_batch_lines`]), with their refused lines and their output and error files.
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_ended_batches(
+    pool: &PgPool,
+    older_than_secs: f64,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query_scalar!(
+        r#"WITH gone AS (
+               DELETE FROM batches
+                WHERE id IN (SELECT b.id FROM batches b
+                              WHERE b.status IN ('completed', 'failed', 'expired', 'cancelled')
+                                AND coalesce(b.completed_at, b.failed_at, b.expired_at, b.cancelled_at)
+                                    < now() - make_interval(secs => $1)
+                                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)
+                              LIMIT $2
+                                FOR UPDATE OF b SKIP LOCKED)
+               RETURNING id
+           ), files_gone AS (
+               DELETE FROM files WHERE batch_id IN (SELECT id FROM gone)
+           )
+           SELECT count(*) AS "deleted!" FROM gone"#,
+        older_than_secs,
+        batch,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(deleted).unwrap_or(0))
+}
+
+/// Deletes up to `batch` files that are gone for their owner: past their `expires_at` (a batch's
+/// `output_expires_after`), or uploaded more than `uploads_older_than_secs` ago (when set). Their
+/// bytes go with them.
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_expired_files(
+    pool: &PgPool,
+    uploads_older_than_secs: Option<f64>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "DELETE FROM files
+          WHERE id IN (SELECT id FROM files
+                        WHERE expires_at <= now()
+                           OR (contents = 'upload' AND $1::float8 IS NOT NULL
+                               AND created_at < now() - make_interval(secs => $1))
+                        LIMIT $2
+                          FOR UPDATE SKIP LOCKED)",
+        uploads_older_than_secs,
         batch,
     )
     .execute(pool)

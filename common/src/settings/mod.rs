@@ -183,7 +183,7 @@ settings! {
         namespace: Namespace = "chatq";
         /// Copies JetStream keeps of each chatq stream (1 for a single server; 3 on a 3-node cluster).
         stream_replicas: usize = "1";
-        /// Most jobs waiting in the queue; a full queue answers 503 with `Retry-After`.
+        /// Most jobs waiting in each lane's queue; a full interactive lane answers 503 with `Retry-After`, while batch lines beyond a full batch lane wait in Postgres and are queued as it drains.
         queue_max_jobs: i64 = "1000000";
         /// Most jobs the whole fleet holds at once (each lane consumer's `max_ack_pending`); keep it at least the sum of every worker's concurrency.
         queue_max_in_flight: i64 = "10000";
@@ -298,6 +298,10 @@ settings! {
         dead_letters_secs / retention_dead_letters_secs: Option<u64> = "2592000";
         /// Seconds a conversation may go without a message before it is deleted with its messages and jobs (never while a job of it is queued or running); `unlimited` keeps every conversation.
         idle_conversations_secs / retention_idle_conversations_secs: Option<u64> = "unlimited";
+        /// Seconds a batch that ended (`completed`, `failed`, `expired` or `cancelled`) is kept after it ended, with its lines and its output and error files; `unlimited` keeps them all.
+        batches_secs / retention_batches_secs: Option<u64> = "2592000";
+        /// Seconds an uploaded file is kept after its upload (a batch's output and error files follow their batch, or `output_expires_after`); `unlimited` keeps them until deleted.
+        uploads_secs / retention_uploads_secs: Option<u64> = "2592000";
         /// Seconds between retention sweeps.
         sweep_interval_secs / retention_sweep_interval_secs: u64 = "60";
         /// Most rows one sweep deletes in one statement; a sweep repeats batches until nothing expired is left.
@@ -330,6 +334,8 @@ settings! {
         exit_after_commit / fault_exit_after_commit: u64 = "0";
         /// For fault testing only: the ingress takes the commits of its first this many batches of recorded jobs as failed, as if their acknowledgement were lost (0: never).
         lose_record_ack / fault_lose_record_ack: u64 = "0";
+        /// For fault testing only: the ingress exits in the middle of validating this many batches, after recording the first page of the last one's lines and before committing them (0: never).
+        exit_mid_validation / fault_exit_mid_validation: u64 = "0";
     }
 }
 

@@ -1,33 +1,15 @@
-//! `POST /v1/batches`: the request checked, the input file read line by line and every line
-//! recorded, in one transaction, then the lines published (see [`super::publish`]).
-//!
-//! Memory stays bounded by the page, not the file: chunks are read one at a time, lines are
-//! gathered a thousand at a time and written with one statement each. Only the custom ids seen so
-//! far are kept whole (to refuse a repeated one), and `max_file_lines` bounds them.
-//!
-//! A file with a line that is not a batch request (not JSON, no custom id, a repeated one, the
-//! wrong method or URL, no body) fails validation as a whole, as OpenAI's does: the batch is
-//! recorded `failed` with every such line in `errors`, and none of its lines is run.
+//! `POST /v1/batches`: the request checked and the batch recorded `validating`, answered at once;
+//! its input is validated in the background ([`super::validate`]).
 
-use std::collections::HashSet;
-
-use chatq_common::db::batches::lines::LineRows;
 use chatq_common::db::batches::{self, BatchRow, NewBatch};
 use chatq_common::db::files::{self, FileContents};
-use chatq_common::ids::{BatchId, FileId, JobId, TenantId};
+use chatq_common::ids::{BatchId, FileId, TenantId};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
-use sqlx::PgConnection;
+use serde_json::{Map, Value};
 
-use super::line::{self, CHAT_COMPLETIONS, CheckedLine, LineError};
+use super::line::CHAT_COMPLETIONS;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-
-/// Lines written per statement.
-const PAGE_LINES: usize = 1000;
-
-/// Most line errors a failed batch reports (the first ones).
-const MAX_REPORTED_ERRORS: usize = 1000;
 
 /// `POST /v1/batches`.
 #[derive(Debug, Deserialize)]
@@ -48,7 +30,8 @@ pub struct OutputExpiresAfter {
     pub seconds: i64,
 }
 
-/// Creates a batch from one of the tenant's `batch` files.
+/// Creates a batch from one of the tenant's `batch` files, `validating`; [`super::validate`]
+/// takes it on from there.
 ///
 /// # Errors
 /// 400 for a bad request (endpoint, window, metadata, a file of another purpose), 404 for a file
@@ -72,31 +55,8 @@ pub async fn create(
             "invalid_value",
         ));
     }
-    let mut tx = state.pool.begin().await?;
-    let output = FileId::new();
-    let error_file = FileId::new();
-    let expires = new
-        .output_expires_secs
-        .map(|secs| time::OffsetDateTime::now_utc() + time::Duration::seconds(secs));
-    files::create_batch_files(&mut tx, tenant, new.id, output, error_file, expires).await?;
-    let batch = batches::insert_running(&mut tx, &new, 0, output, error_file).await?;
-    let read = record_lines(state, &mut tx, &new, batch.expires_at).await?;
-    if !read.errors.is_empty() || read.total == 0 {
-        // Nothing of the file is kept as work: the transaction goes, the failure is recorded.
-        drop(tx);
-        let mut errors = read.errors;
-        if read.total == 0 {
-            errors.push(json!({
-                "code": "empty_file", "message": "The input file holds no requests.",
-                "param": "input_file_id", "line": null,
-            }));
-        }
-        let errors = json!({ "object": "list", "data": errors });
-        return Ok(batches::insert_failed(&state.pool, &new, read.total, &errors).await?);
-    }
-    let batch = batches::set_total(&mut tx, new.id, read.total).await?;
-    tx.commit().await?;
-    super::publish::spawn(state, new.id);
+    let batch = batches::insert_validating(&state.pool, &new).await?;
+    super::validate::spawn(state, new.id);
     Ok(batch)
 }
 
@@ -194,104 +154,5 @@ fn check_metadata(metadata: &Map<String, Value>) -> ApiResult<()> {
             "metadata",
             "invalid_value",
         ))
-    }
-}
-
-/// What reading the input file found.
-struct ReadLines {
-    /// Requests in the file (blank lines are not requests).
-    total: i32,
-    /// Lines that are not batch requests, as `errors.data` reports them.
-    errors: Vec<Value>,
-}
-
-/// Reads the input file a chunk at a time and records its lines in `tx`.
-async fn record_lines(
-    state: &AppState,
-    tx: &mut PgConnection,
-    batch: &NewBatch,
-    deadline: time::OffsetDateTime,
-) -> ApiResult<ReadLines> {
-    let mut read = ReadLines {
-        total: 0,
-        errors: Vec::new(),
-    };
-    let mut seen = HashSet::new();
-    let mut rows = LineRows::default();
-    let mut partial: Vec<u8> = Vec::new();
-    let mut number: i32 = 0;
-    let mut seq = 0;
-    loop {
-        let chunk = files::chunk(&mut *tx, batch.input_file_id, seq).await?;
-        let last = chunk.is_none();
-        let mut data = chunk.unwrap_or_default();
-        seq += 1;
-        if last {
-            // The last line may lack its newline.
-            data.push(b'\n');
-        }
-        let mut start = 0;
-        for end in memchr_newlines(&data) {
-            number += 1;
-            let text: &[u8] = if partial.is_empty() {
-                &data[start..end]
-            } else {
-                partial.extend_from_slice(&data[start..end]);
-                &partial
-            };
-            if !text.iter().all(u8::is_ascii_whitespace) {
-                read.total += 1;
-                match line::check(text, &mut seen, state) {
-                    Ok(checked) if read.errors.is_empty() => push(&mut rows, number, checked)?,
-                    Ok(_) => {}
-                    Err(error) => note(&mut read.errors, number, error),
-                }
-            }
-            partial.clear();
-            start = end + 1;
-        }
-        if last {
-            break;
-        }
-        partial.extend_from_slice(&data[start..]);
-        if rows.len() >= PAGE_LINES {
-            rows.insert(tx, batch.tenant, batch.id, deadline).await?;
-        }
-    }
-    if read.errors.is_empty() && !rows.is_empty() {
-        rows.insert(tx, batch.tenant, batch.id, deadline).await?;
-    }
-    Ok(read)
-}
-
-fn memchr_newlines(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    data.iter()
-        .enumerate()
-        .filter(|(_, byte)| **byte == b'\n')
-        .map(|(at, _)| at)
-}
-
-fn push(rows: &mut LineRows, number: i32, checked: CheckedLine) -> ApiResult<()> {
-    match checked {
-        CheckedLine::Run {
-            custom_id,
-            model,
-            request,
-        } => rows
-            .push_job(JobId::new(), custom_id, model, &request)
-            .map_err(ApiError::internal),
-        CheckedLine::Refused { custom_id, error } => {
-            let (status, body) = error.status_and_body();
-            rows.push_refusal(number, custom_id, status.as_u16(), body);
-            Ok(())
-        }
-    }
-}
-
-fn note(errors: &mut Vec<Value>, number: i32, error: LineError) {
-    if errors.len() < MAX_REPORTED_ERRORS {
-        errors.push(json!({
-            "code": error.code, "message": error.message, "param": error.param, "line": number,
-        }));
     }
 }

@@ -3,7 +3,9 @@
 //! published with its id, claimed before the provider is called, retried under the job retry
 //! policy, ended exactly once) and runs under the fleet's provider limits, after interactive work.
 //!
-//! - [`create`]: the request and the input file checked, every line recorded in one transaction.
+//! - [`create`]: the request checked, the batch recorded `validating` and answered.
+//! - [`validate`]: in the background, the input file read and every line recorded in one
+//!   transaction, ending the batch `in_progress` (or `failed`).
 //! - `line`: one line checked, its body by chat completions' own validation.
 //! - [`publish`]: the lines published after the batch is answered.
 //! - [`output`]: the output and error files, rendered from the jobs.
@@ -15,6 +17,7 @@ pub mod create;
 mod line;
 pub mod output;
 pub mod publish;
+pub mod validate;
 
 use chatq_common::db::batches::{self, BatchRow, LineCounts};
 use chatq_common::ids::{BatchId, FileId, TenantId};
@@ -86,7 +89,7 @@ impl BatchView {
             id: row.id,
             object: "batch",
             endpoint: row.endpoint,
-            model: None,
+            model: row.model,
             errors: row.errors,
             input_file_id: row.input_file_id,
             completion_window: row.completion_window,

@@ -4,8 +4,8 @@
 //! The lines are recorded `queued` before the batch is answered, so publishing them is only a
 //! matter of time: done here at once, a page at a time with many publishes in flight (each still
 //! with `Nats-Msg-Id` and its acknowledgement awaited); anything this leaves unpublished (the
-//! queue filled up, NATS went away, the ingress began to stop) is published by the reconciler, as for
-//! any other job recorded but not acknowledged.
+//! batch lane filled up, NATS went away, the ingress began to stop) is published by the
+//! reconciler, as for any other job recorded but not acknowledged.
 
 use chatq_common::db::batches::lines;
 use chatq_common::db::jobs;
@@ -61,10 +61,9 @@ async fn publish(state: &AppState, batch: BatchId) -> Result<(), sqlx::Error> {
         for (id, outcome) in outcomes {
             match outcome {
                 Ok(_) => stored.push(id.as_uuid()),
-                Err(PublishJobError::QueueFull) => {
-                    state.queue.note_full();
-                    stop = true;
-                }
+                // The batch lane is full (it has a queue of its own, so interactive requests
+                // are still admitted): the rest waits for the reconciler, as the lane drains.
+                Err(PublishJobError::QueueFull) => stop = true,
                 Err(PublishJobError::Unavailable(err)) => {
                     tracing::warn!(job_id = %id, error = %err, "publish failed; the reconciler will queue the line");
                     stop = true;

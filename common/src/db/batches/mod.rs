@@ -1,7 +1,11 @@
 //! Batches: a file of chat completion requests, each line run as a job on the batch lane.
 //!
-//! A batch is created in one transaction with its lines ([`lines`]): every valid line a queued
-//! job, every line chat completions would refuse a refusal, answered in the error file. Its
+//! A batch is recorded `validating` ([`insert_validating`]) and answered at once; its input is
+//! then validated and its lines recorded ([`lines`]) in one transaction that holds the batch's row
+//! ([`lock_validating`]) and ends it `in_progress` ([`start`]) or `failed`
+//! ([`fail_validation`]): every valid line a queued job, every line chat completions would refuse
+//! a refusal, answered in the error file. A validation cut short (its ingress stopped) leaves the
+//! batch `validating` and its row free, for another ingress to take up ([`stale_validating`]). Its
 //! counts are read from its jobs, never kept beside them, so they cannot drift: what is done is
 //! what the jobs say. [`settle`] moves a batch on when its jobs allow it (every line ended, or
 //! the completion window closed), in one statement, whoever reads the batch first.
@@ -23,6 +27,8 @@ pub struct BatchRow {
     pub endpoint: String,
     pub completion_window: String,
     pub status: String,
+    /// The model the lines ask for (null until validated, and when they ask for several).
+    pub model: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub output_file_id: Option<FileId>,
     pub error_file_id: Option<FileId>,
@@ -46,7 +52,7 @@ macro_rules! select_batch_rows {
             BatchRow,
             $before + r#"SELECT id AS "id!: BatchId", input_file_id AS "input_file_id!: FileId",
                       endpoint AS "endpoint!", completion_window AS "completion_window!",
-                      status AS "status!", metadata, output_file_id AS "output_file_id?: FileId",
+                      status AS "status!", model, metadata, output_file_id AS "output_file_id?: FileId",
                       error_file_id AS "error_file_id?: FileId", errors, total AS "total!",
                       created_at AS "created_at!", expires_at AS "expires_at!", in_progress_at,
                       finalizing_at, completed_at, failed_at, expired_at, cancelling_at,
@@ -70,25 +76,17 @@ pub struct NewBatch {
     pub output_expires_secs: Option<i64>,
 }
 
-/// Records a batch that passed validation: `in_progress`, with its output and error files (the
-/// lines are recorded in the same transaction by [`lines::insert`]).
+/// Records a batch to validate: `validating`, answered at once; its lines are read and recorded
+/// in the background.
 ///
 /// # Errors
 /// Database errors.
-pub async fn insert_running(
-    tx: &mut PgConnection,
-    batch: &NewBatch,
-    total: i32,
-    output: FileId,
-    errors: FileId,
-) -> Result<BatchRow, sqlx::Error> {
+pub async fn insert_validating(pool: &PgPool, batch: &NewBatch) -> Result<BatchRow, sqlx::Error> {
     select_batch_rows!(
         r#"WITH created AS (
                INSERT INTO batches (id, tenant_id, input_file_id, endpoint, completion_window,
-                                    status, metadata, output_file_id, error_file_id, total,
-                                    output_expires_secs, expires_at, in_progress_at)
-               VALUES ($1, $2, $3, $4, $5, 'in_progress', $6, $7, $8, $9, $10,
-                       now() + make_interval(secs => $11), now())
+                                    status, metadata, output_expires_secs, expires_at)
+               VALUES ($1, $2, $3, $4, $5, 'validating', $6, $7, now() + make_interval(secs => $8))
                RETURNING *
            )
            "#,
@@ -99,69 +97,122 @@ pub async fn insert_running(
         batch.endpoint,
         batch.completion_window,
         batch.metadata,
-        output.as_uuid(),
-        errors.as_uuid(),
-        total,
-        batch.output_expires_secs,
-        batch.window_secs,
-    )
-    .fetch_one(tx)
-    .await
-}
-
-/// Notes how many requests a new batch's file held, once its lines are recorded.
-///
-/// # Errors
-/// Database errors.
-pub async fn set_total(
-    tx: &mut PgConnection,
-    id: BatchId,
-    total: i32,
-) -> Result<BatchRow, sqlx::Error> {
-    select_batch_rows!(
-        "WITH counted AS (UPDATE batches SET total = $2 WHERE id = $1 RETURNING *) ",
-        "counted",
-        id.as_uuid(),
-        total,
-    )
-    .fetch_one(tx)
-    .await
-}
-
-/// Records a batch whose input failed validation: `failed`, with the errors of its lines.
-///
-/// # Errors
-/// Database errors.
-pub async fn insert_failed(
-    pool: &PgPool,
-    batch: &NewBatch,
-    total: i32,
-    errors: &serde_json::Value,
-) -> Result<BatchRow, sqlx::Error> {
-    select_batch_rows!(
-        r#"WITH created AS (
-               INSERT INTO batches (id, tenant_id, input_file_id, endpoint, completion_window,
-                                    status, metadata, errors, total, output_expires_secs,
-                                    expires_at, failed_at)
-               VALUES ($1, $2, $3, $4, $5, 'failed', $6, $7, $8, $9,
-                       now() + make_interval(secs => $10), now())
-               RETURNING *
-           )
-           "#,
-        "created",
-        batch.id.as_uuid(),
-        batch.tenant.as_uuid(),
-        batch.input_file_id.as_uuid(),
-        batch.endpoint,
-        batch.completion_window,
-        batch.metadata,
-        errors,
-        total,
         batch.output_expires_secs,
         batch.window_secs,
     )
     .fetch_one(pool)
     .await
+}
+
+/// A batch being validated: what its lines are recorded with.
+#[derive(Debug, Clone, Copy)]
+pub struct Validating {
+    pub id: BatchId,
+    pub tenant: TenantId,
+    pub input_file_id: FileId,
+    pub created_at: OffsetDateTime,
+    /// When its completion window ends: the deadline of every line.
+    pub expires_at: OffsetDateTime,
+    pub output_expires_secs: Option<i64>,
+}
+
+/// Takes a `validating` batch for this transaction, or `None` when it is no longer validating or
+/// another transaction holds it (its validation is under way there). The row stays locked until
+/// the transaction ends: a cancel waits for the validation to end, and a validation cut short
+/// frees the batch for another.
+///
+/// # Errors
+/// Database errors.
+pub async fn lock_validating(
+    tx: &mut PgConnection,
+    id: BatchId,
+) -> Result<Option<Validating>, sqlx::Error> {
+    sqlx::query_as!(
+        Validating,
+        r#"SELECT id AS "id: BatchId", tenant_id AS "tenant: TenantId",
+                  input_file_id AS "input_file_id: FileId", created_at, expires_at,
+                  output_expires_secs
+             FROM batches WHERE id = $1 AND status = 'validating'
+              FOR UPDATE SKIP LOCKED"#,
+        id.as_uuid(),
+    )
+    .fetch_optional(tx)
+    .await
+}
+
+/// Batches still `validating` more than `older_than_secs` after they were created, which no
+/// transaction holds: their validation was cut short.
+///
+/// # Errors
+/// Database errors.
+pub async fn stale_validating(
+    pool: &PgPool,
+    older_than_secs: f64,
+    limit: i64,
+) -> Result<Vec<BatchId>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT id AS "id: BatchId" FROM batches
+            WHERE status = 'validating' AND created_at < now() - make_interval(secs => $1)
+            ORDER BY created_at
+            LIMIT $2
+              FOR UPDATE SKIP LOCKED"#,
+        older_than_secs,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Ends a validation that passed: the batch is `in_progress`, with its total, model and output and
+/// error files (its lines are recorded in the same transaction by [`lines::insert`]).
+///
+/// # Errors
+/// Database errors.
+pub async fn start(
+    tx: &mut PgConnection,
+    id: BatchId,
+    total: i32,
+    model: Option<&str>,
+    output: FileId,
+    errors: FileId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE batches
+            SET status = 'in_progress', in_progress_at = now(), total = $2, model = $3,
+                output_file_id = $4, error_file_id = $5
+          WHERE id = $1 AND status = 'validating'",
+        id.as_uuid(),
+        total,
+        model,
+        output.as_uuid(),
+        errors.as_uuid(),
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends a validation that found lines that are not batch requests: the batch is `failed`, with
+/// the errors of those lines, and none of its lines is kept.
+///
+/// # Errors
+/// Database errors.
+pub async fn fail_validation(
+    tx: &mut PgConnection,
+    id: BatchId,
+    total: i32,
+    errors: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE batches SET status = 'failed', failed_at = now(), total = $2, errors = $3
+          WHERE id = $1 AND status = 'validating'",
+        id.as_uuid(),
+        total,
+        errors,
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// A batch, if it belongs to the tenant.

@@ -9,12 +9,12 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::ids::JobId;
+use crate::job::Lane;
 
 /// A queued job JetStream may not hold, to publish again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedCopy {
     pub id: JobId,
-    pub lane: String,
     pub publication: i32,
     /// The trace of the request that created the job, as recorded (see [`crate::trace`]).
     pub traceparent: Option<String>,
@@ -208,25 +208,27 @@ pub async fn now(pool: &PgPool) -> Result<OffsetDateTime, sqlx::Error> {
         .await
 }
 
-/// Queued jobs without an acknowledged copy in JetStream, recorded more than `older_than_secs`
-/// ago (younger ones are still being published by the ingress), oldest first, locked for this
-/// reconciler pass (other reconcilers skip them).
+/// One lane's queued jobs without an acknowledged copy in JetStream, recorded more than
+/// `older_than_secs` ago (younger ones are still being published by the ingress), oldest first,
+/// locked for this reconciler pass (other reconcilers skip them).
 ///
 /// # Errors
 /// Database errors.
 pub async fn unpublished(
     tx: &mut sqlx::PgConnection,
+    lane: Lane,
     older_than_secs: f64,
     limit: i64,
 ) -> Result<Vec<QueuedCopy>, sqlx::Error> {
     sqlx::query_as!(
         QueuedCopy,
-        r#"SELECT id AS "id: JobId", lane, publication, traceparent FROM jobs
-            WHERE status = 'queued' AND published_at IS NULL
-              AND created_at < now() - make_interval(secs => $1)
+        r#"SELECT id AS "id: JobId", publication, traceparent FROM jobs
+            WHERE status = 'queued' AND published_at IS NULL AND lane = $1
+              AND created_at < now() - make_interval(secs => $2)
             ORDER BY created_at
-            LIMIT $2
+            LIMIT $3
               FOR UPDATE SKIP LOCKED"#,
+        lane.as_str(),
         older_than_secs,
         limit,
     )
