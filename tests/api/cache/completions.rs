@@ -26,6 +26,25 @@ async fn cache_a_repeated_deterministic_completion_is_served_from_the_cache() {
     assert_eq!(second.body["usage"], first.body["usage"]);
     assert_eq!(job_of(&app, &second).await["reply"]["cached"], true);
     assert_eq!(provider_calls(&app), 1, "the cache saved the second call");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "chatq_cache_provider_calls_saved_total",
+        "chatq_cache_lookups_total{tier=\"memory\",result=\"hit\"}",
+        "chatq_cache_lookups_total{tier=\"shared\",result=\"miss\"}",
+    ] {
+        let value = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok());
+        assert!(value.is_some_and(|v| v >= 1.0), "{series} in:\n{metrics}");
+    }
 
     // A fixed seed is deterministic too, and another question is another key.
     let mut seeded = deterministic("what is a queue?");
