@@ -29,7 +29,7 @@
 //! - The scenarios: [`enqueue`], [`e2e`] (throughput), [`ttft`], [`overhead`] (latency added to
 //!   the provider's), [`sse`] (event streams held by one ingress), [`fleet`] (scaling workers
 //!   under a provider limit), [`spike`] (a burst against a limit), [`lanes`] (interactive jobs
-//!   beside a batch). Each renders its own part of the report.
+//!   beside a batch), [`cache`] (a workload half of repeated deterministic prompts). Each renders its own part of the report.
 //! - [`report`]: the whole result, as text for people and as JSON (`--json`); and this file,
 //!   which reads the command line and runs the chosen scenarios.
 //!
@@ -37,6 +37,7 @@
 //! workers.
 
 mod args;
+mod cache;
 mod cpu;
 mod e2e;
 mod enqueue;
@@ -95,6 +96,9 @@ pub enum Scenario {
     Spike,
     /// Interactive queue wait while a large batch runs.
     Lanes,
+    /// Half the requests repeat an earlier deterministic prompt: provider calls the reply cache
+    /// saves, and the latency of a hit beside a miss.
+    Cache,
 }
 
 /// Benchmark chatq on this machine, beside the machine's own limits measured in the same run.
@@ -120,6 +124,8 @@ pub struct BenchArgs {
     pub spike: spike::SpikeArgs,
     #[command(flatten, next_help_heading = "lanes")]
     pub lanes: lanes::LanesArgs,
+    #[command(flatten, next_help_heading = "cache")]
+    pub cache: cache::CacheArgs,
 }
 
 /// Runs the chosen scenarios, prints the report, and writes it as JSON if asked.
@@ -144,6 +150,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         fleet: None,
         spike: None,
         lanes: None,
+        cache: None,
     };
     let wants = |scenario| args.scenario == Scenario::All || args.scenario == scenario;
     if args.scenario == Scenario::Limits || !general.no_limits {
@@ -177,6 +184,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wants(Scenario::Lanes) {
         report.lanes = Some(lanes::run(general, &args.lanes, &services).await?);
+    }
+    if wants(Scenario::Cache) {
+        report.cache = Some(cache::run(general, &args.cache, &services).await?);
     }
     let text = report.render();
     #[expect(clippy::print_stdout, reason = "the report is the command's output")]

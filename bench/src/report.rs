@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::cache::CacheResult;
 use super::e2e::E2eResult;
 use super::enqueue::EnqueueResult;
 use super::fleet::FleetResult;
@@ -37,6 +38,7 @@ pub struct Report {
     pub fleet: Option<FleetResult>,
     pub spike: Option<SpikeResult>,
     pub lanes: Option<LanesResult>,
+    pub cache: Option<CacheResult>,
 }
 
 impl Report {
@@ -78,6 +80,9 @@ impl Report {
         }
         if let Some(lanes) = &self.lanes {
             lanes.render(&mut out);
+        }
+        if let Some(cache) = &self.cache {
+            cache.render(&mut out);
         }
         out
     }

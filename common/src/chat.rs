@@ -71,6 +71,18 @@ pub struct GenerationParams {
     /// Choices asked for (`n`); one when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
+    /// The client opted out of the reply cache (`Cache-Control: no-cache`, or `"cache": false`):
+    /// this request neither reads nor fills it. Never sent to the provider.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
+}
+
+impl GenerationParams {
+    /// Whether a reply to these parameters may come from the reply cache: the request asks for
+    /// a reproducible answer (temperature 0, or a fixed seed) and did not opt out.
+    pub fn cacheable(&self) -> bool {
+        !self.no_cache && (self.temperature == Some(0.0) || self.seed.is_some())
+    }
 }
 
 /// Token counts, as the provider reports them (or as estimated when it reports none), with the

@@ -66,6 +66,9 @@ pub struct Queued {
 pub struct Started {
     pub job_id: JobId,
     pub attempt: u32,
+    /// The reply is already in the reply cache: it is played back, not asked of the provider.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 /// A piece of the reply: `{"delta": "Hel"}` for text, with `index`, `tool_calls`, `refusal`,

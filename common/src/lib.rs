@@ -26,6 +26,7 @@
 //! - [`nats`]: connecting to NATS with start-up logging.
 //! - [`queue`]: publishing a job to JetStream, with its id as `Nats-Msg-Id` and its trace as
 //!   `traceparent`.
+//! - [`reply_cache`]: the key names of the reply cache's shared tier, and evicting from it.
 //! - [`db`]: the Postgres pool, migrations, and one module of queries per table.
 
 pub mod api_key;
@@ -42,6 +43,7 @@ pub mod job;
 pub mod metrics;
 pub mod nats;
 pub mod queue;
+pub mod reply_cache;
 pub mod settings;
 pub mod telemetry;
 pub mod topology;

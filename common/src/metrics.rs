@@ -25,6 +25,11 @@
 //! | `chatq_rate_limiter_wait_seconds` | histogram | |
 //! | `chatq_dead_letters_total` | counter | `lane` |
 //! | `chatq_reconciler_jobs_total` | counter | `step` (`published`, `abandoned`, `stream_lost`, `lost`) |
+//! | `chatq_cache_lookups_total` | counter | `tier` (`memory`, `shared`), `result` (`hit`, `miss`) |
+//! | `chatq_cache_coalesced_total` | counter | `scope` (`process`, `fleet`) |
+//! | `chatq_cache_evictions_total` | counter | `reason` (`feedback`, `size`, `expired`) |
+//! | `chatq_cache_memory_bytes` | gauge | |
+//! | `chatq_cache_provider_calls_saved_total` | counter | |
 //!
 //! Counters a process may never increment (dead letters, provider errors, the reconciler's
 //! steps) are registered at zero when the role starts ([`register_ingress`], and the worker's
@@ -56,6 +61,11 @@ pub const PROVIDER_CALLS: &str = "chatq_provider_calls_total";
 pub const RATE_LIMITER_WAIT: &str = "chatq_rate_limiter_wait_seconds";
 pub const DEAD_LETTERS: &str = "chatq_dead_letters_total";
 pub const RECONCILER_JOBS: &str = "chatq_reconciler_jobs_total";
+pub const CACHE_LOOKUPS: &str = "chatq_cache_lookups_total";
+pub const CACHE_COALESCED: &str = "chatq_cache_coalesced_total";
+pub const CACHE_EVICTIONS: &str = "chatq_cache_evictions_total";
+pub const CACHE_MEMORY_BYTES: &str = "chatq_cache_memory_bytes";
+pub const CACHE_CALLS_SAVED: &str = "chatq_cache_provider_calls_saved_total";
 
 /// The reasons of [`JOBS_REJECTED`].
 pub const REJECTED_REASONS: [&str; 2] = ["queue_full", "key_rate_limited"];
@@ -187,5 +197,26 @@ fn describe() {
     describe_counter!(
         RECONCILER_JOBS,
         "Jobs the reconciler put back in the queue, by step: published again, abandoned by a dead worker, stream lost, copy lost."
+    );
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Reply cache lookups, by tier (memory, shared) and result (hit, miss)."
+    );
+    describe_counter!(
+        CACHE_COALESCED,
+        "Requests answered by an identical request's provider call, in this process or on another worker."
+    );
+    describe_counter!(
+        CACHE_EVICTIONS,
+        "Replies dropped from the memory tier, by reason: negative feedback, size bound, TTL."
+    );
+    describe_gauge!(
+        CACHE_MEMORY_BYTES,
+        Unit::Bytes,
+        "Bytes of replies this worker's memory tier holds."
+    );
+    describe_counter!(
+        CACHE_CALLS_SAVED,
+        "Provider calls the reply cache saved (hits of either tier, and coalesced requests)."
     );
 }

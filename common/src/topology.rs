@@ -12,6 +12,9 @@
 //! | job events | stream `CHATQ_EVENTS`, subjects `chatq.events.<job id>` | limits, file, kept `events_retention_secs` |
 //! | cancel requests | subjects `chatq.control.cancel.<job id>` | core NATS, every worker listens |
 //! | worker heartbeats | KV bucket `chatq_workers` | memory, keys expire after 3 heartbeats |
+//! | cached replies | KV bucket `chatq_cache` | file, keys expire after `cache_ttl_secs` |
+//! | calls under way | KV bucket `chatq_cache_flights` | memory, keys expire 15 s after their last refresh |
+//! | cache evictions | subject `chatq.control.cache.evict` | core NATS, every worker listens |
 //!
 //! [`Topology::ensure`] creates or updates all of it and is safe to run from every process at
 //! start-up, concurrently. `nats/README.md` documents each value and why it was chosen.
@@ -266,6 +269,62 @@ impl Topology {
         }
     }
 
+    /// `chatq_cache`: the shared tier of the reply cache (see `chatq_workers::cache`).
+    pub fn cache_bucket(&self) -> String {
+        format!("{}_cache", self.namespace)
+    }
+
+    /// `chatq_cache_flights`: markers of provider calls under way for cacheable requests, so
+    /// identical requests on other workers wait for the reply instead of calling again.
+    pub fn cache_flights_bucket(&self) -> String {
+        format!("{}_cache_flights", self.namespace)
+    }
+
+    /// `chatq.control.cache.evict`: tells every worker to drop a reply from its memory tier.
+    pub fn cache_evict_subject(&self) -> String {
+        format!("{}.control.cache.evict", self.namespace)
+    }
+
+    /// The stream behind the cache bucket, in the KV layout. Replies are kept on file, so they
+    /// outlive a NATS restart, and expire `ttl` after they were stored.
+    pub fn cache_bucket_stream_config(&self, ttl: Duration) -> stream::Config {
+        kv_stream_config(
+            self.cache_bucket(),
+            "chatq reply cache",
+            ttl.max(Duration::from_secs(1)),
+            StorageType::File,
+            self.replicas,
+        )
+    }
+
+    /// The stream behind the flights bucket: markers live in memory and expire `ttl` after their
+    /// holder last refreshed them, so a holder that died blocks nobody for longer.
+    pub fn cache_flights_stream_config(&self, ttl: Duration) -> stream::Config {
+        kv_stream_config(
+            self.cache_flights_bucket(),
+            "chatq provider calls under way",
+            ttl,
+            StorageType::Memory,
+            self.replicas,
+        )
+    }
+
+    /// Creates or updates the two buckets of the reply cache. Only workers with the cache on
+    /// need them, and only they know its TTL, so [`Topology::ensure`] leaves them out.
+    ///
+    /// # Errors
+    /// As [`Topology::ensure`].
+    pub async fn ensure_cache_buckets(
+        &self,
+        js: &Context,
+        ttl: Duration,
+        flight_ttl: Duration,
+    ) -> Result<(), TopologyError> {
+        ensure_stream(js, self.cache_bucket_stream_config(ttl)).await?;
+        ensure_stream(js, self.cache_flights_stream_config(flight_ttl)).await?;
+        Ok(())
+    }
+
     pub fn consumer_config(&self, lane: Lane) -> pull::Config {
         pull::Config {
             durable_name: Some(self.consumer_name(lane)),
@@ -316,6 +375,32 @@ impl Topology {
     ) -> Result<consumer::PullConsumer, async_nats::Error> {
         let stream = js.get_stream(self.jobs_stream()).await?;
         stream.get_consumer(&self.consumer_name(lane)).await
+    }
+}
+
+/// A stream in the KV layout (`KV_<bucket>`, subjects `$KV.<bucket>.>`, one value per key)
+/// whose keys expire `max_age` after their last put.
+fn kv_stream_config(
+    bucket: String,
+    description: &str,
+    max_age: Duration,
+    storage: StorageType,
+    replicas: usize,
+) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: DiscardPolicy::New,
+        duplicate_window: max_age.min(DUPLICATE_WINDOW),
+        num_replicas: replicas,
+        ..Default::default()
     }
 }
 

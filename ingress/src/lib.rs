@@ -25,6 +25,7 @@
 //! - `extract`: extractors that turn bad input into clear 4xx answers; `body_limit`: the 413 for
 //!   an oversized body, which every client gets to read.
 //! - `validate`: request bodies and their limits.
+//! - `cache_control`: the reply cache as clients see it (opting out, `x-chatq-cache`).
 //! - `views`: the JSON shapes of the API.
 //! - `queue_monitor`: queue depth per lane and the drain rate behind `Retry-After`.
 //! - `ratelimit`: per-key request rate limits.
@@ -38,6 +39,7 @@
 mod auth;
 mod batches;
 mod body_limit;
+mod cache_control;
 mod cancel;
 mod chat_api;
 pub mod error;
@@ -199,6 +201,7 @@ impl Application {
             ),
             cancel_abandoned_completions: settings.ingress.cancel_abandoned_completions,
             unknown_parameters: settings.ingress.unknown_parameters,
+            cache_enabled: settings.cache.enabled,
             tasks: background.clone(),
         };
         // Batch validations another ingress began and did not finish are taken up here.

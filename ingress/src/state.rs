@@ -30,6 +30,9 @@ pub struct AppState {
     /// `unknown_parameters`: refuse a chat completion parameter chatq does not know, or forward
     /// it to the provider.
     pub unknown_parameters: chatq_common::settings::UnknownParameters,
+    /// `cache_enabled`: workers may answer from the reply cache, so a streamed completion's
+    /// `x-chatq-cache` header waits for the job to start.
+    pub cache_enabled: bool,
     /// Short background tasks a request leaves behind (a cancel after its client went away);
     /// shutdown waits for them.
     pub tasks: tokio_util::task::TaskTracker,

@@ -78,6 +78,9 @@ pub struct SendMessage {
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
     pub user: Option<String>,
+    /// `false` keeps this turn out of the reply cache (neither served from it nor stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 impl SendMessage {
@@ -206,6 +209,7 @@ impl SamplingFields {
             frequency_penalty: self.frequency_penalty,
             user: self.user,
             n: None,
+            no_cache: false,
         })
     }
 }

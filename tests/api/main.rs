@@ -16,6 +16,7 @@ mod bad_input;
 mod batch_cli;
 mod batches;
 mod body_limit;
+mod cache;
 mod chat;
 mod completions;
 mod concurrency;

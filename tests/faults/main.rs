@@ -8,6 +8,8 @@
 //! accepted job reaches exactly one terminal state, with at most one reply, and none is lost.
 //!
 //! - [`batches`]: a worker killed mid-batch: every line answered exactly once.
+//! - [`cache`]: the reply cache across worker processes: one provider call for identical
+//!   requests on two workers, a dead call holder, the shared tier after a restart.
 //! - [`workers`]: a worker killed mid-job, stopped with SIGTERM, crashing between commit and ack;
 //!   long calls kept alive by in-progress acks.
 //! - [`nats`]: nats-server killed and restarted, with its store kept or wiped.
@@ -41,6 +43,7 @@ mod shared_tool_calls;
 mod sse;
 
 mod batches;
+mod cache;
 mod cluster;
 mod fleet;
 mod ingress;

@@ -17,7 +17,8 @@ use chatq_common::metrics as names;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::call::{CallFailed, Reply, stream_reply};
+use crate::cache::answer::{Answered, answer, prepare};
+use crate::call::CallFailed;
 use crate::cancel::CancelSwitch;
 use crate::events::AttemptEvents;
 use crate::failure::{dead_letter, public_message, retry_delay};
@@ -101,8 +102,6 @@ impl Attempt<'_> {
                     .await;
             }
         };
-        events.started(self.attempt_number()).await;
-        tracing::debug!("job started");
         let mut params = request.params().clone();
         params.model = self.job.model.clone();
         let provider_request = ProviderRequest {
@@ -114,15 +113,30 @@ impl Attempt<'_> {
             },
             lane: self.lane,
         };
+        // Looked up before `job.started`, so the event can say the reply is cached.
+        let prepared = prepare(
+            self.ctx.cache.as_deref(),
+            self.job.tenant_id,
+            &provider_request,
+        )
+        .await;
+        events
+            .started(self.attempt_number(), prepared.is_hit())
+            .await;
+        tracing::debug!("job started");
         let deadline = (self.job.deadline_at - time::OffsetDateTime::now_utc())
             .try_into()
             .unwrap_or(Duration::ZERO);
         let started = Instant::now();
         // Whichever ends first: the call drops the others, the others drop the call.
+        let call = answer(
+            prepared,
+            self.ctx.provider.as_ref(),
+            &provider_request,
+            &mut events,
+        );
         let result = tokio::select! {
-            result = stream_reply(self.ctx.provider.as_ref(), &provider_request, &mut events) => {
-                result.map_err(Failure::Provider)
-            }
+            result = call => result.map_err(Failure::Provider),
             stop = self.heartbeat(delivery) => Err(stop),
             () = hand_back.cancelled() => Err(Failure::HandedBack),
             () = switch.tripped() => Err(Failure::Cancelled),
@@ -217,7 +231,8 @@ impl Attempt<'_> {
     }
 
     #[tracing::instrument(level = "debug", name = "commit", skip_all)]
-    async fn succeed(&self, reply: Reply, events: &mut AttemptEvents) -> Outcome {
+    async fn succeed(&self, answered: Answered, events: &mut AttemptEvents) -> Outcome {
+        let Answered { reply, cached, key } = answered;
         let upstream_ms = reply.upstream_ms;
         let first = reply.choices.first();
         let content = first
@@ -226,18 +241,19 @@ impl Attempt<'_> {
         let finish_reason = first.map_or_else(|| "stop".to_owned(), |c| c.finish_reason.clone());
         // A conversation keeps its reply as text; a chat completion keeps its whole answer.
         let choices = self.job.conversation_id.is_none().then_some(reply.choices);
+        let reply_message_id = MessageId::new();
         let completion = Completion {
             id: self.id(),
             token: self.token,
             conversation_id: self.job.conversation_id,
-            reply_message_id: MessageId::new(),
+            reply_message_id,
             content,
             finish_reason,
             choices,
             usage: reply.usage,
             ttft_ms: reply.ttft_ms,
             upstream_ms,
-            cached: false,
+            cached,
             reply_model: reply.model,
         };
         match self.ctx.writes.complete(completion).await {
@@ -247,7 +263,13 @@ impl Attempt<'_> {
                     chatq_common::fault::FaultPoint::AfterCommit,
                     self.id(),
                 );
-                tracing::debug!(job_id = %self.id(), upstream_ms, "job succeeded");
+                tracing::debug!(job_id = %self.id(), upstream_ms, cached, "job succeeded");
+                // A conversation's reply can be rated; a rating down evicts what served it.
+                if let (Some(cache), Some(key), Some(_)) =
+                    (&self.ctx.cache, key, self.job.conversation_id)
+                {
+                    cache.index_message(reply_message_id, key).await;
+                }
                 events.ended(JobView::from(job)).await;
                 self.count_finished(JobStatus::Succeeded);
                 Outcome::Ack

@@ -9,7 +9,7 @@ use chatq_common::metrics as names;
 use futures::{FutureExt, StreamExt};
 
 use crate::events::AttemptEvents;
-use crate::provider::{Provider, ProviderError, ProviderRequest, StreamItem};
+use crate::provider::{Provider, ProviderError, ProviderRequest, ReplyStream, StreamItem};
 
 /// A reply read from the provider.
 #[derive(Debug)]
@@ -46,14 +46,50 @@ pub async fn stream_reply(
     events: &mut AttemptEvents,
 ) -> Result<Reply, CallFailed> {
     let started = Instant::now();
+    let stream = match provider.complete_stream(request).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            metrics::counter!(names::PROVIDER_CALLS, "outcome" => error.kind()).increment(1);
+            return Err(CallFailed {
+                error,
+                upstream_ms: elapsed_ms(started),
+            });
+        }
+    };
+    relay(stream, request, events, started, true).await
+}
+
+/// Publishes a reply that did not come from the provider (the reply cache's), exactly as
+/// [`stream_reply`] publishes one that did, and puts it together the same way.
+///
+/// # Errors
+/// The stream ended before saying the reply was done.
+pub async fn replay_reply(
+    stream: ReplyStream,
+    request: &ProviderRequest,
+    events: &mut AttemptEvents,
+) -> Result<Reply, CallFailed> {
+    relay(stream, request, events, Instant::now(), false).await
+}
+
+/// Reads `stream` to its end, publishing deltas; `from_provider` says whether the provider's
+/// metrics count it.
+async fn relay(
+    mut stream: ReplyStream,
+    request: &ProviderRequest,
+    events: &mut AttemptEvents,
+    started: Instant,
+    from_provider: bool,
+) -> Result<Reply, CallFailed> {
     let failed = |error: ProviderError| {
-        metrics::counter!(names::PROVIDER_CALLS, "outcome" => error.kind()).increment(1);
+        if from_provider {
+            metrics::counter!(names::PROVIDER_CALLS, "outcome" => error.kind()).increment(1);
+        }
         CallFailed {
             error,
             upstream_ms: elapsed_ms(started),
         }
     };
-    let mut stream = provider.complete_stream(request).await.map_err(failed)?;
     let mut answer = ChoicesBuilder::new();
     let mut ttft_ms = None;
     // Pieces read but not yet published, merged while they belong to one choice.
@@ -83,11 +119,14 @@ pub async fn stream_reply(
             let choices = answer.build("stop");
             let usage = usage.unwrap_or_else(|| estimated_usage(request, &choices));
             let upstream_ms = elapsed_ms(started);
-            if let Some(ttft) = ttft_ms {
-                metrics::histogram!(names::PROVIDER_TTFT).record(f64::from(ttft) / 1000.0);
+            if from_provider {
+                if let Some(ttft) = ttft_ms {
+                    metrics::histogram!(names::PROVIDER_TTFT).record(f64::from(ttft) / 1000.0);
+                }
+                metrics::histogram!(names::PROVIDER_DURATION)
+                    .record(f64::from(upstream_ms) / 1000.0);
+                metrics::counter!(names::PROVIDER_CALLS, "outcome" => "ok").increment(1);
             }
-            metrics::histogram!(names::PROVIDER_DURATION).record(f64::from(upstream_ms) / 1000.0);
-            metrics::counter!(names::PROVIDER_CALLS, "outcome" => "ok").increment(1);
             return Ok(Reply {
                 choices,
                 usage,

@@ -38,11 +38,16 @@ impl AttemptEvents {
         events::publish(&self.client, &self.topology, self.job_id, &event).await;
     }
 
-    /// `job.started`, for attempt number `attempt` of this delivery's claim.
-    pub async fn started(&mut self, attempt: u32) {
+    /// `job.started`, for attempt number `attempt` of this delivery's claim; `cached` when the
+    /// reply comes from the reply cache.
+    pub async fn started(&mut self, attempt: u32, cached: bool) {
         let job_id = self.job_id;
-        self.emit(EventBody::Started(Started { job_id, attempt }))
-            .await;
+        self.emit(EventBody::Started(Started {
+            job_id,
+            attempt,
+            cached,
+        }))
+        .await;
     }
 
     /// A piece of the reply.

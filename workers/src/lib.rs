@@ -11,6 +11,8 @@
 //! - [`process`]: one delivery of one job, in the trace of the request that created it: claim,
 //!   then run an [`attempt`], returning an [`process::Outcome`]; [`call`]: the attempt's
 //!   streamed provider call.
+//! - [`cache`]: the reply cache of deterministic requests (memory in front of a NATS KV bucket),
+//!   and coalescing of identical calls under way.
 //! - [`failure`]: after a failed attempt: back-off, the error clients see, dead letters.
 //! - [`cancel`]: cancelling a running job at its worker.
 //! - [`prompt`]: the system prompt and a bounded history window.
@@ -31,6 +33,7 @@
 //!   with the simulated provider's deterministic text in [`provider::simulated::text`]).
 
 pub mod attempt;
+pub mod cache;
 pub mod call;
 pub mod cancel;
 pub mod events;

@@ -42,6 +42,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::attempt::Attempt;
+use crate::cache::ReplyCache;
 use crate::cancel::CancelSwitches;
 use crate::failure::database_retry;
 use crate::provider::Provider;
@@ -65,6 +66,8 @@ pub struct JobContext {
     pub cancels: Arc<CancelSwitches>,
     /// Claims and replies, written in batches with those of the other jobs running here.
     pub writes: JobWrites,
+    /// The reply cache, unless `cache_enabled` is off.
+    pub cache: Option<Arc<ReplyCache>>,
 }
 
 impl JobContext {

@@ -33,7 +33,7 @@ pub use self::flags::SettingsFlags;
 use self::layers::Layers;
 pub use self::layers::{SettingsError, Source};
 pub use self::values::{
-    DatabasePooler, LogFormat, Namespace, NatsServers, ProviderKind, SettingValue,
+    CacheScope, DatabasePooler, LogFormat, Namespace, NatsServers, ProviderKind, SettingValue,
     UnknownParameters, redact_url,
 };
 
@@ -289,6 +289,17 @@ settings! {
         reconcile_audit_secs: u64 = "60";
         /// Seconds a stopping worker has to finish what it holds before handing the rest back.
         shutdown_grace_secs: u64 = "30";
+    }
+    /// The reply cache of deterministic requests (temperature 0 or a seed), in every worker.
+    cache: CacheSettings {
+        /// Serve repeated deterministic requests (temperature 0, or a fixed seed) from the reply cache, and make concurrent identical ones share one provider call (`true` or `false`).
+        enabled / cache_enabled: bool = "true";
+        /// Seconds a cached reply is served, in both tiers (a worker's memory and the shared NATS KV bucket).
+        ttl_secs / cache_ttl_secs: u64 = "3600";
+        /// Most bytes of replies one worker keeps in memory; the least used go first beyond it.
+        memory_bytes / cache_memory_bytes: u64 = "67108864";
+        /// Whose requests share a cached reply: `tenant` (only the tenant's own) or `global` (every tenant's: for deployments whose tenants may see each other's replies).
+        scope / cache_scope: CacheScope = "tenant";
     }
     /// How long finished work is kept in Postgres; a background sweep in every worker deletes the rest, in small batches.
     retention: RetentionSettings {

@@ -103,6 +103,25 @@ impl SettingValue for UnknownParameters {
     }
 }
 
+/// Whose requests may share a cached reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    /// Only the tenant that asked first: one tenant never receives another's cached reply.
+    Tenant,
+    /// Every tenant of the deployment (an operator's deliberate choice, for public prompts).
+    Global,
+}
+
+impl SettingValue for CacheScope {
+    fn parse_setting(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "tenant" => Ok(Self::Tenant),
+            "global" => Ok(Self::Global),
+            _ => Err("expected `tenant` or `global`".into()),
+        }
+    }
+}
+
 /// How logs are written: for people at a terminal, or for a log pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

@@ -33,7 +33,7 @@ const FORWARDED: &[&str] = &[
 
 /// Parameters that concern the client and chatq only, never sent on: how the answer is delivered,
 /// and OpenAI's stored completions (chatq keeps every job itself).
-const NOT_FORWARDED: &[&str] = &["stream", "stream_options", "store", "metadata"];
+const NOT_FORWARDED: &[&str] = &["stream", "stream_options", "store", "metadata", "cache"];
 
 /// `POST /v1/chat/completions`: the fields chatq reads. (Serialize: an `Idempotency-Key`
 /// stands for this body.)
@@ -62,6 +62,9 @@ pub struct ChatCompletionRequest {
     pub reasoning_effort: Option<String>,
     pub store: Option<bool>,
     pub metadata: Option<Map<String, Value>>,
+    /// chatq's own: `false` keeps this request out of the reply cache (also said by
+    /// `Cache-Control: no-cache`).
+    pub cache: Option<bool>,
     /// Everything else: checked against the lists above and the `unknown_parameters` setting.
     #[serde(flatten)]
     pub other: Map<String, Value>,
@@ -218,6 +221,7 @@ impl ChatCompletionRequest {
             other => other,
         })?;
         params.n = self.n;
+        params.no_cache = self.cache == Some(false);
         for key in NOT_FORWARDED {
             sent.remove(*key);
         }

@@ -1,6 +1,7 @@
 //! `POST /v1/chat/completions`: the OpenAI request and response shapes, through the same queue
 //! (interactive lane) as conversation turns. The job id is in the `x-chatq-job-id` header, so a
-//! client can also follow the job with `GET /v1/jobs/{id}` or its events.
+//! client can also follow the job with `GET /v1/jobs/{id}` or its events. `x-chatq-cache: hit`
+//! or `miss` says whether the reply came from the reply cache.
 
 use axum::Json;
 use axum::extract::State;
@@ -8,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Caller;
+use crate::cache_control::{CACHE_HEADER, cache_header_value, no_cache_asked};
 use crate::chat_api::ChatCompletionRequest;
 use crate::chat_api::stream::chunk_stream;
 use crate::error::ApiResult;
@@ -23,8 +25,11 @@ pub async fn create(
     caller: Caller,
     RequestTrace(trace): RequestTrace,
     headers: HeaderMap,
-    JsonBodyAsSent(body, sent): JsonBodyAsSent<ChatCompletionRequest>,
+    JsonBodyAsSent(mut body, sent): JsonBodyAsSent<ChatCompletionRequest>,
 ) -> ApiResult<Response> {
+    if no_cache_asked(&headers) {
+        body.cache = Some(false);
+    }
     let key = IdempotencyKey::from_headers(&headers)?;
     let started = run_completion(&state, &caller, body, sent, key, trace).await?;
     let mut response = match started.answer {
@@ -43,6 +48,7 @@ pub async fn create(
     if let Ok(value) = HeaderValue::from_str(&started.job_id.to_string()) {
         headers.insert("x-chatq-job-id", value);
     }
+    headers.insert(CACHE_HEADER, cache_header_value(started.cached));
     if started.replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }

@@ -6,9 +6,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chatq_common::db::feedback::{self, FeedbackOutcome};
 use chatq_common::ids::{ConversationId, MessageId};
+use chatq_common::reply_cache;
 use serde_json::json;
 
 use crate::auth::Caller;
+use crate::cache_control::no_cache_asked;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{IdPath, JsonBody};
 use crate::state::AppState;
@@ -29,8 +31,11 @@ pub async fn send(
     IdPath(conversation): IdPath<ConversationId>,
     RequestTrace(trace): RequestTrace,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<SendMessage>,
+    JsonBody(mut body): JsonBody<SendMessage>,
 ) -> ApiResult<Response> {
+    if no_cache_asked(&headers) {
+        body.cache = Some(false);
+    }
     let turn = TurnRequest {
         conversation,
         body,
@@ -73,7 +78,9 @@ pub async fn get_feedback(
         .ok_or_else(|| ApiError::NotFound(format!("No feedback was given on message '{message}'.")))
 }
 
-/// `POST /v1/messages/{id}/feedback`: one rating per reply; giving it again replaces it.
+/// `POST /v1/messages/{id}/feedback`: one rating per reply; giving it again replaces it. A
+/// rating down evicts the cached reply the message was served from, if any, so it is asked of
+/// the provider afresh next time.
 pub async fn feedback(
     State(state): State<AppState>,
     caller: Caller,
@@ -90,11 +97,29 @@ pub async fn feedback(
     )
     .await?
     {
-        FeedbackOutcome::Saved(row) => Ok((StatusCode::CREATED, Json(row.into()))),
+        FeedbackOutcome::Saved(row) => {
+            if body.rating < 0 {
+                evict_cached_reply(&state, message).await;
+            }
+            Ok((StatusCode::CREATED, Json(row.into())))
+        }
         FeedbackOutcome::NotFound => Err(ApiError::not_found("message", message)),
         FeedbackOutcome::NotAnAssistantMessage => Err(ApiError::invalid(
             "Feedback can only be given on assistant messages (replies).",
             "message_id",
         )),
+    }
+}
+
+/// Drops the cached reply `message` was served from. The rating is recorded either way: a cache
+/// that cannot be reached only means the reply stays until its TTL.
+async fn evict_cached_reply(state: &AppState, message: MessageId) {
+    match reply_cache::evict_message(&state.nats, &state.jetstream, &state.topology, message).await
+    {
+        Ok(true) => tracing::info!(%message, "a cached reply was rated down and evicted"),
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(%message, error = %err, "cannot evict a cached reply rated down");
+        }
     }
 }

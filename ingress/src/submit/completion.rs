@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chatq_common::db::jobs::{self, NewJob, Recorded};
+use chatq_common::events::EventBody;
 use chatq_common::ids::JobId;
 use chatq_common::job::{JobRequest, Lane};
 use chatq_common::trace::TraceContext;
@@ -24,6 +25,9 @@ pub struct StartedCompletion {
     pub job_id: JobId,
     /// A retry answered with the job its `Idempotency-Key` first created.
     pub replayed: bool,
+    /// The reply comes from the reply cache (`x-chatq-cache: hit`). For a stream it is known
+    /// when the job starts: a reply already cached then is a hit.
+    pub cached: bool,
     pub answer: CompletionAnswer,
 }
 
@@ -61,6 +65,7 @@ pub async fn run_completion(
     let model = request.params.model.clone();
     crate::routes::models::ensure_offered(state, &model)?;
     super::shed_if_full(state, idempotency.is_some())?;
+    let cacheable = state.cache_enabled && request.params.cacheable();
     let job = NewJob {
         id: JobId::new(),
         tenant: caller.tenant,
@@ -98,8 +103,10 @@ pub async fn run_completion(
         choices: request.choices,
     };
     let mut abandon = AbandonGuard::new(state, caller.tenant, job_id, replayed);
-    let answer = if request.stream {
-        stream(state, job_id, writer, replayed, &trace, abandon).await?
+    let (answer, cached) = if request.stream {
+        let answer = stream(state, job_id, writer, replayed, &trace, abandon).await?;
+        let cached = cacheable && started_from_cache(state, job_id).await;
+        (answer, cached)
     } else {
         // Follow before publishing, so not even an instant reply can be missed.
         let waiting = JobWait::begin(state, job_id).await;
@@ -116,13 +123,39 @@ pub async fn run_completion(
                 .ok_or_else(|| ApiError::not_found("job", job_id))?
                 .into(),
         };
-        CompletionAnswer::Whole(ChatCompletion::from_job(job, writer)?)
+        let cached = job.reply.as_ref().is_some_and(|reply| reply.cached);
+        (
+            CompletionAnswer::Whole(ChatCompletion::from_job(job, writer)?),
+            cached,
+        )
     };
     Ok(StartedCompletion {
         job_id,
         replayed,
+        cached,
         answer,
     })
+}
+
+/// Waits for the job to start and says whether its reply comes from the reply cache (the
+/// `job.started` event says so), so a stream's headers can tell. The stream itself follows its
+/// own cursor, which this does not touch.
+async fn started_from_cache(state: &AppState, job_id: JobId) -> bool {
+    let Ok(cursor) = state.hubs.follow(job_id).await else {
+        return false;
+    };
+    let mut cursor = cursor.resume(None);
+    while let Some(event) = cursor.next().await {
+        match &event.body {
+            EventBody::Queued(_) => {}
+            EventBody::Started(started) => return started.cached,
+            EventBody::Succeeded(job) => {
+                return job.reply.as_ref().is_some_and(|reply| reply.cached);
+            }
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Follows the job's events (before publishing it, so not even the first token can be missed).

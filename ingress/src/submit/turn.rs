@@ -62,7 +62,8 @@ pub async fn send_turn(
         trace,
     } = turn;
     check_content("content", &body.content, limits)?;
-    let params = body.sampling().into_params(limits)?;
+    let mut params = body.sampling().into_params(limits)?;
+    params.no_cache = body.cache == Some(false);
     if !params.model.is_empty() {
         crate::routes::models::ensure_offered(state, &params.model)?;
     }

@@ -26,6 +26,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::ReplyCache;
 use crate::cancel::{self, CancelSwitches};
 use crate::fleet::Fleet;
 use crate::limits::{LimitedProvider, ProviderLimits};
@@ -123,7 +124,16 @@ impl Worker {
             &writers,
             writers_stop.clone(),
         );
+        let cache = ReplyCache::open(
+            &settings.cache,
+            &jetstream,
+            &topology,
+            provider.describe(),
+            &worker_id,
+        )
+        .await?;
         let ctx = Arc::new(JobContext {
+            cache,
             writes,
             worker_id,
             pool,
@@ -187,6 +197,19 @@ impl Worker {
             self.ctx.cancels.clone(),
             background_stop.clone(),
         ));
+        if let Some(cache) = &self.ctx.cache {
+            let evictions = self
+                .ctx
+                .nats
+                .subscribe(self.ctx.topology.cache_evict_subject())
+                .await
+                .context("cannot subscribe to cache evictions")?;
+            background.spawn(crate::cache::listen_evictions(
+                cache.clone(),
+                evictions,
+                background_stop.clone(),
+            ));
+        }
         background.spawn(
             self.reconciler
                 .clone()

@@ -61,6 +61,7 @@ impl<'a> TurnRequest<'a> {
             frequency_penalty,
             user,
             n: _,
+            no_cache: _,
         } = &request.params;
         Self {
             messages: &request.messages,
