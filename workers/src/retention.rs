@@ -1,5 +1,5 @@
 //! The retention sweep: every worker, every `CHATQ_RETENTION_SWEEP_INTERVAL_SECS`, deletes what
-//! has been kept long enough (finished jobs, dead letters, idle conversations; see
+//! has been kept long enough (finished jobs, dead letters, idle conversations and responses; see
 //! [`chatq_common::db::retention`] for what each means and why an unfinished job is never
 //! deleted).
 //!
@@ -21,6 +21,8 @@ pub struct SweepReport {
     pub finished_jobs: u64,
     pub dead_letters: u64,
     pub conversations: u64,
+    /// Responses (Responses API), kept as long as conversations.
+    pub responses: u64,
 }
 
 /// Deletes expired rows, in batches.
@@ -66,6 +68,7 @@ impl Sweeper {
                     finished_jobs = report.finished_jobs,
                     dead_letters = report.dead_letters,
                     conversations = report.conversations,
+                    responses = report.responses,
                     "retention sweep deleted expired rows"
                 ),
                 Err(err) => {
@@ -101,6 +104,11 @@ impl Sweeper {
             report.conversations = self
                 .in_batches(batch, |pool| async move {
                     retention::delete_idle_conversations(&pool, secs as f64, batch).await
+                })
+                .await?;
+            report.responses = self
+                .in_batches(batch, |pool| async move {
+                    retention::delete_idle_responses(&pool, secs as f64, batch).await
                 })
                 .await?;
         }
