@@ -380,3 +380,24 @@ async fn the_openai_sdk_runs_background_responses_and_resumes_their_streams() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_conversation_longer_than_a_request_may_be_is_refused() {
+    let app = spawn_app_with(TestOptions {
+        settings: Box::new(|settings| settings.limits.max_request_bytes = 4096),
+        ..TestOptions::default()
+    })
+    .await;
+    let long = "a".repeat(2500);
+    let one = create_and_finish(&app, json!({"model": "mock-model", "input": long})).await;
+    assert_eq!(one["status"], "completed", "{one}");
+    let response = app
+        .post_json(
+            "/v1/responses",
+            &json!({"model": "mock-model", "input": "b".repeat(2000), "previous_response_id": one["id"]}),
+        )
+        .await;
+    let error = assert_error(response, StatusCode::BAD_REQUEST, "invalid_request_error").await;
+    assert_eq!(error["code"], "context_length_exceeded", "{error}");
+    app.stop().await;
+}

@@ -202,3 +202,160 @@ impl Translator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chatq_common::events::{Delta, Queued, Started};
+    use chatq_common::ids::{JobId, ResponseId};
+    use chatq_common::job::JobStatus;
+    use chatq_common::job::view::ReplyView;
+
+    use super::*;
+
+    fn row() -> ResponseRow {
+        ResponseRow {
+            id: ResponseId::new(),
+            previous: None,
+            instructions: None,
+            input: json!([]),
+            metadata: json!({}),
+            store: true,
+            background: true,
+            temperature: None,
+            top_p: None,
+            max_output_tokens: None,
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn job(status: JobStatus, reply: Option<&str>) -> JobView {
+        JobView {
+            id: JobId::new(),
+            object: "job".into(),
+            status,
+            lane: "interactive".into(),
+            model: "m".into(),
+            conversation_id: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            attempts: 1,
+            queued_ms: None,
+            ttft_ms: None,
+            upstream_ms: None,
+            reply: reply.map(|text| ReplyView {
+                message_id: None,
+                model: None,
+                content: text.into(),
+                finish_reason: Some("stop".into()),
+                usage: None,
+                cached: false,
+                choices: Vec::new(),
+            }),
+            error: None,
+        }
+    }
+
+    fn queued() -> EventBody {
+        EventBody::Queued(Queued {
+            job_id: JobId::new(),
+            status: JobStatus::Queued,
+            created_at: 0,
+        })
+    }
+
+    fn started(attempt: u32) -> EventBody {
+        EventBody::Started(Started {
+            job_id: JobId::new(),
+            attempt,
+        })
+    }
+
+    fn delta(text: &str) -> EventBody {
+        EventBody::Delta(Delta::text(text))
+    }
+
+    fn translate(log: &[EventBody]) -> Vec<Value> {
+        let row = row();
+        let mut translator = Translator::new(row, job(JobStatus::Queued, None));
+        log.iter().flat_map(|event| translator.on(event)).collect()
+    }
+
+    fn kinds_and_numbers(events: &[Value]) -> Vec<(String, u64)> {
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap_or_default().to_owned(),
+                    e["sequence_number"].as_u64().unwrap_or(u64::MAX),
+                )
+            })
+            .collect()
+    }
+
+    fn text(events: &[Value]) -> String {
+        events
+            .iter()
+            .filter(|e| e["type"] == "response.output_text.delta")
+            .filter_map(|e| e["delta"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_same_log_gives_the_same_events_under_the_same_numbers() {
+        let log = [
+            queued(),
+            started(1),
+            delta("Hel"),
+            delta("lo"),
+            EventBody::ended(job(JobStatus::Succeeded, Some("Hello"))),
+        ];
+        let first = translate(&log);
+        let second = translate(&log);
+        assert_eq!(kinds_and_numbers(&first), kinds_and_numbers(&second));
+        let numbers: Vec<u64> = kinds_and_numbers(&first).iter().map(|k| k.1).collect();
+        assert_eq!(numbers, (0..first.len() as u64).collect::<Vec<_>>());
+        assert_eq!(first[0]["type"], "response.created");
+        assert_eq!(
+            first.last().map(|e| e["type"].clone()),
+            Some(json!("response.completed"))
+        );
+        assert_eq!(text(&first), "Hello");
+    }
+
+    #[test]
+    fn a_retried_attempt_does_not_send_its_text_twice() {
+        let log = [
+            queued(),
+            started(1),
+            delta("Hel"),
+            started(2),
+            delta("He"),
+            delta("llo"),
+            EventBody::ended(job(JobStatus::Succeeded, Some("Hello"))),
+        ];
+        let events = translate(&log);
+        assert_eq!(text(&events), "Hello");
+        let added = events
+            .iter()
+            .filter(|e| e["type"] == "response.output_item.added")
+            .count();
+        assert_eq!(added, 1);
+    }
+
+    #[test]
+    fn a_reply_read_back_from_postgres_still_ends_the_stream_whole() {
+        let log = [
+            queued(),
+            delta("Hello"),
+            EventBody::ended(job(JobStatus::Succeeded, Some("Hello"))),
+        ];
+        let events = translate(&log);
+        assert_eq!(text(&events), "Hello");
+        assert!(events.iter().any(|e| e["type"] == "response.in_progress"));
+        let failed = translate(&[queued(), EventBody::ended(job(JobStatus::Cancelled, None))]);
+        let last = failed.last().cloned().unwrap_or_default();
+        assert_eq!(last["type"], "response.failed");
+        assert_eq!(last["response"]["status"], "cancelled");
+    }
+}

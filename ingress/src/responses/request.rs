@@ -191,6 +191,21 @@ impl CreateResponse {
         if let Some(user) = self.user {
             body.insert("user".into(), json!(user));
         }
+        // The history grows with every continuation; the job holds no more than a chat
+        // completion request could.
+        let size = serde_json::to_vec(&body).map_or(usize::MAX, |bytes| bytes.len());
+        if size > limits.max_request_bytes {
+            return Err(ApiError::invalid_with_code(
+                format!(
+                    "The conversation is too long: with its history this request is {size} bytes, \
+                     above the {} this server accepts. Start a new conversation (without \
+                     'previous_response_id') or send less.",
+                    limits.max_request_bytes
+                ),
+                "input",
+                "context_length_exceeded",
+            ));
+        }
         Ok(Prepared {
             params,
             body,
