@@ -27,9 +27,7 @@ pub(super) struct LanePriority {
 pub(super) enum Waiting<'a> {
     Interactive(&'a LanePriority),
     /// Holds the batch lane's one place in line until dropped.
-    Batch {
-        _turn: MutexGuard<'a, ()>,
-    },
+    Batch { _turn: MutexGuard<'a, ()> },
 }
 
 impl LanePriority {
