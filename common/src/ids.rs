@@ -128,6 +128,10 @@ typed_id!(
     /// A batch: the lines of an input file, each run as a job on the batch lane.
     BatchId, "batch", "batch"
 );
+typed_id!(
+    /// A response of the Responses API: the same uuid as the job that answers it.
+    ResponseId, "resp", "response"
+);
 
 #[cfg(test)]
 mod tests {

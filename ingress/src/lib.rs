@@ -18,6 +18,8 @@
 //!   number of clients, and the Postgres fallback that ends every wait.
 //! - `files`, `batches`: the OpenAI Files and Batch APIs; a batch's lines are jobs on the batch
 //!   lane, recorded in bulk.
+//! - `responses`: the Responses API: a response is a chat completion job, with its input items,
+//!   instructions and metadata beside it, and stream events derived from the job's event log.
 //! - `chat_api`: the chat completions wire format clients speak: the request and its
 //!   validation, the completion and chunk shapes.
 //! - `auth`: API keys to tenants; `key_directory`: the key caches and the bounds that keep
@@ -51,6 +53,7 @@ mod observe;
 mod published_marks;
 mod queue_monitor;
 mod ratelimit;
+mod responses;
 mod routes;
 mod serve;
 mod state;

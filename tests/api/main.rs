@@ -29,6 +29,7 @@ mod lifecycle;
 mod listing;
 mod pooler;
 mod rename;
+mod responses;
 mod retention;
 mod surface;
 mod tenancy;

@@ -24,6 +24,8 @@
 //! - [`ops`]: the operations kit (deploy/) against a running ingress and worker: the rules and
 //!   the dashboard name only metrics chatq exports, and a real Prometheus fires the queue-wait
 //!   alert under load.
+//! - [`responses`]: a worker killed mid-response: it completes once, and its stream resumes
+//!   from a sequence number with no gap or repeat.
 //! - [`tool_calls`]: a worker killed while the provider streams tool calls: every client ends
 //!   with one whole answer.
 //! - [`traces`]: one trace per request in the JSON logs of an ingress and a worker, also for a
@@ -52,6 +54,7 @@ mod nats;
 mod ops;
 mod postgres;
 mod provider;
+mod responses;
 mod tool_calls;
 mod traces;
 mod workers;

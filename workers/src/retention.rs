@@ -1,6 +1,6 @@
 //! The retention sweep: every worker, every `CHATQ_RETENTION_SWEEP_INTERVAL_SECS`, deletes what
-//! has been kept long enough (finished jobs, dead letters, idle conversations, ended batches,
-//! expired files; see
+//! has been kept long enough (finished jobs, dead letters, idle conversations and responses,
+//! ended batches, expired files; see
 //! [`chatq_common::db::retention`] for what each means and why an unfinished job is never
 //! deleted).
 //!
@@ -28,6 +28,8 @@ pub struct SweepReport {
     pub batches: u64,
     /// Files past their `expires_at`, and uploads kept long enough.
     pub files: u64,
+    /// Responses (Responses API), kept as long as conversations.
+    pub responses: u64,
 }
 
 /// Deletes expired rows, in batches.
@@ -65,6 +67,7 @@ impl Sweeper {
                     batch_lines = report.batch_lines,
                     batches = report.batches,
                     files = report.files,
+                    responses = report.responses,
                     "retention sweep deleted expired rows"
                 ),
                 Err(err) => {
@@ -100,6 +103,11 @@ impl Sweeper {
             report.conversations = self
                 .in_batches(batch, |pool| async move {
                     retention::delete_idle_conversations(&pool, secs as f64, batch).await
+                })
+                .await?;
+            report.responses = self
+                .in_batches(batch, |pool| async move {
+                    retention::delete_idle_responses(&pool, secs as f64, batch).await
                 })
                 .await?;
         }

@@ -27,6 +27,7 @@ pub async fn delete_finished_jobs(
                         WHERE status IN ('succeeded', 'cancelled', 'expired')
                           AND finished_at < now() - make_interval(secs => $1)
                           AND batch_id IS NULL
+                          AND NOT response
                         ORDER BY finished_at
                         LIMIT $2
                           FOR UPDATE SKIP LOCKED)",
@@ -54,10 +55,38 @@ pub async fn delete_dead_letters(
                         WHERE status = 'failed'
                           AND finished_at < now() - make_interval(secs => $1)
                           AND batch_id IS NULL
+                          AND NOT response
                         ORDER BY finished_at
                         LIMIT $2
                           FOR UPDATE SKIP LOCKED)",
         older_than_secs,
+        batch,
+    )
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Deletes up to `batch` responses (with their jobs) that finished more than `idle_secs` ago:
+/// a response is conversation data, kept as long as conversations are. A response still queued
+/// or running is never deleted.
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_idle_responses(
+    pool: &PgPool,
+    idle_secs: f64,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "DELETE FROM jobs
+          WHERE id IN (SELECT id FROM jobs
+                        WHERE response
+                          AND finished_at < now() - make_interval(secs => $1)
+                        ORDER BY finished_at
+                        LIMIT $2
+                          FOR UPDATE SKIP LOCKED)",
+        idle_secs,
         batch,
     )
     .execute(pool)

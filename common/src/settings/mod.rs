@@ -307,7 +307,7 @@ settings! {
         finished_jobs_secs / retention_finished_jobs_secs: Option<u64> = "2592000";
         /// Seconds a dead letter (a job that ended `failed`) is kept after it failed; `unlimited` keeps them all.
         dead_letters_secs / retention_dead_letters_secs: Option<u64> = "2592000";
-        /// Seconds a conversation may go without a message before it is deleted with its messages and jobs (never while a job of it is queued or running); `unlimited` keeps every conversation.
+        /// Seconds a conversation may go without a message before it is deleted with its messages and jobs (never while a job of it is queued or running), and how long a response (Responses API) is kept after it finished; `unlimited` keeps every conversation and response.
         idle_conversations_secs / retention_idle_conversations_secs: Option<u64> = "unlimited";
         /// Seconds a batch that ended (`completed`, `failed`, `expired` or `cancelled`) is kept after it ended, with its lines and its output and error files; `unlimited` keeps them all.
         batches_secs / retention_batches_secs: Option<u64> = "2592000";

@@ -4,7 +4,7 @@
 //! ([`response`]), and a job's events turned into chunks ([`stream`]). The provider side of the
 //! same protocol is `chatq_workers::provider::openai`.
 
-mod messages;
+pub(crate) mod messages;
 pub mod request;
 pub mod response;
 pub mod stream;

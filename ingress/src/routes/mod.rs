@@ -12,6 +12,7 @@ mod jobs;
 mod messages;
 pub(crate) mod models;
 mod operators;
+mod responses;
 mod web;
 
 use axum::Router;
@@ -55,6 +56,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}/events", get(events::stream))
         .route("/v1/chat/completions", post(completions::create))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route("/v1/responses/{id}/cancel", post(responses::cancel))
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route(
             "/v1/files",
             // An upload is streamed to storage under its own limit (max_file_bytes), not read

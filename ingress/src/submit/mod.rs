@@ -35,7 +35,7 @@ use crate::state::AppState;
 /// Refuses before anything is written while the queue is known to be full. A request that
 /// carries an idempotency key goes on: it may be the retry of a job accepted earlier, which is
 /// then answered.
-fn shed_if_full(state: &AppState, keyed: bool) -> ApiResult<()> {
+pub(crate) fn shed_if_full(state: &AppState, keyed: bool) -> ApiResult<()> {
     if !keyed && state.queue.known_full() {
         return Err(state.queue.refusal());
     }
@@ -43,7 +43,7 @@ fn shed_if_full(state: &AppState, keyed: bool) -> ApiResult<()> {
 }
 
 /// Records a job together with those of concurrent requests (one transaction for all).
-async fn record(state: &AppState, job: NewJob) -> ApiResult<Recorded> {
+pub(crate) async fn record(state: &AppState, job: NewJob) -> ApiResult<Recorded> {
     let outcome = match state.jobs.submit(job).await {
         Ok(outcome) => outcome,
         // The batcher has stopped (the server is shutting down): record it alone.
@@ -62,7 +62,12 @@ async fn record(state: &AppState, job: NewJob) -> ApiResult<Recorded> {
 /// request leaves nothing behind, and the client gets 503 with `Retry-After`. When NATS cannot be
 /// reached the job stays accepted: it is recorded, and the reconciler publishes it.
 #[tracing::instrument(level = "debug", name = "publish", skip_all, fields(%job_id, %lane))]
-async fn queue(state: &AppState, job_id: JobId, lane: Lane, trace: &TraceContext) -> ApiResult<()> {
+pub(crate) async fn queue(
+    state: &AppState,
+    job_id: JobId,
+    lane: Lane,
+    trace: &TraceContext,
+) -> ApiResult<()> {
     match publish_job(&state.jetstream, &state.topology, job_id, lane, Some(trace)).await {
         Ok(_) => {
             state.published.mark(job_id);
@@ -83,7 +88,11 @@ async fn queue(state: &AppState, job_id: JobId, lane: Lane, trace: &TraceContext
 }
 
 /// The error for a job the write path refused to record.
-fn refused(outcome: &Recorded, state: &AppState, conversation: impl std::fmt::Display) -> ApiError {
+pub(crate) fn refused(
+    outcome: &Recorded,
+    state: &AppState,
+    conversation: impl std::fmt::Display,
+) -> ApiError {
     match outcome {
         Recorded::NotFound => ApiError::not_found("conversation", conversation),
         Recorded::Full => ApiError::Conflict {
