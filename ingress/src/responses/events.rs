@@ -268,6 +268,7 @@ mod tests {
         EventBody::Started(Started {
             job_id: JobId::new(),
             attempt,
+            cached: false,
         })
     }
 
