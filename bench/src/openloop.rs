@@ -399,9 +399,12 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(outcome.with_status(202).count(), 20);
-        assert!(outcome.late() >= 5, "{}", outcome.late());
+        // Five connections for about ten needed: at least five late, and not all of them (the
+        // first few had a connection free; how many started within the 2 ms slack depends on
+        // how busy the machine is, so only "not every one" is asserted).
+        assert!((5..20).contains(&outcome.late()), "{}", outcome.late());
         let first = &outcome.sent[0];
-        assert!(first.on_time && first.latency() >= Duration::from_millis(100));
+        assert!(first.latency() >= Duration::from_millis(100));
         let last = &outcome.sent[19];
         assert_eq!(last.due, Duration::from_secs_f64(0.19));
         assert!(last.latency_from_due() > last.latency());

@@ -217,6 +217,7 @@ async fn caught_up(stack: &Stack, node: &str) -> bool {
     // stream -> (the leader's last sequence, whether the leader counts `node` current)
     let mut leaders: BTreeMap<String, (u64, bool)> = BTreeMap::new();
     let mut replica: BTreeMap<String, u64> = BTreeMap::new();
+    let mut names: BTreeSet<String> = BTreeSet::new();
     for server in stack.nats_nodes() {
         let Some(jsz) = server.jsz("streams=true").await else {
             return false;
@@ -228,6 +229,7 @@ async fn caught_up(stack: &Stack, node: &str) -> bool {
             if !name.to_ascii_lowercase().contains(&namespace) {
                 continue;
             }
+            names.insert(name.to_owned());
             let last_seq = stream["state"]["last_seq"].as_u64().unwrap_or(0);
             if server.name == node {
                 replica.insert(name.to_owned(), last_seq);
@@ -242,7 +244,10 @@ async fn caught_up(stack: &Stack, node: &str) -> bool {
             }
         }
     }
-    leaders.len() == 5
+    // Every chatq stream (the jobs, dead-letter and events streams and the KV buckets' streams:
+    // at least five) has a leader, which counts the node current, and the node holds all of it.
+    names.len() >= 5
+        && leaders.len() == names.len()
         && leaders
             .iter()
             .all(|(name, (last_seq, current))| *current && replica.get(name) == Some(last_seq))

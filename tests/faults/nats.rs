@@ -180,8 +180,10 @@ async fn a_job_handed_back_to_a_recreated_stream_runs_again() {
                 fault: Some(Fault::Hang),
                 ..MockConfig::default()
             },
+            // Long enough that the call is still held when the reconciler notices the new
+            // stream, however slowly NATS restarts on a busy machine (seen: 10 s).
             settings: vec![
-                ("CHATQ_PROVIDER_IDLE_TIMEOUT_SECS", "8".into()),
+                ("CHATQ_PROVIDER_IDLE_TIMEOUT_SECS", "20".into()),
                 ("CHATQ_RECONCILE_AUDIT_SECS", "5".into()),
             ],
             ..StackOptions::default()
