@@ -34,30 +34,8 @@ async fn a_worker_killed_mid_batch_leaves_every_line_answered_once() {
         },
     )
     .await;
-    let ids: Vec<String> = (0..LINES).map(|i| format!("line-{i}")).collect();
-    let lines: Vec<Value> = ids.iter().map(|id| request_line(id)).collect();
-    let (content_type, form) = upload_form("batch", &jsonl(&lines));
-    let file: Value = stack
-        .client
-        .request(Method::POST, "/v1/files")
-        .header("content-type", content_type)
-        .body(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let batch: Value = stack
-        .client
-        .request(Method::POST, "/v1/batches")
-        .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let file = upload_lines(&stack, LINES).await;
+    let batch = create_batch(&stack, &file).await;
     let batch_id = batch["id"].as_str().unwrap().to_owned();
 
     stack
@@ -126,6 +104,39 @@ async fn a_worker_killed_mid_batch_leaves_every_line_answered_once() {
     stack.stop().await;
 }
 
+/// Uploads a batch file of `count` request lines (`line-0`, `line-1`, …); returns the file.
+async fn upload_lines(stack: &Stack, count: usize) -> Value {
+    let lines: Vec<Value> = (0..count)
+        .map(|i| request_line(&format!("line-{i}")))
+        .collect();
+    let (content_type, form) = upload_form("batch", &jsonl(&lines));
+    stack
+        .client
+        .request(Method::POST, "/v1/files")
+        .header("content-type", content_type)
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Creates a batch of `file` with a 24-hour window; returns the batch as answered.
+async fn create_batch(stack: &Stack, file: &Value) -> Value {
+    stack
+        .client
+        .request(Method::POST, "/v1/batches")
+        .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Polls the batch, as a client would, until it has ended.
 async fn wait_for_end(stack: &Stack, batch_id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -187,35 +198,13 @@ async fn a_batch_whose_ingress_dies_while_validating_it_is_validated_by_the_next
         },
     )
     .await;
-    let ids: Vec<String> = (0..LINES).map(|i| format!("line-{i}")).collect();
-    let lines: Vec<Value> = ids.iter().map(|id| request_line(id)).collect();
-    let (content_type, form) = upload_form("batch", &jsonl(&lines));
-    let file: Value = stack
-        .client
-        .request(Method::POST, "/v1/files")
-        .header("content-type", content_type)
-        .body(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let file = upload_lines(&stack, LINES).await;
     // Replace the ingress by one that dies in the middle of its first validation.
     stack.ingress().sigkill().await;
     stack
         .start_ingress(&[("CHATQ_FAULT_EXIT_MID_VALIDATION", "1")])
         .await;
-    let batch: Value = stack
-        .client
-        .request(Method::POST, "/v1/batches")
-        .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let batch = create_batch(&stack, &file).await;
     assert_eq!(batch["status"], "validating", "{batch}");
     let batch_id = batch["id"].as_str().unwrap().to_owned();
     let exit = stack
