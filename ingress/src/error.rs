@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 /// Why a request failed, as the client will be told.
 #[derive(Debug, thiserror::Error)]
@@ -143,10 +143,39 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// What went wrong and, where it helps, what to do.
+    pub message: String,
+    /// The kind of error: `invalid_request_error`, `authentication_error`, `permission_error`,
+    /// `not_found_error`, `conflict_error`, `request_too_large`, `rate_limit_error`,
+    /// `overloaded_error`, `api_error`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// A stable code for the error, when it has one (`invalid_api_key`, `rate_limit_exceeded`, …).
+    pub code: Option<&'static str>,
+    /// The request parameter at fault, when one is.
+    pub param: Option<String>,
+}
+
+impl ErrorBody {
+    /// The body as JSON, for answers written into files (a batch's error lines).
+    pub fn to_value(&self) -> serde_json::Value {
+        // Strings and options of them always serialize.
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
 impl ApiError {
     /// The status and the OpenAI error body a client is answered with (a 5xx's cause is logged
     /// here, once, and not sent).
-    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
+    pub fn status_and_body(&self) -> (StatusCode, ErrorBody) {
         let status = self.status();
         let message = match &self {
             ApiError::Internal(err) => {
@@ -162,10 +191,13 @@ impl ApiError {
             ApiError::ContentTooLarge { param, .. } => Some(param.clone()),
             _ => None,
         };
-        let body = json!({
-            "error": { "message": message, "type": self.kind(), "code": self.code(), "param": param }
-        });
-        (status, body)
+        let error = ErrorDetail {
+            message,
+            kind: self.kind(),
+            code: self.code(),
+            param,
+        };
+        (status, ErrorBody { error })
     }
 }
 

@@ -36,6 +36,7 @@
 //! - `trace_context`: one trace per request (`traceparent` in and out), named by the request's
 //!   span and recorded on the jobs it creates.
 //! - `published_marks`: batching the "JetStream stored it" notes.
+//! - `openapi`: `GET /openapi.json`, the document the handlers' own annotations make.
 //! - [`error`]: the one error type, in the OpenAI error shape.
 
 mod auth;
@@ -50,6 +51,7 @@ mod files;
 mod hub;
 mod key_directory;
 mod observe;
+mod openapi;
 mod published_marks;
 mod queue_monitor;
 mod ratelimit;

@@ -28,6 +28,8 @@ pub async fn record(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus metrics (keep this route off the public network).", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!(names::EVENT_STREAMS_OPEN)
         .set((state.limits.max_event_streams - state.event_streams.available_permits()) as f64);

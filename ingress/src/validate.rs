@@ -24,24 +24,26 @@ pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 pub const MAX_STOP_SEQUENCES: usize = 4;
 
 /// `POST /v1/conversations`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConversation {
     pub title: Option<String>,
     pub system_prompt: Option<String>,
     pub model: Option<String>,
+    /// Up to 16 string values, keys up to 64 characters, values up to 512.
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     pub metadata: Option<Map<String, Value>>,
 }
 
 /// `PATCH /v1/conversations/{id}`: a new title; an empty one (or `null`) leaves it untitled.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameConversation {
     pub title: Option<String>,
 }
 
 /// `stop`: one string or a list of them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -65,17 +67,22 @@ pub struct SamplingFields {
 
 /// `POST /v1/conversations/{id}/messages`. (serde cannot deny unknown fields through
 /// `flatten`, so the sampling fields are spelled out again.)
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     pub content: String,
     pub model: Option<String>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
     pub stop: Option<Stop>,
     pub seed: Option<i64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
     pub user: Option<String>,
     /// `false` keeps this turn out of the reply cache (neither served from it nor stored).
@@ -100,7 +107,7 @@ impl SendMessage {
 }
 
 /// `POST /v1/messages/{id}/feedback`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Feedback {
     pub rating: i16,

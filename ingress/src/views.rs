@@ -15,7 +15,7 @@ fn unix(at: OffsetDateTime) -> i64 {
 }
 
 /// `{"object":"list","data":[…],"has_more":bool,"first_id","last_id"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ListView<T: Serialize> {
     pub object: &'static str,
     pub data: Vec<T>,
@@ -36,7 +36,7 @@ impl<T: Serialize> ListView<T> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationView {
     pub id: ConversationId,
     pub object: &'static str,
@@ -65,7 +65,7 @@ impl From<ConversationRow> for ConversationView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: MessageId,
     pub object: &'static str,
@@ -93,7 +93,15 @@ impl From<MessageRow> for MessageView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// What sending a message answers: its job, and the user message it recorded (absent when a
+/// replayed request's message was cleared from the history since).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TurnView {
+    pub job: JobView,
+    pub message: Option<MessageView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FeedbackView {
     pub object: &'static str,
     pub message_id: MessageId,

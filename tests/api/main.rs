@@ -27,6 +27,7 @@ mod jobs;
 mod lanes;
 mod lifecycle;
 mod listing;
+mod openapi;
 mod pooler;
 mod rename;
 mod responses;

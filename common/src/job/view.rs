@@ -13,7 +13,7 @@ use crate::ids::{ConversationId, JobId, MessageId};
 use crate::job::JobStatus;
 
 /// A job as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: JobId,
     /// Always `"job"`.
@@ -34,7 +34,7 @@ pub struct JobView {
 }
 
 /// The reply of a job that succeeded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplyView {
     /// The assistant message in the conversation (none for a stateless chat completion).
     pub message_id: Option<MessageId>,
@@ -52,7 +52,7 @@ pub struct ReplyView {
 }
 
 /// Why a job ended without a reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobErrorView {
     #[serde(rename = "type")]
     pub kind: String,

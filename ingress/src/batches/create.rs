@@ -12,18 +12,20 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// `POST /v1/batches`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBatchRequest {
     pub input_file_id: String,
     pub endpoint: String,
     pub completion_window: String,
+    /// Up to 16 string values, keys up to 64 characters, values up to 512.
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     pub metadata: Option<Map<String, Value>>,
     pub output_expires_after: Option<OutputExpiresAfter>,
 }
 
 /// How long the output and error files are kept.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputExpiresAfter {
     pub anchor: String,

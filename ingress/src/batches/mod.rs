@@ -28,7 +28,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// A batch as the API shows it (OpenAI's batch object).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchView {
     pub id: BatchId,
     pub object: &'static str,
@@ -54,7 +54,7 @@ pub struct BatchView {
     pub usage: BatchUsage,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RequestCounts {
     pub total: i64,
     /// Lines answered.
@@ -65,7 +65,7 @@ pub struct RequestCounts {
 }
 
 /// Tokens the batch's answered lines used, in the shape OpenAI reports a batch's usage.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchUsage {
     pub input_tokens: i64,
     pub input_tokens_details: Value,

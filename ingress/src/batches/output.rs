@@ -185,5 +185,5 @@ fn job_line(line: LineJob) -> String {
 
 fn answer_of(error: &ApiError) -> (u16, Value) {
     let (status, body) = error.status_and_body();
-    (status.as_u16(), body)
+    (status.as_u16(), body.to_value())
 }

@@ -264,7 +264,7 @@ fn push(rows: &mut LineRows, number: i32, checked: CheckedLine) -> ApiResult<()>
             .map_err(ApiError::internal),
         CheckedLine::Refused { custom_id, error } => {
             let (status, body) = error.status_and_body();
-            rows.push_refusal(number, custom_id, status.as_u16(), body);
+            rows.push_refusal(number, custom_id, status.as_u16(), body.to_value());
             Ok(())
         }
     }

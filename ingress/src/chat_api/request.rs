@@ -37,19 +37,26 @@ const NOT_FORWARDED: &[&str] = &["stream", "stream_options", "store", "metadata"
 
 /// `POST /v1/chat/completions`: the fields chatq reads. (Serialize: an `Idempotency-Key`
 /// stands for this body.)
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatCompletionRequest {
     pub model: Option<String>,
     pub messages: Option<Vec<Value>>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u32>,
     pub stop: Option<Stop>,
     pub seed: Option<i64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
     pub user: Option<String>,
+    #[schema(minimum = 1)]
     pub n: Option<u32>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -61,16 +68,19 @@ pub struct ChatCompletionRequest {
     pub parallel_tool_calls: Option<bool>,
     pub reasoning_effort: Option<String>,
     pub store: Option<bool>,
+    /// Up to 16 string values, keys up to 64 characters, values up to 512.
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     pub metadata: Option<Map<String, Value>>,
     /// chatq's own: `false` keeps this request out of the reply cache (also said by
     /// `Cache-Control: no-cache`).
     pub cache: Option<bool>,
     /// Everything else: checked against the lists above and the `unknown_parameters` setting.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub other: Map<String, Value>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     #[serde(default)]

@@ -18,7 +18,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// A file as the API shows it (OpenAI's file object).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FileView {
     pub id: FileId,
     pub object: &'static str,

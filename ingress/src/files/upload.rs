@@ -22,6 +22,21 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 /// of the limit (see `crate::body_limit` for why it is read at all).
 const DRAIN_FACTOR: u64 = 4;
 
+/// The form `POST /v1/files` takes, as the OpenAPI document describes it. The upload itself
+/// reads the parts one by one as they stream in, never into this.
+#[derive(utoipa::ToSchema)]
+#[expect(
+    dead_code,
+    reason = "a description of the multipart form; the parts are streamed"
+)]
+pub struct UploadForm {
+    /// What the file is for: `batch` to start a batch with.
+    purpose: String,
+    /// The file: JSON lines, one request each.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
 /// The purposes OpenAI's Files API accepts. Only `batch` files can start a batch.
 const PURPOSES: &[&str] = &[
     "batch",

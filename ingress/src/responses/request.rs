@@ -34,14 +34,19 @@ const IGNORED: &[&str] = &[
 ];
 
 /// `POST /v1/responses`: the fields chatq reads. Anything else is refused by name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateResponse {
     pub model: Option<String>,
     pub input: Option<Value>,
     pub instructions: Option<String>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
+    #[schema(minimum = 1)]
     pub max_output_tokens: Option<u32>,
+    /// Up to 16 string values, keys up to 64 characters, values up to 512.
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     pub metadata: Option<Map<String, Value>>,
     pub store: Option<bool>,
     pub background: Option<bool>,
@@ -57,6 +62,7 @@ pub struct CreateResponse {
     /// Accepted as `disabled`: the history is sent whole, within the server's limits.
     pub truncation: Option<String>,
     #[serde(flatten)]
+    #[schema(ignore)]
     pub other: Map<String, Value>,
 }
 

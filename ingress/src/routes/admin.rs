@@ -22,7 +22,8 @@ use crate::views::{JobErrorView, JobView, ListView};
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<i64>,
@@ -31,7 +32,7 @@ pub struct ListQuery {
 }
 
 /// One dead letter.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterView {
     pub object: &'static str,
     pub job_id: JobId,
@@ -66,6 +67,8 @@ impl From<DeadLetterRow> for DeadLetterView {
 }
 
 /// `GET /v1/admin/dead-letters?limit&after`: failed jobs, most recent failure first.
+#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", params(ListQuery),
+    responses((status = 200, description = "Failed jobs, most recent failure first (the key's tenant; every tenant for an operator key).", body = ListView<DeadLetterView>), crate::openapi::ApiErrors))]
 pub async fn dead_letters(
     State(state): State<AppState>,
     admin: Admin,
@@ -109,6 +112,9 @@ pub async fn dead_letters(
 /// attempts reset and a fresh deadline, and publishes it (if NATS refuses, the reconciler will).
 /// 200 with the job; 409 if the job is not failed, or its conversation has another reply in
 /// progress.
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{job_id}/retry", tag = "admin",
+    params(("job_id" = JobId, Path, description = "The failed job's id.")),
+    responses((status = 200, description = "The job, queued again.", body = JobView), crate::openapi::ApiErrors))]
 pub async fn retry_dead_letter(
     State(state): State<AppState>,
     admin: Admin,

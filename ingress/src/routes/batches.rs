@@ -20,6 +20,8 @@ const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;
 
 /// `POST /v1/batches`.
+#[utoipa::path(post, path = "/v1/batches", tag = "batches", request_body = CreateBatchRequest,
+    responses((status = 200, description = "The batch, `validating`.", body = BatchView), crate::openapi::ApiErrors))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -29,7 +31,8 @@ pub async fn create(
     Ok(Json(batches::shown(&state, caller.tenant, row).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<i64>,
@@ -37,6 +40,8 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/batches`: newest first, `?limit&after`.
+#[utoipa::path(get, path = "/v1/batches", tag = "batches", params(ListQuery),
+    responses((status = 200, description = "The tenant's batches, newest first.", body = ListView<BatchView>), crate::openapi::ApiErrors))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -68,6 +73,8 @@ pub async fn list(
 }
 
 /// `GET /v1/batches/{id}`.
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", params(("id" = BatchId, Path, description = "The batch's id.")),
+    responses((status = 200, description = "The batch.", body = BatchView), crate::openapi::ApiErrors))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -77,6 +84,8 @@ pub async fn get(
 }
 
 /// `POST /v1/batches/{id}/cancel`.
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", params(("id" = BatchId, Path, description = "The batch's id.")),
+    responses((status = 200, description = "The batch, `cancelling` or `cancelled`.", body = BatchView), crate::openapi::ApiErrors))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,

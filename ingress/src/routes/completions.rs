@@ -20,6 +20,16 @@ use crate::submit::completion::{CompletionAnswer, run_completion};
 use crate::submit::idempotency::IdempotencyKey;
 use crate::trace_context::RequestTrace;
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key and body is answered with the first completion."),
+        ("Cache-Control" = Option<String>, Header, description = "`no-cache` keeps the request out of the reply cache.")),
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion (`chat.completion`), or with `stream: true` server-sent `chat.completion.chunk` events ending in `[DONE]`.",
+            content((Object = "application/json"), (String = "text/event-stream")),
+            headers(("x-chatq-cache" = String, description = "`hit` or `miss`: whether the reply cache answered."))),
+        crate::openapi::ApiErrors))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,

@@ -22,6 +22,9 @@ const DEFAULT_HISTORY_PAGE: i64 = 100;
 const MAX_HISTORY_PAGE: i64 = 1000;
 
 /// `POST /v1/conversations`. An empty body creates a conversation with every field unset.
+#[utoipa::path(post, path = "/v1/conversations", tag = "conversations",
+    request_body(content = Option<CreateConversation>, description = "Every field is optional; an empty body will do."),
+    responses((status = 201, description = "The new conversation.", body = ConversationView), crate::openapi::ApiErrors))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -41,7 +44,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<i64>,
@@ -60,6 +64,8 @@ pub(crate) fn page_size(limit: Option<i64>, default: i64, max: i64) -> Result<i6
     }
 }
 
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", params(ListQuery),
+    responses((status = 200, description = "The tenant's conversations, most recently active first.", body = ListView<ConversationView>), crate::openapi::ApiErrors))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -89,6 +95,8 @@ pub async fn list(
     )))
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = ConversationId, Path, description = "The conversation's id.")),
+    responses((status = 200, description = "The conversation.", body = ConversationView), crate::openapi::ApiErrors))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -101,6 +109,9 @@ pub async fn get(
 }
 
 /// `PATCH /v1/conversations/{id}`: rename it (`{"title": "…"}`); answers with the conversation.
+#[utoipa::path(patch, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = ConversationId, Path, description = "The conversation's id.")),
+    request_body = RenameConversation,
+    responses((status = 200, description = "The renamed conversation.", body = ConversationView), crate::openapi::ApiErrors))]
 pub async fn rename(
     State(state): State<AppState>,
     caller: Caller,
@@ -114,6 +125,8 @@ pub async fn rename(
         .ok_or_else(|| ApiError::not_found("conversation", id))
 }
 
+#[utoipa::path(delete, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = ConversationId, Path, description = "The conversation's id.")),
+    responses((status = 204, description = "Deleted, with its messages."), crate::openapi::ApiErrors))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -126,7 +139,8 @@ pub async fn delete(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     limit: Option<i64>,
@@ -134,6 +148,9 @@ pub struct HistoryQuery {
     before: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{id}/messages", tag = "conversations",
+    params(("id" = ConversationId, Path, description = "The conversation's id."), HistoryQuery),
+    responses((status = 200, description = "The conversation's messages, newest first.", body = ListView<MessageView>), crate::openapi::ApiErrors))]
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
@@ -156,6 +173,8 @@ pub async fn history(
     })))
 }
 
+#[utoipa::path(delete, path = "/v1/conversations/{id}/messages", tag = "conversations", params(("id" = ConversationId, Path, description = "The conversation's id.")),
+    responses((status = 204, description = "The history is cleared; the conversation stays."), crate::openapi::ApiErrors))]
 pub async fn clear_history(
     State(state): State<AppState>,
     caller: Caller,

@@ -27,12 +27,18 @@ use crate::extract::{IdPath, QueryParams};
 use crate::hub::{HubEvent, ResumingCursor};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     last_event_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job's id."), EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event.")),
+    responses((status = 200, description = "Server-sent events: `job.queued`, `job.started`, `message.delta`, …, and a terminal event carrying the job.",
+        content_type = "text/event-stream", body = String), crate::openapi::ApiErrors))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,

@@ -14,6 +14,7 @@ use super::conversations::page_size;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{IdPath, QueryParams};
+use crate::files::upload::UploadForm;
 use crate::files::{self, FileView};
 use crate::state::AppState;
 use crate::views::ListView;
@@ -23,6 +24,9 @@ const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 10_000;
 
 /// `POST /v1/files` (multipart: `purpose`, `file`).
+#[utoipa::path(post, path = "/v1/files", tag = "batches",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "The stored file.", body = FileView), crate::openapi::ApiErrors))]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -41,7 +45,8 @@ pub async fn upload(
     Ok(Json(FileView::new(file, bytes)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<i64>,
@@ -52,6 +57,8 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/files`: newest first, `?limit&after&purpose`.
+#[utoipa::path(get, path = "/v1/files", tag = "batches", params(ListQuery),
+    responses((status = 200, description = "The tenant's files, newest first.", body = ListView<FileView>), crate::openapi::ApiErrors))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -97,6 +104,8 @@ pub async fn list(
 }
 
 /// `GET /v1/files/{id}`.
+#[utoipa::path(get, path = "/v1/files/{id}", tag = "batches", params(("id" = FileId, Path, description = "The file's id.")),
+    responses((status = 200, description = "The file.", body = FileView), crate::openapi::ApiErrors))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -106,6 +115,8 @@ pub async fn get(
 }
 
 /// `GET /v1/files/{id}/content`: the bytes, streamed.
+#[utoipa::path(get, path = "/v1/files/{id}/content", tag = "batches", params(("id" = FileId, Path, description = "The file's id.")),
+    responses((status = 200, description = "The file's bytes.", content_type = "application/octet-stream", body = Vec<u8>), crate::openapi::ApiErrors))]
 pub async fn content(
     State(state): State<AppState>,
     caller: Caller,
@@ -115,7 +126,7 @@ pub async fn content(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Deleted {
     id: FileId,
     object: &'static str,
@@ -123,6 +134,8 @@ pub struct Deleted {
 }
 
 /// `DELETE /v1/files/{id}`.
+#[utoipa::path(delete, path = "/v1/files/{id}", tag = "batches", params(("id" = FileId, Path, description = "The file's id.")),
+    responses((status = 200, description = "The file is deleted.", body = Deleted), crate::openapi::ApiErrors))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

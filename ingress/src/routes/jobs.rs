@@ -17,7 +17,8 @@ use crate::state::AppState;
 use crate::views::JobView;
 use crate::waiting::JobWait;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GetQuery {
     /// Seconds to wait for the job to finish before answering.
@@ -25,6 +26,8 @@ pub struct GetQuery {
 }
 
 /// `GET /v1/jobs/{id}[?wait=N]`.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = JobId, Path, description = "The job's id."), GetQuery),
+    responses((status = 200, description = "The job.", body = JobView), crate::openapi::ApiErrors))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -49,6 +52,11 @@ pub async fn get(
 /// `POST /v1/jobs/{id}/cancel`: 200 with the cancelled job; 202 with the job still running when
 /// its worker has not stopped it within a few seconds (the cancel is recorded and will be
 /// applied); 409 for a job that had already finished.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = JobId, Path, description = "The job's id.")),
+    responses(
+        (status = 200, description = "The cancelled job.", body = JobView),
+        (status = 202, description = "Cancel recorded; the job is still stopping.", body = JobView),
+        crate::openapi::ApiErrors))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,

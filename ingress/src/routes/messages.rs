@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use chatq_common::db::feedback::{self, FeedbackOutcome};
 use chatq_common::ids::{ConversationId, MessageId};
 use chatq_common::reply_cache;
-use serde_json::json;
 
 use crate::auth::Caller;
 use crate::cache_control::no_cache_asked;
@@ -18,13 +17,24 @@ use crate::submit::idempotency::IdempotencyKey;
 use crate::submit::turn::{TurnRequest, send_turn};
 use crate::trace_context::RequestTrace;
 use crate::validate::{Feedback, SendMessage};
-use crate::views::FeedbackView;
+use crate::views::{FeedbackView, TurnView};
 use crate::waiting::preferred_wait;
 
 /// `POST /v1/conversations/{id}/messages`: records the message and its job, queues the job and
 /// answers 202 with both and `Location: /v1/jobs/{id}` (or 200 with the finished job, given
 /// `Prefer: wait=N`). A retry with the same `Idempotency-Key` is answered with the first job,
 /// marked `Idempotent-Replayed: true`.
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages", tag = "conversations",
+    params(("id" = ConversationId, Path, description = "The conversation's id."),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key and body is answered with the first job."),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: answer when the job ends, within N seconds."),
+        ("Cache-Control" = Option<String>, Header, description = "`no-cache` keeps the request out of the reply cache.")),
+    request_body = SendMessage,
+    responses(
+        (status = 202, description = "Recorded and queued.", body = TurnView,
+            headers(("Location" = String, description = "The job: `/v1/jobs/{id}`."))),
+        (status = 200, description = "The finished job, given `Prefer: wait=N`.", body = TurnView),
+        crate::openapi::ApiErrors))]
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
@@ -44,7 +54,11 @@ pub async fn send(
         trace,
     };
     let answer = send_turn(&state, &caller, turn).await?;
-    let body = Json(json!({ "job": answer.job, "message": answer.message }));
+    let location = format!("/v1/jobs/{}", answer.job.id);
+    let body = Json(TurnView {
+        job: answer.job,
+        message: answer.message,
+    });
     let mut response = match answer.waited {
         Some(secs) => {
             let mut response = body.into_response();
@@ -53,10 +67,7 @@ pub async fn send(
             }
             response
         }
-        None => {
-            let location = format!("/v1/jobs/{}", answer.job.id);
-            (StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response()
-        }
+        None => (StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response(),
     };
     if answer.replayed {
         response
@@ -67,6 +78,8 @@ pub async fn send(
 }
 
 /// `GET /v1/messages/{id}/feedback`: the rating given on a reply (404 when none was given).
+#[utoipa::path(get, path = "/v1/messages/{id}/feedback", tag = "conversations", params(("id" = MessageId, Path, description = "The message's id.")),
+    responses((status = 200, description = "The rating given on the reply.", body = FeedbackView), crate::openapi::ApiErrors))]
 pub async fn get_feedback(
     State(state): State<AppState>,
     caller: Caller,
@@ -81,6 +94,12 @@ pub async fn get_feedback(
 /// `POST /v1/messages/{id}/feedback`: one rating per reply; giving it again replaces it. A
 /// rating down evicts the cached reply the message was served from, if any, so it is asked of
 /// the provider afresh next time.
+#[utoipa::path(post, path = "/v1/messages/{id}/feedback", tag = "conversations", params(("id" = MessageId, Path, description = "The message's id.")),
+    request_body = Feedback,
+    responses(
+        (status = 201, description = "The rating, given for the first time.", body = FeedbackView),
+        (status = 200, description = "The rating, replacing an earlier one.", body = FeedbackView),
+        crate::openapi::ApiErrors))]
 pub async fn feedback(
     State(state): State<AppState>,
     caller: Caller,

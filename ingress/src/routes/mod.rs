@@ -17,79 +17,65 @@ mod web;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::middleware;
-use axum::routing::{get, post};
+use axum::{Extension, middleware};
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::observe;
+use crate::openapi::{self, ApiDoc};
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_request_bytes;
-    let api = Router::new()
-        .route(
-            "/v1/conversations",
-            post(conversations::create).get(conversations::list),
-        )
-        .route(
-            "/v1/conversations/{id}",
-            get(conversations::get)
-                .patch(conversations::rename)
-                .delete(conversations::delete),
-        )
-        .route(
-            "/v1/conversations/{id}/messages",
-            get(conversations::history)
-                .post(messages::send)
-                .delete(conversations::clear_history),
-        )
-        .route(
-            "/v1/messages/{id}/feedback",
-            get(messages::get_feedback).post(messages::feedback),
-        )
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/admin/dead-letters", get(admin::dead_letters))
-        .route(
-            "/v1/admin/dead-letters/{job_id}/retry",
-            post(admin::retry_dead_letter),
-        )
-        .route("/v1/jobs/{id}/events", get(events::stream))
-        .route("/v1/chat/completions", post(completions::create))
-        .route("/v1/responses", post(responses::create))
-        .route(
-            "/v1/responses/{id}",
-            get(responses::get).delete(responses::delete),
-        )
-        .route("/v1/responses/{id}/cancel", post(responses::cancel))
-        .route(
-            "/v1/responses/{id}/input_items",
-            get(responses::input_items),
-        )
-        .route(
-            "/v1/files",
-            // An upload is streamed to storage under its own limit (max_file_bytes), not read
-            // whole under max_request_bytes (crate::body_limit lets it through).
-            post(files::upload)
-                .layer(DefaultBodyLimit::disable())
-                .get(files::list),
-        )
-        .route("/v1/files/{id}", get(files::get).delete(files::delete))
-        .route("/v1/files/{id}/content", get(files::content))
-        .route("/v1/batches", post(batches::create).get(batches::list))
-        .route("/v1/batches/{id}", get(batches::get))
-        .route("/v1/batches/{id}/cancel", post(batches::cancel))
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{id}", get(models::get))
-        .route("/v1/admin/queue", get(operators::queue))
-        .route("/v1/admin/workers", get(operators::workers))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(observe::metrics))
-        .route("/", get(web::page))
-        .route("/assets/chat.css", get(web::style))
-        .route("/assets/chat.js", get(web::script))
-        .method_not_allowed_fallback(method_not_allowed)
+    // Every handler is mounted through `routes!`, which reads its `#[utoipa::path]`: the path it
+    // is served on and its entry in the OpenAPI document are one and the same.
+    let (api, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(conversations::create, conversations::list))
+        .routes(routes!(
+            conversations::get,
+            conversations::rename,
+            conversations::delete
+        ))
+        .routes(routes!(
+            conversations::history,
+            messages::send,
+            conversations::clear_history
+        ))
+        .routes(routes!(messages::get_feedback, messages::feedback))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(events::stream))
+        .routes(routes!(admin::dead_letters))
+        .routes(routes!(admin::retry_dead_letter))
+        .routes(routes!(completions::create))
+        .routes(routes!(responses::create))
+        .routes(routes!(responses::get, responses::delete))
+        .routes(routes!(responses::cancel))
+        .routes(routes!(responses::input_items))
+        // An upload is streamed to storage under its own limit (max_file_bytes), not read whole
+        // under max_request_bytes (crate::body_limit lets it through).
+        .routes(routes!(files::upload).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(files::list))
+        .routes(routes!(files::get, files::delete))
+        .routes(routes!(files::content))
+        .routes(routes!(batches::create, batches::list))
+        .routes(routes!(batches::get))
+        .routes(routes!(batches::cancel))
+        .routes(routes!(models::list))
+        .routes(routes!(models::get))
+        .routes(routes!(operators::queue))
+        .routes(routes!(operators::workers))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(observe::metrics))
+        .routes(routes!(web::page))
+        .routes(routes!(web::style))
+        .routes(routes!(web::script))
+        .routes(routes!(openapi::document))
+        .split_for_parts();
+    api.method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
@@ -99,8 +85,9 @@ pub fn router(state: AppState) -> Router {
             },
             crate::body_limit::limit_body,
         ))
-        .layer(middleware::from_fn(observe::record));
-    api.with_state(state)
+        .layer(middleware::from_fn(observe::record))
+        .layer(Extension(openapi::Document::render(&document)))
+        .with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -9,7 +9,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::views::ListView;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelView {
     id: String,
     object: &'static str,
@@ -51,6 +51,8 @@ pub fn ensure_offered(state: &AppState, model: &str) -> ApiResult<()> {
     )))
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "chat",
+    responses((status = 200, description = "The models this deployment offers.", body = ListView<ModelView>), crate::openapi::ApiErrors))]
 pub async fn list(State(state): State<AppState>, _caller: Caller) -> Json<ListView<ModelView>> {
     let data = configured(&state)
         .iter()
@@ -59,6 +61,8 @@ pub async fn list(State(state): State<AppState>, _caller: Caller) -> Json<ListVi
     Json(ListView::new(data, false, |m: &ModelView| m.id.clone()))
 }
 
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "chat", params(("id" = String, Path, description = "The model's name.")),
+    responses((status = 200, description = "The model.", body = ModelView), crate::openapi::ApiErrors))]
 pub async fn get(
     State(state): State<AppState>,
     _caller: Caller,

@@ -12,6 +12,8 @@ use crate::state::AppState;
 
 /// `GET /v1/admin/queue`: per lane, jobs waiting (consumer lag), in flight, redelivered, and the
 /// age of the oldest waiting job; plus the queue's size, its limit and the drain rate.
+#[utoipa::path(get, path = "/v1/admin/queue", tag = "admin",
+    responses((status = 200, description = "Per lane: waiting, in flight, redelivered, oldest age; the queue's size, limit and drain rate (operator keys).", body = Object), crate::openapi::ApiErrors))]
 pub async fn queue(State(state): State<AppState>, _operator: Operator) -> ApiResult<Json<Value>> {
     state
         .queue
@@ -45,6 +47,8 @@ pub async fn queue(State(state): State<AppState>, _operator: Operator) -> ApiRes
 }
 
 /// `GET /v1/admin/workers`: every live worker's last heartbeat.
+#[utoipa::path(get, path = "/v1/admin/workers", tag = "admin",
+    responses((status = 200, description = "Every live worker's last heartbeat (operator keys).", body = Object), crate::openapi::ApiErrors))]
 pub async fn workers(State(state): State<AppState>, _operator: Operator) -> ApiResult<Json<Value>> {
     let store = state
         .jetstream

@@ -17,6 +17,12 @@ use crate::routes::events::sse_response;
 use crate::state::AppState;
 use crate::trace_context::RequestTrace;
 
+#[utoipa::path(post, path = "/v1/responses", tag = "responses",
+    request_body = CreateResponse,
+    responses(
+        (status = 200, description = "The response object, or with `stream: true` its events (`response.created`, …, `response.completed`).",
+            content((Object = "application/json"), (String = "text/event-stream"))),
+        crate::openapi::ApiErrors))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -33,7 +39,8 @@ fn stream_response(stream: ResponseStream, state: &AppState) -> Response {
     sse_response(sse_events(stream, state.streams_stop.clone()), state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RetrieveQuery {
     stream: Option<bool>,
@@ -42,6 +49,11 @@ pub struct RetrieveQuery {
     include_obfuscation: Option<bool>,
 }
 
+#[utoipa::path(get, path = "/v1/responses/{id}", tag = "responses", params(("id" = ResponseId, Path, description = "The response's id."), RetrieveQuery),
+    responses(
+        (status = 200, description = "The response object, or with `stream=true` its events after `starting_after`.",
+            content((Object = "application/json"), (String = "text/event-stream"))),
+        crate::openapi::ApiErrors))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -62,6 +74,8 @@ pub async fn get(
     Ok(Json(stored::retrieve(&state, &caller, id).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/responses/{id}/cancel", tag = "responses", params(("id" = ResponseId, Path, description = "The response's id.")),
+    responses((status = 200, description = "The response, cancelled.", body = Object), crate::openapi::ApiErrors))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -70,6 +84,8 @@ pub async fn cancel(
     Ok(Json(stored::cancel(&state, &caller, id).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/responses/{id}", tag = "responses", params(("id" = ResponseId, Path, description = "The response's id.")),
+    responses((status = 200, description = "`{\"id\", \"object\": \"response\", \"deleted\": true}`.", body = Object), crate::openapi::ApiErrors))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -78,7 +94,8 @@ pub async fn delete(
     Ok(Json(stored::delete(&state, &caller, id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ItemsQuery {
     limit: Option<usize>,
@@ -86,6 +103,8 @@ pub struct ItemsQuery {
     after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/responses/{id}/input_items", tag = "responses", params(("id" = ResponseId, Path, description = "The response's id."), ItemsQuery),
+    responses((status = 200, description = "A list of the response's input items.", body = Object), crate::openapi::ApiErrors))]
 pub async fn input_items(
     State(state): State<AppState>,
     caller: Caller,

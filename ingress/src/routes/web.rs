@@ -22,16 +22,22 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      frame-ancestors 'none'";
 
 /// `GET /`.
+#[utoipa::path(get, path = "/", tag = "operations", security(()),
+    responses((status = 200, description = "The web chat page.", content_type = "text/html", body = String)))]
 pub async fn page() -> Response {
     asset("text/html; charset=utf-8", PAGE)
 }
 
 /// `GET /assets/chat.css`.
+#[utoipa::path(get, path = "/assets/chat.css", tag = "operations", security(()),
+    responses((status = 200, description = "The page's style sheet.", content_type = "text/css", body = String)))]
 pub async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
 
 /// `GET /assets/chat.js`.
+#[utoipa::path(get, path = "/assets/chat.js", tag = "operations", security(()),
+    responses((status = 200, description = "The page's script.", content_type = "text/javascript", body = String)))]
 pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
