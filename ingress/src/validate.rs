@@ -265,7 +265,12 @@ impl CreateConversation {
     }
 }
 
-fn check_metadata(metadata: &Map<String, Value>) -> Result<(), ApiError> {
+/// OpenAI's metadata rules, for every request that takes `metadata` (conversations, responses,
+/// batches): at most 16 pairs, keys up to 64 characters, string values up to 512.
+///
+/// # Errors
+/// 400 naming the pair at fault.
+pub fn check_metadata(metadata: &Map<String, Value>) -> Result<(), ApiError> {
     if metadata.len() > MAX_METADATA_PAIRS {
         return Err(ApiError::invalid(
             format!(

@@ -66,7 +66,7 @@ async fn bad_requests_are_refused_in_the_openai_shape_and_record_nothing() {
         ),
         (
             json!({"model": "mock-model", "input": "hi", "metadata": {"k": 1}}),
-            "metadata",
+            "metadata.k",
         ),
         (
             json!({"model": "mock-model", "input": "hi", "background": true, "store": false}),

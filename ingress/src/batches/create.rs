@@ -99,7 +99,7 @@ fn checked(state: &AppState, tenant: TenantId, request: CreateBatchRequest) -> A
             )
         })?;
     if let Some(metadata) = &request.metadata {
-        check_metadata(metadata)?;
+        crate::validate::check_metadata(metadata)?;
     }
     let output_expires_secs = match request.output_expires_after {
         None => None,
@@ -140,21 +140,4 @@ pub fn parse_window(text: &str) -> Option<u64> {
     };
     let count: u64 = text[..text.len() - 1].parse().ok()?;
     count.checked_mul(unit)
-}
-
-/// OpenAI's metadata rules: at most 16 pairs, keys up to 64 characters, string values up to 512.
-fn check_metadata(metadata: &Map<String, Value>) -> ApiResult<()> {
-    let fits = metadata.len() <= 16
-        && metadata.iter().all(|(key, value)| {
-            key.chars().count() <= 64 && value.as_str().is_some_and(|v| v.chars().count() <= 512)
-        });
-    if fits {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_with_code(
-            "Invalid 'metadata': at most 16 pairs, keys up to 64 characters, string values up to 512.",
-            "metadata",
-            "invalid_value",
-        ))
-    }
 }

@@ -17,11 +17,6 @@ use serde_json::{Map, Value, json};
 use crate::error::ApiError;
 use crate::validate::SamplingFields;
 
-/// Most metadata pairs, and their key and value lengths (OpenAI's limits).
-const MAX_METADATA_PAIRS: usize = 16;
-const MAX_METADATA_KEY_CHARS: usize = 64;
-const MAX_METADATA_VALUE_CHARS: usize = 512;
-
 /// Parameters accepted and not acted on: they change nothing for a text reply without tools, or
 /// concern OpenAI's own service.
 const IGNORED: &[&str] = &[
@@ -289,30 +284,7 @@ fn retarget(err: ApiError, param: &str) -> ApiError {
 
 fn check_metadata(metadata: Option<Map<String, Value>>) -> Result<Value, ApiError> {
     let metadata = metadata.unwrap_or_default();
-    if metadata.len() > MAX_METADATA_PAIRS {
-        return Err(invalid(
-            "metadata",
-            format!("at most {MAX_METADATA_PAIRS} pairs are allowed"),
-        ));
-    }
-    for (key, value) in &metadata {
-        if key.chars().count() > MAX_METADATA_KEY_CHARS {
-            return Err(invalid(
-                "metadata",
-                format!("keys are at most {MAX_METADATA_KEY_CHARS} characters"),
-            ));
-        }
-        match value {
-            Value::String(text) if text.chars().count() <= MAX_METADATA_VALUE_CHARS => {}
-            Value::String(_) => {
-                return Err(invalid(
-                    "metadata",
-                    format!("values are at most {MAX_METADATA_VALUE_CHARS} characters"),
-                ));
-            }
-            _ => return Err(invalid("metadata", "values must be strings")),
-        }
-    }
+    crate::validate::check_metadata(&metadata)?;
     Ok(Value::Object(metadata))
 }
 
