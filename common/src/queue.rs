@@ -100,11 +100,27 @@ pub async fn publish_placed(
     placement: Placement,
     trace: Option<&TraceContext>,
 ) -> Result<bool, PublishJobError> {
+    publish_placed_copy(js, topology, job_id, lane, placement, 0, trace).await
+}
+
+/// Publishes one copy of a job where `placement` says, as [`publish_copy`] does.
+///
+/// # Errors
+/// As [`publish_job`].
+pub async fn publish_placed_copy(
+    js: &Context,
+    topology: &Topology,
+    job_id: JobId,
+    lane: Lane,
+    placement: Placement,
+    publication: i32,
+    trace: Option<&TraceContext>,
+) -> Result<bool, PublishJobError> {
     let subject = match placement {
         Placement::Overflow if lane == Lane::Interactive => topology.overflow_subject(),
         _ => topology.job_subject(lane),
     };
-    publish_to(js, subject, job_id, lane, 0, trace).await
+    publish_to(js, subject, job_id, lane, publication, trace).await
 }
 
 /// Publishes one copy of a job (see [`message_id`]), as [`publish_job`] does the first.
@@ -174,4 +190,19 @@ fn is_store_full(err: &PublishError) -> bool {
         source = cause.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Placement;
+
+    #[test]
+    fn a_job_goes_behind_others_once_its_tenant_has_its_fair_share_queued() {
+        assert_eq!(Placement::for_queued(0, 8), Placement::Front);
+        assert_eq!(Placement::for_queued(7, 8), Placement::Front);
+        assert_eq!(Placement::for_queued(8, 8), Placement::Overflow);
+        assert_eq!(Placement::for_queued(9_999, 8), Placement::Overflow);
+        // A fair share of 0 puts every job with anything queued ahead of it behind others'.
+        assert_eq!(Placement::for_queued(0, 0), Placement::Overflow);
+    }
 }

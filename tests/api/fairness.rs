@@ -273,3 +273,86 @@ async fn the_queued_quota_holds_across_two_ingresses() {
     running.await.unwrap().unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_reconciler_queues_a_crowding_tenants_jobs_behind_others() {
+    let app = spawn_app_with(TestOptions {
+        settings: Box::new(|s| {
+            s.limits.fair_share_queued_jobs = 2;
+            s.worker.reconcile_interval_secs = 1;
+            s.worker.reconcile_after_secs = 0;
+        }),
+        ..TestOptions::default()
+    })
+    .await;
+    let a = tenant_id(&app, "tenant-a").await;
+    // The tenant's jobs stay queued (its in-flight quota is 0), so their copies stay in the stream.
+    let changes = chatq_common::db::quotas::QuotaChanges {
+        jobs_in_flight: Some(chatq_common::db::quotas::QuotaChange::Limit(0)),
+        ..Default::default()
+    };
+    chatq_common::db::quotas::set_overrides(&app.pool, "tenant-a", changes)
+        .await
+        .unwrap();
+    // Recorded, never published (as by an ingress that stopped in between): the reconciler
+    // publishes them.
+    let jobs: Vec<chatq_common::db::jobs::NewJob> = (0..6)
+        .map(|_| chatq_common::db::jobs::NewJob {
+            id: chatq_common::ids::JobId::new(),
+            tenant: a,
+            lane: chatq_common::job::Lane::Interactive,
+            request: chatq_common::job::JobRequest::ChatCompletion {
+                params: chatq_common::chat::GenerationParams {
+                    model: "mock-model".into(),
+                    ..Default::default()
+                },
+                body: None,
+                messages: vec![chatq_common::chat::ChatMessage::new(
+                    chatq_common::chat::Role::User,
+                    "hello",
+                )],
+            },
+            model: Some("mock-model".into()),
+            default_model: None,
+            idempotency: None,
+            deadline_secs: 600.0,
+            max_queued: None,
+            turn: None,
+            trace: None,
+        })
+        .collect();
+    chatq_common::db::jobs::record(&app.pool, &jobs)
+        .await
+        .unwrap();
+
+    let jetstream = async_nats::jetstream::new(app.nats.clone());
+    let stream = jetstream
+        .get_stream(app.topology.jobs_stream())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let subjects: std::collections::HashMap<String, usize> = stream
+            .info_with_subjects(format!("{}.jobs.>", app.topology.namespace()))
+            .await
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let total: usize = subjects.values().sum();
+        if total == 6 {
+            assert_eq!(
+                subjects.get(&app.topology.overflow_subject()),
+                Some(&6),
+                "a tenant with 6 queued (fair share 2) waits behind others: {subjects:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reconciler never published the jobs: {subjects:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
