@@ -9,8 +9,9 @@ use chatq_common::settings::SettingsFlags;
 use chatq_mock_llm::MockConfig;
 use clap::{Parser, Subcommand};
 
-use crate::{keys, roles};
+use crate::{keys, roles, tenants};
 use chatq_common::db::keys::KeyScope;
+use chatq_common::db::quotas::{QuotaChange, QuotaChanges};
 
 /// chatq: a queue-backed AI chat backend.
 ///
@@ -37,6 +38,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Manage tenants' quotas.
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
     },
     /// Run batches of chat completions through a running chatq (upload, start, watch, download).
     Batch {
@@ -114,6 +120,30 @@ enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum TenantsCommand {
+    /// Set one tenant's quotas, overriding the CHATQ_TENANT_MAX_* settings: a number,
+    /// `unlimited`, or `default` (back to the setting). Prints the quotas the tenant has now.
+    SetQuota {
+        /// The tenant's name (as given to `chatq keys create --tenant`).
+        tenant: String,
+        /// Interactive jobs queued at once (CHATQ_TENANT_MAX_QUEUED_JOBS).
+        #[arg(long)]
+        queued_jobs: Option<QuotaChange>,
+        /// Interactive jobs running at once, fleet-wide (CHATQ_TENANT_MAX_JOBS_IN_FLIGHT).
+        #[arg(long)]
+        jobs_in_flight: Option<QuotaChange>,
+        /// Event streams open at once on each ingress (CHATQ_TENANT_MAX_EVENT_STREAMS).
+        #[arg(long)]
+        event_streams: Option<QuotaChange>,
+        /// Conversations stored (CHATQ_TENANT_MAX_CONVERSATIONS).
+        #[arg(long)]
+        conversations: Option<QuotaChange>,
+        #[command(flatten)]
+        settings: SettingsFlags,
+    },
+}
+
 impl Cli {
     /// Runs the command; its exit code (`chatq batch` says with it how a batch ended).
     pub async fn run(self) -> anyhow::Result<ExitCode> {
@@ -155,6 +185,25 @@ impl Cli {
                     keys::revoke(load(&settings)?, &key_id).await
                 }
             },
+            Command::Tenants {
+                command:
+                    TenantsCommand::SetQuota {
+                        tenant,
+                        queued_jobs,
+                        jobs_in_flight,
+                        event_streams,
+                        conversations,
+                        settings,
+                    },
+            } => {
+                let changes = QuotaChanges {
+                    queued_jobs,
+                    jobs_in_flight,
+                    event_streams,
+                    conversations,
+                };
+                tenants::set_quota(load(&settings)?, &tenant, changes).await
+            }
             Command::MockLlm { addr, config, log } => roles::mock_llm(addr, config, &log.log).await,
             Command::Bench { args } => crate::bench::run(args),
             // Answered by `run`.

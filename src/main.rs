@@ -9,6 +9,7 @@
 //!   the last from the `chatq-mock-llm` crate) and draining it on a signal.
 //! - [`batch`]: `chatq batch …`, a client of the Batch API over HTTP.
 //! - [`keys`]: `chatq keys create | list | revoke`.
+//! - [`tenants`]: `chatq tenants set-quota`.
 //! - [`bench`]: `chatq bench`, handing over to the separately built `chatq-bench` executable.
 
 mod batch;
@@ -16,6 +17,7 @@ mod bench;
 mod cli;
 mod keys;
 mod roles;
+mod tenants;
 
 use std::process::ExitCode;
 

@@ -91,6 +91,7 @@ pub async fn queue_completions(
                 default_model: None,
                 idempotency: None,
                 deadline_secs,
+                max_queued: None,
                 turn: None,
                 trace: None,
             };

@@ -41,19 +41,29 @@ pub struct StackPlan {
     pub worker_concurrency: usize,
     /// The mock provider, when workers are to call one.
     pub mock: Option<MockPlan>,
-    /// Settings a scenario needs on top of the bench's own (a provider limit, a queue size, no
+    /// Settings a scenario needs on top of the bench's own (no per-tenant quotas; a provider limit, a queue size, no
     /// per-key rate limit). `--env` is applied after them, so it can still override them.
     pub env: Vec<(String, String)>,
 }
 
 impl StackPlan {
-    /// A plan with nothing but what is named.
+    /// A plan with what is named, and no per-tenant quotas: every scenario's load
+    /// comes from one tenant and measures the fleet, not the quotas.
     pub fn new(workers: usize, worker_concurrency: usize, mock: Option<MockPlan>) -> Self {
+        let unlimited = [
+            "CHATQ_TENANT_MAX_QUEUED_JOBS",
+            "CHATQ_TENANT_MAX_JOBS_IN_FLIGHT",
+            "CHATQ_TENANT_MAX_EVENT_STREAMS",
+            "CHATQ_TENANT_MAX_CONVERSATIONS",
+        ];
         Self {
             workers,
             worker_concurrency,
             mock,
-            env: Vec::new(),
+            env: unlimited
+                .into_iter()
+                .map(|name| (name.to_owned(), "unlimited".to_owned()))
+                .collect(),
         }
     }
 

@@ -8,6 +8,11 @@
 //! may still remember it (a claim abandoned by a dead worker, a retry from the dead letters), it
 //! publishes a new copy with a new id: [`message_id`] of the job's next `publication`.
 //!
+//! A new interactive job is queued in one of two places ([`Placement`]): in front, or, when its
+//! tenant has more than its fair share of jobs queued already, behind every other tenant's
+//! (`{ns}.jobs.overflow`, which workers take from only when the front has nothing for them). So a
+//! tenant that floods the queue delays its own jobs, not other tenants'.
+//!
 //! A job's trace goes with every copy, as the `traceparent` header (see [`crate::trace`]): the
 //! worker that runs it continues the trace of the request that created it.
 
@@ -31,6 +36,29 @@ pub enum PublishJobError {
     QueueFull,
     #[error("JetStream did not store the job")]
     Unavailable(#[source] PublishError),
+}
+
+/// Where a new interactive job waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// With the other jobs of its lane, in the order they came.
+    Front,
+    /// Behind every other tenant's interactive jobs: its tenant had `fair_share_queued_jobs` or
+    /// more queued already. Workers take these after the front of the interactive lane and
+    /// before the batch lane.
+    Overflow,
+}
+
+impl Placement {
+    /// Where a job goes whose tenant had `queued_ahead` interactive jobs queued when it was
+    /// recorded.
+    pub fn for_queued(queued_ahead: i32, fair_share: u32) -> Self {
+        if i64::from(queued_ahead) >= i64::from(fair_share) {
+            Placement::Overflow
+        } else {
+            Placement::Front
+        }
+    }
 }
 
 /// The `Nats-Msg-Id` of a job's copy: the job id for the first publication (0), then
@@ -60,6 +88,41 @@ pub async fn publish_job(
     publish_copy(js, topology, job_id, lane, 0, trace).await
 }
 
+/// Publishes a new interactive job where `placement` says, as [`publish_job`] does.
+///
+/// # Errors
+/// As [`publish_job`].
+pub async fn publish_placed(
+    js: &Context,
+    topology: &Topology,
+    job_id: JobId,
+    lane: Lane,
+    placement: Placement,
+    trace: Option<&TraceContext>,
+) -> Result<bool, PublishJobError> {
+    publish_placed_copy(js, topology, job_id, lane, placement, 0, trace).await
+}
+
+/// Publishes one copy of a job where `placement` says, as [`publish_copy`] does.
+///
+/// # Errors
+/// As [`publish_job`].
+pub async fn publish_placed_copy(
+    js: &Context,
+    topology: &Topology,
+    job_id: JobId,
+    lane: Lane,
+    placement: Placement,
+    publication: i32,
+    trace: Option<&TraceContext>,
+) -> Result<bool, PublishJobError> {
+    let subject = match placement {
+        Placement::Overflow if lane == Lane::Interactive => topology.overflow_subject(),
+        _ => topology.job_subject(lane),
+    };
+    publish_to(js, subject, job_id, lane, publication, trace).await
+}
+
 /// Publishes one copy of a job (see [`message_id`]), as [`publish_job`] does the first.
 ///
 /// # Errors
@@ -67,6 +130,25 @@ pub async fn publish_job(
 pub async fn publish_copy(
     js: &Context,
     topology: &Topology,
+    job_id: JobId,
+    lane: Lane,
+    publication: i32,
+    trace: Option<&TraceContext>,
+) -> Result<bool, PublishJobError> {
+    publish_to(
+        js,
+        topology.job_subject(lane),
+        job_id,
+        lane,
+        publication,
+        trace,
+    )
+    .await
+}
+
+async fn publish_to(
+    js: &Context,
+    subject: String,
     job_id: JobId,
     lane: Lane,
     publication: i32,
@@ -80,7 +162,7 @@ pub async fn publish_copy(
         headers.insert(TRACEPARENT, trace.to_string().as_str());
     }
     let ack = js
-        .publish_with_headers(topology.job_subject(lane), headers, payload.into())
+        .publish_with_headers(subject, headers, payload.into())
         .await
         .map_err(classify)?
         .await
@@ -108,4 +190,19 @@ fn is_store_full(err: &PublishError) -> bool {
         source = cause.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Placement;
+
+    #[test]
+    fn a_job_goes_behind_others_once_its_tenant_has_its_fair_share_queued() {
+        assert_eq!(Placement::for_queued(0, 8), Placement::Front);
+        assert_eq!(Placement::for_queued(7, 8), Placement::Front);
+        assert_eq!(Placement::for_queued(8, 8), Placement::Overflow);
+        assert_eq!(Placement::for_queued(9_999, 8), Placement::Overflow);
+        // A fair share of 0 puts every job with anything queued ahead of it behind others'.
+        assert_eq!(Placement::for_queued(0, 0), Placement::Overflow);
+    }
 }

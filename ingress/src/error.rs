@@ -52,6 +52,13 @@ pub enum ApiError {
         message: String,
         retry_after: Duration,
     },
+    /// 429: the tenant is at one of its quotas (`quota` names it: `queued_jobs`, …).
+    #[error("{message}")]
+    OverQuota {
+        quota: &'static str,
+        message: String,
+        retry_after: Duration,
+    },
     /// 503: the queue is full or a dependency is down; try again later.
     #[error("{message}")]
     Overloaded {
@@ -64,6 +71,26 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// 429 for a tenant at one of its quotas, naming it (as `param` too) and its limit.
+    pub fn over_quota(over: chatq_common::db::quotas::OverQuota) -> Self {
+        use chatq_common::db::quotas::Quota;
+        let (what, retry_after) = match over.quota {
+            Quota::QueuedJobs => ("jobs queued", 5),
+            Quota::JobsInFlight => ("jobs running", 5),
+            Quota::EventStreams => ("event streams open on this server", 5),
+            Quota::Conversations => ("conversations stored", 60),
+        };
+        ApiError::OverQuota {
+            quota: over.quota.as_str(),
+            message: format!(
+                "Your organization has {} {what}, its quota `{}`. Retry once some have finished (or, for conversations, delete some).",
+                over.limit,
+                over.quota.as_str()
+            ),
+            retry_after: Duration::from_secs(retry_after),
+        }
+    }
+
     pub fn invalid(message: impl Into<String>, param: impl Into<String>) -> Self {
         ApiError::InvalidRequest {
             message: message.into(),
@@ -104,7 +131,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } | ApiError::ContentTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::OverQuota { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -122,7 +151,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } | ApiError::ContentTooLarge { .. } => {
                 "request_too_large"
             }
-            ApiError::RateLimited { .. } => "rate_limit_error",
+            ApiError::RateLimited { .. } | ApiError::OverQuota { .. } => "rate_limit_error",
             ApiError::Overloaded { .. } => "overloaded_error",
             ApiError::Internal(_) => "api_error",
         }
@@ -137,6 +166,7 @@ impl ApiError {
             ApiError::RequestTimeout { .. } => Some("request_timeout"),
             ApiError::ContentTooLarge { .. } => Some("content_too_large"),
             ApiError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            ApiError::OverQuota { .. } => Some("quota_exceeded"),
             ApiError::Overloaded { .. } => Some("overloaded"),
             _ => None,
         }
@@ -189,6 +219,7 @@ impl ApiError {
         let param = match &self {
             ApiError::InvalidRequest { param, .. } => param.clone(),
             ApiError::ContentTooLarge { param, .. } => Some(param.clone()),
+            ApiError::OverQuota { quota, .. } => Some((*quota).to_owned()),
             _ => None,
         };
         let error = ErrorDetail {
@@ -212,6 +243,7 @@ impl IntoResponse for ApiError {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ApiError::RateLimited { retry_after, .. }
+        | ApiError::OverQuota { retry_after, .. }
         | ApiError::Overloaded { retry_after, .. } = &self
         {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;

@@ -59,6 +59,7 @@ mod responses;
 mod routes;
 mod serve;
 mod state;
+mod stream_slots;
 mod submit;
 mod trace_context;
 mod validate;
@@ -184,9 +185,11 @@ impl Application {
                 pool.clone(),
                 background.clone(),
             ),
-            event_streams: Arc::new(tokio::sync::Semaphore::new(
+            event_streams: stream_slots::StreamSlots::new(
                 settings.limits.max_event_streams,
-            )),
+                settings.limits.tenant_max_event_streams,
+                pool.clone(),
+            ),
             streams_stop: streams_stop.clone(),
             models: models.into(),
             started_at: time::OffsetDateTime::now_utc().unix_timestamp(),

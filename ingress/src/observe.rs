@@ -31,8 +31,7 @@ pub async fn record(request: Request, next: Next) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus metrics (keep this route off the public network).", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    metrics::gauge!(names::EVENT_STREAMS_OPEN)
-        .set((state.limits.max_event_streams - state.event_streams.available_permits()) as f64);
+    metrics::gauge!(names::EVENT_STREAMS_OPEN).set(state.event_streams.open_count() as f64);
     let body = chatq_common::metrics::install()
         .map(|handle| chatq_common::metrics::render(&handle))
         .unwrap_or_default();

@@ -184,18 +184,18 @@ impl QueueMonitor {
         let state = stream.info().await?.state.clone();
         let mut lanes = [LaneDepth::default(); 2];
         for lane in Lane::ALL {
-            let mut consumer = stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
-                    &topology.consumer_name(lane),
-                )
-                .await?;
-            let info = consumer.info().await?;
-            let depth = LaneDepth {
-                pending: info.num_pending,
-                in_flight: info.num_ack_pending as u64,
-                redelivered: info.num_redelivered as u64,
-                waiting_pulls: info.num_waiting as u64,
-            };
+            // The interactive lane is its front and its overflow together.
+            let mut depth = LaneDepth::default();
+            for name in topology.lane_consumer_names(lane) {
+                let mut consumer = stream
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                    .await?;
+                let info = consumer.info().await?;
+                depth.pending += info.num_pending;
+                depth.in_flight += info.num_ack_pending as u64;
+                depth.redelivered += info.num_redelivered as u64;
+                depth.waiting_pulls = depth.waiting_pulls.max(info.num_waiting as u64);
+            }
             metrics::gauge!(names::QUEUE_PENDING, "lane" => lane.as_str())
                 .set(depth.pending as f64);
             metrics::gauge!(names::QUEUE_IN_FLIGHT, "lane" => lane.as_str())

@@ -8,7 +8,6 @@ use chatq_common::settings::LimitSettings;
 use chatq_common::topology::Topology;
 use sqlx::PgPool;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::EventHubs;
@@ -50,8 +49,8 @@ pub struct AppState {
     pub models: Arc<[String]>,
     /// Per-job event hubs shared by this process's SSE clients.
     pub hubs: EventHubs,
-    /// Open SSE streams, bounded by `max_event_streams`.
-    pub event_streams: Arc<Semaphore>,
+    /// Open SSE streams, bounded by `max_event_streams` and each tenant's `event_streams` quota.
+    pub event_streams: crate::stream_slots::StreamSlots,
     /// Cancelled when the server shuts down, to end SSE streams cleanly.
     pub streams_stop: CancellationToken,
     /// When this process started (Unix seconds), shown as the models' `created`.

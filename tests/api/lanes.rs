@@ -40,6 +40,7 @@ async fn queue_batch_jobs(app: &crate::helpers::TestApp, tenant: TenantId, n: us
                     default_model: None,
                     idempotency: None,
                     deadline_secs: 3600.0,
+                    max_queued: None,
                     turn: None,
                     trace: None,
                 };

@@ -21,6 +21,7 @@ mod chat;
 mod completions;
 mod concurrency;
 mod events;
+mod fairness;
 mod feedback;
 mod idempotency;
 mod jobs;

@@ -76,6 +76,7 @@ impl Fixture {
                 request_hash: vec![1],
             }),
             deadline_secs: 600.0,
+            max_queued: None,
             turn: Some(NewTurnMessage {
                 conversation,
                 message_id: MessageId::new(),
@@ -87,7 +88,7 @@ impl Fixture {
     }
 
     async fn claim_one(&self, id: JobId, token: Uuid) -> Result<jobs::ClaimedJob, NotClaimed> {
-        claim(&self.app.pool, &[(id, token)], "w1", 30.0, 2)
+        claim(&self.app.pool, &[(id, token)], "w1", 30.0, 2, None)
             .await
             .unwrap()
             .remove(0)
@@ -207,7 +208,7 @@ async fn claims_and_replies_in_one_batch_are_each_decided_alone() {
     let (a, b) = (first[0].id, first[1].id);
     let (token_a, token_b) = (Uuid::new_v4(), Uuid::new_v4());
 
-    let claimed = claim(pool, &[(a, token_a), (b, token_b)], "w1", 30.0, 2)
+    let claimed = claim(pool, &[(a, token_a), (b, token_b)], "w1", 30.0, 2, None)
         .await
         .unwrap();
     let claimed: Vec<jobs::ClaimedJob> = claimed.into_iter().map(Result::unwrap).collect();
@@ -228,6 +229,7 @@ async fn claims_and_replies_in_one_batch_are_each_decided_alone() {
         "w2",
         30.0,
         2,
+        None,
     )
     .await
     .unwrap();
@@ -303,6 +305,7 @@ async fn two_deliveries_of_one_job_in_one_claim_batch_claim_it_once() {
         "w1",
         30.0,
         2,
+        None,
     )
     .await
     .unwrap();

@@ -140,6 +140,8 @@ pub async fn process_one(
         Ok(Err(NotClaimed::HeldElsewhere { lease_left })) => {
             return Outcome::Nak(lease_left + Duration::from_secs(1));
         }
+        // Not an attempt: the job waits in the queue while other tenants' jobs start.
+        Ok(Err(NotClaimed::TenantAtQuota)) => return Outcome::Nak(quota_wait(delivered)),
         Ok(Err(NotClaimed::CancelRequested)) => {
             return end_cancelled(ctx, envelope.job_id, delivered).await;
         }
@@ -156,6 +158,15 @@ pub async fn process_one(
         delivered,
     };
     attempt.run(delivery, &switch, hand_back).await
+}
+
+/// How long a job whose tenant is at its `jobs_in_flight` quota waits before it is offered
+/// again: a second for each time it was delivered, up to five, so a tenant with a long backlog
+/// over its quota costs the fleet about one claim per queued job every few seconds. JetStream
+/// counts these deliveries; one that reaches `max_deliver` gets a new copy from the reconciler
+/// (see `worker::pull`), so waiting never ends a job.
+fn quota_wait(delivered: i64) -> Duration {
+    Duration::from_secs(delivered.clamp(1, 5).unsigned_abs())
 }
 
 /// Ends a job whose cancel was requested while no worker held it, with its terminal event.

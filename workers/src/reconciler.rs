@@ -55,7 +55,7 @@ use async_nats::jetstream::context::GetStreamErrorKind;
 use chatq_common::db::jobs;
 use chatq_common::db::jobs::reconcile::{self, StreamSighting};
 use chatq_common::job::Lane;
-use chatq_common::queue::{PublishJobError, message_id, publish_copy};
+use chatq_common::queue::{Placement, PublishJobError, message_id, publish_placed_copy};
 use chatq_common::topology::TopologyError;
 use chatq_common::trace::TraceContext;
 use futures::StreamExt;
@@ -330,11 +330,18 @@ impl Reconciler {
             .map(|copy| async move {
                 // In the trace of the request that created the job.
                 let trace = copy.traceparent.as_deref().and_then(TraceContext::parse);
-                let stored = publish_copy(
+                // Behind other tenants' jobs when its tenant has more than its fair share queued,
+                // as the ingress would have placed it now.
+                let placement = Placement::for_queued(
+                    copy.tenant_queued - 1,
+                    ctx.limits.fair_share_queued_jobs,
+                );
+                let stored = publish_placed_copy(
                     &ctx.jetstream,
                     &ctx.topology,
                     copy.id,
                     lane,
+                    placement,
                     copy.publication,
                     trace.as_ref(),
                 )

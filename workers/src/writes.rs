@@ -30,6 +30,8 @@ struct Claimer {
     worker: String,
     lease_secs: f64,
     history_max_messages: i64,
+    /// `tenant_max_jobs_in_flight`: a tenant's override wins.
+    max_in_flight: Option<u32>,
 }
 
 impl Claimer {
@@ -43,6 +45,7 @@ impl Claimer {
             &self.worker,
             self.lease_secs,
             self.history_max_messages,
+            self.max_in_flight,
         )
         .await
     }
@@ -103,6 +106,7 @@ impl JobWrites {
         worker: String,
         lease_secs: f64,
         history_max_messages: i64,
+        max_in_flight: Option<u32>,
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Self {
@@ -111,6 +115,7 @@ impl JobWrites {
             worker,
             lease_secs,
             history_max_messages,
+            max_in_flight,
         };
         let claims = {
             let claimer = claimer.clone();

@@ -3,6 +3,7 @@
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
+use crate::db::quotas::{self, OverQuota, Quota};
 use crate::ids::{ConversationId, TenantId};
 
 /// A conversation as stored, with its counters.
@@ -27,14 +28,33 @@ pub struct NewConversation {
     pub metadata: serde_json::Value,
 }
 
+/// Creates a conversation, unless the tenant stores as many as its quota allows
+/// (`max_conversations` from the settings, or the tenant's override; `None` is unlimited). The
+/// tenant's usage row is locked while it is checked and written, so the quota holds however many
+/// ingresses create conversations at once.
+///
 /// # Errors
 /// Database errors.
 pub async fn create(
     pool: &PgPool,
     tenant: TenantId,
     new: &NewConversation,
-) -> Result<ConversationRow, sqlx::Error> {
-    sqlx::query_as!(
+    max_conversations: Option<u32>,
+) -> Result<Result<ConversationRow, OverQuota>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let usage = quotas::lock_usage(&mut tx, &[tenant]).await?;
+    if let Some(usage) = usage.get(&tenant)
+        && let Some(limit) = usage
+            .overrides
+            .limit(Quota::Conversations, max_conversations)
+        && i64::from(usage.conversations) >= i64::from(limit)
+    {
+        return Ok(Err(OverQuota {
+            quota: Quota::Conversations,
+            limit,
+        }));
+    }
+    let row = sqlx::query_as!(
         ConversationRow,
         r#"INSERT INTO conversations (id, tenant_id, title, system_prompt, model, metadata)
            VALUES ($1, $2, $3, $4, $5, $6)
@@ -47,8 +67,10 @@ pub async fn create(
         new.model,
         new.metadata,
     )
-    .fetch_one(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(row))
 }
 
 /// Creates `count` empty conversations for a tenant in one statement, all with the same title

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod messages;
 pub mod operators;
 mod pooled;
+pub mod quotas;
 pub mod responses;
 pub mod retention;
 

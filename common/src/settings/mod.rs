@@ -264,6 +264,16 @@ settings! {
         job_deadline_secs: u64 = "600";
         /// Most event streams (SSE connections) one ingress holds open; beyond it new ones get 503.
         max_event_streams: usize = "20000";
+        /// Most interactive jobs one tenant may have queued (waiting for a worker), across the fleet; beyond it 429 `quota_exceeded` with `Retry-After`. `chatq tenants set-quota` overrides it for one tenant.
+        tenant_max_queued_jobs: Option<u32> = "10000";
+        /// Most interactive jobs of one tenant that the fleet runs at once; a tenant's job beyond it waits in the queue (not an attempt) while other tenants' jobs start. `chatq tenants set-quota` overrides it for one tenant.
+        tenant_max_jobs_in_flight: Option<u32> = "256";
+        /// Most event streams (SSE connections) one tenant holds open on one ingress; beyond it 429 `quota_exceeded` with `Retry-After`. `chatq tenants set-quota` overrides it for one tenant.
+        tenant_max_event_streams: Option<u32> = "1000";
+        /// Most conversations one tenant stores; beyond it creating one is 429 `quota_exceeded` with `Retry-After`. `chatq tenants set-quota` overrides it for one tenant.
+        tenant_max_conversations: Option<u32> = "100000";
+        /// Interactive jobs a tenant may have queued in front: a job of a tenant with this many queued already waits behind every other tenant's (README "Security"), so a tenant that floods the queue delays its own jobs, not others'.
+        fair_share_queued_jobs: u32 = "8";
         /// Longest wait, in seconds, that `Prefer: wait=N` and `?wait=N` may ask for.
         max_wait_secs: u64 = "60";
         /// Largest file `POST /v1/files` stores, in bytes (413 above it); an upload is streamed to Postgres, never held whole.

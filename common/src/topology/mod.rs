@@ -6,8 +6,8 @@
 //!
 //! | what | name | kind |
 //! |---|---|---|
-//! | job queue | stream `CHATQ_JOBS`, subjects `chatq.jobs.interactive`, `chatq.jobs.batch` | work-queue, file, `discard: new` per lane |
-//! | lane consumers | `chatq_interactive`, `chatq_batch` on `CHATQ_JOBS` | durable pull, explicit ack |
+//! | job queue | stream `CHATQ_JOBS`, subjects `chatq.jobs.interactive`, `chatq.jobs.overflow`, `chatq.jobs.batch` | work-queue, file, `discard: new` per subject |
+//! | lane consumers | `chatq_interactive`, `chatq_overflow` (interactive jobs of tenants over their fair share), `chatq_batch` on `CHATQ_JOBS` | durable pull, explicit ack |
 //! | dead letters | stream `CHATQ_DEAD`, subjects `chatq.dead.<lane>` | limits, file, kept 30 days |
 //! | job events | stream `CHATQ_EVENTS`, subjects `chatq.events.<job id>` | limits, file, kept `events_retention_secs` |
 //! | cancel requests | subjects `chatq.control.cancel.<job id>` | core NATS, every worker listens |
@@ -100,6 +100,12 @@ impl Topology {
         format!("{}.jobs.{}", self.namespace, lane.as_str())
     }
 
+    /// `chatq.jobs.overflow`: interactive jobs of tenants that had their fair share queued
+    /// already (see [`crate::queue::Placement`]).
+    pub fn overflow_subject(&self) -> String {
+        format!("{}.jobs.overflow", self.namespace)
+    }
+
     /// `chatq.dead.interactive`.
     pub fn dead_letter_subject(&self, lane: Lane) -> String {
         format!("{}.dead.{}", self.namespace, lane.as_str())
@@ -108,6 +114,18 @@ impl Topology {
     /// `chatq_interactive`: the durable pull consumer of one lane.
     pub fn consumer_name(&self, lane: Lane) -> String {
         format!("{}_{}", self.namespace, lane.as_str())
+    }
+
+    /// The durable consumers of a lane, in the order workers take from them: the interactive
+    /// lane's front, then its overflow; the batch lane's one.
+    pub fn lane_consumer_names(&self, lane: Lane) -> Vec<String> {
+        match lane {
+            Lane::Interactive => vec![
+                self.consumer_name(lane),
+                format!("{}_overflow", self.namespace),
+            ],
+            Lane::Batch => vec![self.consumer_name(lane)],
+        }
     }
 
     /// `chatq.events.job_…`: where a job's events are published.
@@ -148,6 +166,7 @@ impl Topology {
             subjects: Lane::ALL
                 .iter()
                 .map(|lane| self.job_subject(*lane))
+                .chain([self.overflow_subject()])
                 .collect(),
             // Each job is delivered to one worker and removed once acknowledged.
             retention: RetentionPolicy::WorkQueue,
@@ -156,10 +175,12 @@ impl Topology {
             discard: DiscardPolicy::New,
             // Each lane (one subject each) holds up to `queue_max_jobs` of its own: a large batch
             // fills the batch lane and waits in Postgres for room there, and never takes the
-            // places interactive jobs are admitted to.
+            // places interactive jobs are admitted to. The interactive overflow has as many.
             max_messages_per_subject: self.queue_max_jobs,
             discard_new_per_subject: true,
-            max_messages: self.queue_max_jobs.saturating_mul(Lane::ALL.len() as i64),
+            max_messages: self
+                .queue_max_jobs
+                .saturating_mul(Lane::ALL.len() as i64 + 1),
             max_message_size: MAX_ENVELOPE_BYTES,
             duplicate_window: DUPLICATE_WINDOW,
             num_replicas: self.replicas,
@@ -203,6 +224,23 @@ impl Topology {
         }
     }
 
+    /// The configurations of a lane's consumers, as [`Topology::lane_consumer_names`] names them.
+    pub fn lane_consumer_configs(&self, lane: Lane) -> Vec<pull::Config> {
+        let mut configs = vec![self.consumer_config(lane)];
+        if lane == Lane::Interactive {
+            configs.push(pull::Config {
+                durable_name: self.lane_consumer_names(lane).pop(),
+                description: Some(
+                    "chatq workers pulling interactive jobs of tenants over their fair share"
+                        .into(),
+                ),
+                filter_subject: self.overflow_subject(),
+                ..self.consumer_config(lane)
+            });
+        }
+        configs
+    }
+
     pub fn consumer_config(&self, lane: Lane) -> pull::Config {
         pull::Config {
             durable_name: Some(self.consumer_name(lane)),
@@ -230,14 +268,14 @@ impl Topology {
         ensure_stream(js, self.events_stream_config()).await?;
         ensure_stream(js, self.workers_bucket_stream_config()).await?;
         ensure_stream(js, self.leases_bucket_stream_config()).await?;
-        for lane in Lane::ALL {
-            let config = self.consumer_config(lane);
+        for config in Lane::ALL
+            .into_iter()
+            .flat_map(|lane| self.lane_consumer_configs(lane))
+        {
+            let name = config.durable_name.clone().unwrap_or_default();
             jobs.create_consumer(config)
                 .await
-                .map_err(|source| TopologyError::Consumer {
-                    name: self.consumer_name(lane),
-                    source,
-                })?;
+                .map_err(|source| TopologyError::Consumer { name, source })?;
         }
         Ok(())
     }
@@ -251,8 +289,20 @@ impl Topology {
         js: &Context,
         lane: Lane,
     ) -> Result<consumer::PullConsumer, async_nats::Error> {
+        self.named_consumer(js, &self.consumer_name(lane)).await
+    }
+
+    /// A pull consumer of the jobs stream, by name ([`Topology::lane_consumer_names`]).
+    ///
+    /// # Errors
+    /// As [`Topology::lane_consumer`].
+    pub async fn named_consumer(
+        &self,
+        js: &Context,
+        name: &str,
+    ) -> Result<consumer::PullConsumer, async_nats::Error> {
         let stream = js.get_stream(self.jobs_stream()).await?;
-        stream.get_consumer(&self.consumer_name(lane)).await
+        stream.get_consumer(name).await
     }
 }
 

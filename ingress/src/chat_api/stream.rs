@@ -9,11 +9,11 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
+use crate::stream_slots::StreamSlot;
 use axum::response::sse::Event;
 use chatq_common::events::EventBody;
 use chatq_common::job::JobStatus;
 use futures::Stream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::response::{ChunkWriter, stream_error};
@@ -30,7 +30,7 @@ struct ChunkState {
     /// Chunks still to send for the event just read.
     pending: VecDeque<String>,
     finished: bool,
-    _slot: OwnedSemaphorePermit,
+    _slot: StreamSlot,
     /// Cancels the job if the client leaves before it started; disarmed at its end.
     abandon: AbandonGuard,
     stop: CancellationToken,
@@ -42,7 +42,7 @@ struct ChunkState {
 pub fn chunk_stream(
     cursor: ResumingCursor,
     writer: ChunkWriter,
-    slot: OwnedSemaphorePermit,
+    slot: StreamSlot,
     abandon: AbandonGuard,
     stop: CancellationToken,
 ) -> impl Stream<Item = Result<Event, Infallible>> {

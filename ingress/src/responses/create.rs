@@ -18,7 +18,6 @@ use super::request::CreateResponse;
 use super::stream::ResponseStream;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::events::open_stream_slot;
 use crate::state::AppState;
 use crate::submit::abandoned::AbandonGuard;
 use crate::waiting::JobWait;
@@ -56,6 +55,12 @@ pub async fn create_response(
     let model = prepared.params.model.clone();
     crate::routes::models::ensure_offered(state, &model)?;
     crate::submit::shed_if_full(state, false)?;
+    // A stream's slot is taken before anything is written, so a refused stream leaves nothing.
+    let slot = if prepared.stream {
+        Some(state.event_streams.open(caller.tenant).await?)
+    } else {
+        None
+    };
     let job_id = responses::job_of(id);
     let job = NewJob {
         id: job_id,
@@ -70,6 +75,7 @@ pub async fn create_response(
         default_model: None,
         idempotency: None,
         deadline_secs: state.limits.job_deadline_secs as f64,
+        max_queued: state.limits.tenant_max_queued_jobs,
         turn: None,
         trace: Some(trace),
     };
@@ -78,6 +84,7 @@ pub async fn create_response(
         refused => return Err(crate::submit::refused(&refused, state, job_id)),
     };
     tracing::Span::current().record("job_id", tracing::field::display(job_id));
+    let placement = crate::submit::placement(state, &recorded);
     let row = ResponseRow {
         id,
         previous: prepared.previous,
@@ -113,11 +120,10 @@ pub async fn create_response(
     }
     let queued = queued_view(job_id, &model, recorded.created_at.unix_timestamp());
     let mut abandon = AbandonGuard::new(state, caller.tenant, job_id, row.background);
-    if prepared.stream {
-        let slot = open_stream_slot(state)?;
+    if let Some(slot) = slot {
         // Follow before publishing, so not even the first event can be missed.
         let cursor = follow(state, job_id).await?;
-        crate::submit::queue(state, job_id, Lane::Interactive, &trace).await?;
+        crate::submit::queue(state, job_id, Lane::Interactive, placement, &trace).await?;
         return Ok(Created::Stream(Box::new(ResponseStream {
             cursor,
             translator: Translator::new(row, queued),
@@ -127,11 +133,11 @@ pub async fn create_response(
         })));
     }
     if row.background {
-        crate::submit::queue(state, job_id, Lane::Interactive, &trace).await?;
+        crate::submit::queue(state, job_id, Lane::Interactive, placement, &trace).await?;
         return Ok(Created::Object(response_json(&row, &queued, "queued")));
     }
     let waiting = JobWait::begin(state, job_id).await;
-    crate::submit::queue(state, job_id, Lane::Interactive, &trace).await?;
+    crate::submit::queue(state, job_id, Lane::Interactive, placement, &trace).await?;
     let ended = waiting
         .until_end(Duration::from_secs(state.limits.job_deadline_secs))
         .await;

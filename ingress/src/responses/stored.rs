@@ -14,7 +14,6 @@ use super::stream::ResponseStream;
 use crate::auth::Caller;
 use crate::cancel::{Cancelled, cancel_job};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::events::open_stream_slot;
 use crate::state::AppState;
 use crate::submit::abandoned::AbandonGuard;
 
@@ -53,7 +52,7 @@ pub async fn events(
     id: ResponseId,
     starting_after: Option<u64>,
 ) -> ApiResult<ResponseStream> {
-    let slot = open_stream_slot(state)?;
+    let slot = state.event_streams.open(caller.tenant).await?;
     let (row, job) = find(state, caller, id).await?;
     let cursor = super::create::follow(state, responses::job_of(id)).await?;
     Ok(ResponseStream {

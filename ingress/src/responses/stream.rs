@@ -8,10 +8,10 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
+use crate::stream_slots::StreamSlot;
 use axum::response::sse::Event;
 use futures::Stream;
 use serde_json::{Value, json};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::events::Translator;
@@ -24,7 +24,7 @@ pub struct ResponseStream {
     pub translator: Translator,
     /// Events numbered this or below are not sent.
     pub starting_after: Option<u64>,
-    pub slot: OwnedSemaphorePermit,
+    pub slot: StreamSlot,
     /// Cancels the job if a foreground stream is dropped before its job started.
     pub abandon: AbandonGuard,
 }
@@ -42,7 +42,7 @@ struct State {
     pending: VecDeque<Value>,
     finished: bool,
     stop: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    _slot: StreamSlot,
 }
 
 /// The SSE events of `stream`; `stop` ends it when the server shuts down (the client resumes

@@ -40,7 +40,14 @@ pub async fn create(
         model: request.model,
         metadata: serde_json::Value::Object(request.metadata.unwrap_or_default()),
     };
-    let row = conversations::create(&state.pool, caller.tenant, &new).await?;
+    let row = conversations::create(
+        &state.pool,
+        caller.tenant,
+        &new,
+        state.limits.tenant_max_conversations,
+    )
+    .await?
+    .map_err(ApiError::over_quota)?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 

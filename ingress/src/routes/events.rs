@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stream_slots::StreamSlot;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -19,7 +20,6 @@ use chatq_common::db::jobs;
 use chatq_common::ids::JobId;
 use futures::Stream;
 use serde::Deserialize;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -63,7 +63,7 @@ pub async fn stream(
             })
         })
         .transpose()?;
-    let slot = open_stream_slot(&state)?;
+    let slot = state.event_streams.open(caller.tenant).await?;
     if jobs::get(&state.pool, caller.tenant, job).await?.is_none() {
         return Err(ApiError::not_found("job", job));
     }
@@ -79,17 +79,9 @@ pub async fn stream(
     Ok(sse_response(events, &state))
 }
 
-/// Reserves one of the `max_event_streams` slots, or answers 503.
-pub fn open_stream_slot(state: &AppState) -> ApiResult<OwnedSemaphorePermit> {
-    state.event_streams.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded {
-        message: "This server holds as many event streams as it allows. Retry shortly, or poll GET /v1/jobs/{id}.".into(),
-        retry_after: Duration::from_secs(5),
-    })
-}
-
 fn sse_events(
     cursor: ResumingCursor,
-    slot: OwnedSemaphorePermit,
+    slot: StreamSlot,
     stop: tokio_util::sync::CancellationToken,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(

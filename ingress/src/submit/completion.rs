@@ -7,8 +7,8 @@ use chatq_common::db::jobs::{self, NewJob, Recorded};
 use chatq_common::events::EventBody;
 use chatq_common::ids::JobId;
 use chatq_common::job::{JobRequest, Lane};
+use chatq_common::queue::Placement;
 use chatq_common::trace::TraceContext;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::abandoned::AbandonGuard;
 use super::idempotency::{self, IdempotencyKey};
@@ -16,8 +16,8 @@ use crate::auth::Caller;
 use crate::chat_api::{ChatCompletion, ChatCompletionRequest, ChunkWriter, completion_id};
 use crate::error::{ApiError, ApiResult};
 use crate::hub::ResumingCursor;
-use crate::routes::events::open_stream_slot;
 use crate::state::AppState;
+use crate::stream_slots::StreamSlot;
 use crate::waiting::JobWait;
 
 /// A completion under way.
@@ -39,7 +39,7 @@ pub enum CompletionAnswer {
     Stream {
         cursor: ResumingCursor,
         writer: ChunkWriter,
-        slot: OwnedSemaphorePermit,
+        slot: StreamSlot,
         /// Cancels the job if the stream is dropped before it started.
         abandon: AbandonGuard,
     },
@@ -66,6 +66,12 @@ pub async fn run_completion(
     crate::routes::models::ensure_offered(state, &model)?;
     super::shed_if_full(state, idempotency.is_some())?;
     let cacheable = state.cache_enabled && request.params.cacheable();
+    // A stream's slot is taken before anything is written, so a refused stream leaves nothing.
+    let slot = if request.stream {
+        Some(state.event_streams.open(caller.tenant).await?)
+    } else {
+        None
+    };
     let job = NewJob {
         id: JobId::new(),
         tenant: caller.tenant,
@@ -79,18 +85,29 @@ pub async fn run_completion(
         default_model: None,
         idempotency: idempotency.clone(),
         deadline_secs: state.limits.job_deadline_secs as f64,
+        max_queued: state.limits.tenant_max_queued_jobs,
         turn: None,
         trace: Some(trace),
     };
     let job_id = job.id;
-    let (job_id, created, replayed) = match super::record(state, job).await? {
-        Recorded::Enqueued(recorded) => (job_id, recorded.created_at.unix_timestamp(), false),
+    let (job_id, created, replayed, placement) = match super::record(state, job).await? {
+        Recorded::Enqueued(recorded) => (
+            job_id,
+            recorded.created_at.unix_timestamp(),
+            false,
+            super::placement(state, &recorded),
+        ),
         Recorded::DuplicateKey => {
             let Some(idempotency) = idempotency else {
                 return Err(super::refused(&Recorded::DuplicateKey, state, job_id));
             };
             let first = idempotency::first_job(state, caller.tenant, &idempotency).await?;
-            (first.id, first.created_at.unix_timestamp(), true)
+            (
+                first.id,
+                first.created_at.unix_timestamp(),
+                true,
+                Placement::Front,
+            )
         }
         refused => return Err(super::refused(&refused, state, job_id)),
     };
@@ -103,15 +120,20 @@ pub async fn run_completion(
         choices: request.choices,
     };
     let mut abandon = AbandonGuard::new(state, caller.tenant, job_id, replayed);
-    let (answer, cached) = if request.stream {
-        let answer = stream(state, job_id, writer, replayed, &trace, abandon).await?;
+    let (answer, cached) = if let Some(slot) = slot {
+        let queueing = Queueing {
+            replayed,
+            placement,
+            trace: &trace,
+        };
+        let answer = stream(state, job_id, writer, slot, queueing, abandon).await?;
         let cached = cacheable && started_from_cache(state, job_id).await;
         (answer, cached)
     } else {
         // Follow before publishing, so not even an instant reply can be missed.
         let waiting = JobWait::begin(state, job_id).await;
         if !replayed {
-            super::queue(state, job_id, Lane::Interactive, &trace).await?;
+            super::queue(state, job_id, Lane::Interactive, placement, &trace).await?;
         }
         let deadline = Duration::from_secs(state.limits.job_deadline_secs);
         let ended = waiting.until_end(deadline).await;
@@ -158,16 +180,28 @@ async fn started_from_cache(state: &AppState, job_id: JobId) -> bool {
     false
 }
 
+/// How a streamed completion's job is queued: not at all for a replay (it was queued by the
+/// request that created it).
+struct Queueing<'a> {
+    replayed: bool,
+    placement: Placement,
+    trace: &'a TraceContext,
+}
+
 /// Follows the job's events (before publishing it, so not even the first token can be missed).
 async fn stream(
     state: &AppState,
     job_id: JobId,
     writer: ChunkWriter,
-    replayed: bool,
-    trace: &TraceContext,
+    slot: StreamSlot,
+    queueing: Queueing<'_>,
     abandon: AbandonGuard,
 ) -> ApiResult<CompletionAnswer> {
-    let slot = open_stream_slot(state)?;
+    let Queueing {
+        replayed,
+        placement,
+        trace,
+    } = queueing;
     let cursor = match state.hubs.follow(job_id).await {
         Ok(cursor) => cursor.resume(None),
         Err(err) => {
@@ -183,7 +217,7 @@ async fn stream(
         }
     };
     if !replayed {
-        super::queue(state, job_id, Lane::Interactive, trace).await?;
+        super::queue(state, job_id, Lane::Interactive, placement, trace).await?;
     }
     Ok(CompletionAnswer::Stream {
         cursor,

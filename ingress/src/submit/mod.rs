@@ -23,10 +23,10 @@ pub mod retry;
 pub mod turn;
 
 use chatq_common::batch::Unanswered;
-use chatq_common::db::jobs::{self, NewJob, Recorded};
+use chatq_common::db::jobs::{self, NewJob, Recorded, RecordedJob};
 use chatq_common::ids::JobId;
 use chatq_common::job::Lane;
-use chatq_common::queue::{PublishJobError, publish_job};
+use chatq_common::queue::{Placement, PublishJobError, publish_placed};
 use chatq_common::trace::TraceContext;
 
 use crate::error::{ApiError, ApiResult};
@@ -58,6 +58,12 @@ pub(crate) async fn record(state: &AppState, job: NewJob) -> ApiResult<Recorded>
     Ok(outcome?)
 }
 
+/// Where a job recorded as `recorded` is queued: behind other tenants' jobs when its tenant had
+/// its fair share (`fair_share_queued_jobs`) queued already.
+pub(crate) fn placement(state: &AppState, recorded: &RecordedJob) -> Placement {
+    Placement::for_queued(recorded.queued_ahead, state.limits.fair_share_queued_jobs)
+}
+
 /// Queues a recorded job. When the queue refuses it (full), the job is taken back, so the refused
 /// request leaves nothing behind, and the client gets 503 with `Retry-After`. When NATS cannot be
 /// reached the job stays accepted: it is recorded, and the reconciler publishes it.
@@ -66,9 +72,18 @@ pub(crate) async fn queue(
     state: &AppState,
     job_id: JobId,
     lane: Lane,
+    placement: Placement,
     trace: &TraceContext,
 ) -> ApiResult<()> {
-    match publish_job(&state.jetstream, &state.topology, job_id, lane, Some(trace)).await {
+    let published = publish_placed(
+        &state.jetstream,
+        &state.topology,
+        job_id,
+        lane,
+        placement,
+        Some(trace),
+    );
+    match published.await {
         Ok(_) => {
             state.published.mark(job_id);
             state.queue.note_room();
@@ -110,6 +125,7 @@ pub(crate) fn refused(
             "No model: name one in the request or the conversation, or set CHATQ_MODEL on the server.",
             "model",
         ),
+        Recorded::OverQuota(over) => ApiError::over_quota(*over),
         // Recorded and replayed jobs are answered by the caller; reaching here is a bug.
         Recorded::Enqueued(_) | Recorded::DuplicateKey => {
             ApiError::internal(anyhow::anyhow!("a recorded job was treated as refused"))

@@ -81,6 +81,7 @@ pub async fn send_turn(
         default_model: state.default_model.clone(),
         idempotency: idempotency.clone(),
         deadline_secs: limits.job_deadline_secs as f64,
+        max_queued: limits.tenant_max_queued_jobs,
         turn: Some(NewTurnMessage {
             conversation,
             message_id,
@@ -114,7 +115,8 @@ pub async fn send_turn(
     };
     #[cfg(feature = "fault-injection")]
     chatq_common::fault::reached(chatq_common::fault::FaultPoint::BeforePublish, job_id);
-    super::queue(state, job_id, Lane::Interactive, &trace).await?;
+    let placement = super::placement(state, &recorded);
+    super::queue(state, job_id, Lane::Interactive, placement, &trace).await?;
 
     if let Some((waiting, secs)) = waiting
         && let Some(job) = waiting.until_end(Duration::from_secs(secs)).await

@@ -6,5 +6,6 @@ mod key_flood;
 mod leaks;
 mod models;
 mod nul;
+mod quotas;
 mod rate_limits;
 mod scopes;

@@ -89,12 +89,14 @@ impl Worker {
         let topology = Topology::new(&settings.nats);
         let mut consumers = Vec::new();
         for lane in Lane::ALL {
-            let consumer = topology
-                .lane_consumer(&jetstream, lane)
-                .await
-                .map_err(|err| anyhow::anyhow!(err))
-                .with_context(|| format!("cannot open the {lane} consumer"))?;
-            consumers.push((lane, consumer));
+            for name in topology.lane_consumer_names(lane) {
+                let consumer = topology
+                    .named_consumer(&jetstream, &name)
+                    .await
+                    .map_err(|err| anyhow::anyhow!(err))
+                    .with_context(|| format!("cannot open the consumer {name}"))?;
+                consumers.push((lane, consumer));
+            }
         }
         let worker_id = format!(
             "{}-{}",
@@ -121,6 +123,7 @@ impl Worker {
             worker_id.clone(),
             topology.ack_wait().as_secs_f64(),
             i64::try_from(settings.limits.history_max_messages).unwrap_or(i64::MAX),
+            settings.limits.tenant_max_jobs_in_flight,
             &writers,
             writers_stop.clone(),
         );

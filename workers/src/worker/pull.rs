@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use chatq_common::db::jobs::reconcile;
-use chatq_common::job::JobEnvelope;
+use chatq_common::job::{JobEnvelope, Lane};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,8 +34,9 @@ pub(super) const MAX_PULL: usize = 256;
 const PULL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Worker {
-    /// Fills free slots: interactive jobs first, then batch; if both lanes are empty, waits a
-    /// little on the interactive lane.
+    /// Fills free slots: interactive jobs first (the front, then the overflow of tenants over
+    /// their fair share), then batch; if every consumer is empty, waits a little on both of the
+    /// interactive lane's.
     pub(super) async fn pull_into(
         &self,
         free: &mut Vec<Slot>,
@@ -54,14 +55,25 @@ impl Worker {
                 .await;
         }
         if started == 0 && !free.is_empty() {
-            let (_, interactive) = &self.consumers[0];
+            // Both of the interactive lane's consumers, so a job queued behind other tenants'
+            // does not wait out the poll while slots are free. Together they may deliver more
+            // than there are free slots; the rest is handed back at once (see `dispatch`).
             let expired = tokio::time::Instant::now() + IDLE_POLL + LONG_POLL_GRACE;
-            let messages = interactive
-                .batch()
-                .max_messages(free.len())
-                .expires(IDLE_POLL)
-                .messages()
-                .await?;
+            let mut polls = Vec::new();
+            for (_, consumer) in self
+                .consumers
+                .iter()
+                .filter(|(lane, _)| *lane == Lane::Interactive)
+            {
+                let messages = consumer
+                    .batch()
+                    .max_messages(free.len())
+                    .expires(IDLE_POLL)
+                    .messages()
+                    .await?;
+                polls.push(messages);
+            }
+            let messages = futures::stream::select_all(polls);
             self.dispatch(messages, Some(expired), free, jobs, hand_back, shutdown)
                 .await;
         }
@@ -93,14 +105,17 @@ impl Worker {
             };
             let message = match next {
                 Some(Ok(message)) => message,
+                // A pull request ends after its first error; with two polls together, the other
+                // goes on to its own end.
                 Some(Err(err)) => {
                     tracing::debug!(error = %err, "pull request ended");
-                    break;
+                    continue;
                 }
                 None => break,
             };
             let Some(slot) = free.pop() else {
-                // More than asked for cannot arrive; if it does, let JetStream redeliver it.
+                // More than there are free slots (the two interactive polls together): let
+                // JetStream redeliver it at once. Not an attempt: the job was not claimed.
                 drop(message.ack_with(AckKind::Nak(None)).await);
                 continue;
             };

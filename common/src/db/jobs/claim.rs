@@ -52,6 +52,9 @@ pub enum NotClaimed {
     /// A cancel was requested and no live claim holds the job: end it with
     /// [`super::finish_cancelled`].
     CancelRequested,
+    /// Its tenant runs as many interactive jobs as its `jobs_in_flight` quota allows: the job
+    /// stays queued, and no attempt was counted.
+    TenantAtQuota,
 }
 
 /// Claims jobs for one attempt each: `running`, attempts + 1, the given claim token and a lease of
@@ -59,6 +62,13 @@ pub enum NotClaimed {
 /// claimed. Results are in the order of `claims`: the claimed job with its prompt window, or why it
 /// was not claimed. When the same job is asked for twice (two deliveries of it in one batch),
 /// exactly one of them gets it.
+///
+/// A queued interactive job is claimed only while its tenant runs fewer interactive jobs than its
+/// `jobs_in_flight` quota (`max_in_flight` from the settings, or the tenant's override; `None` is
+/// unlimited), counting the jobs of the same tenant earlier in `claims`. The count is read, not
+/// locked (a claim must not wait on other claims), so claims by several workers at the same
+/// moment can each take the last place: a tenant may run over its quota by the jobs of those
+/// concurrent claims.
 ///
 /// # Errors
 /// Database errors.
@@ -68,6 +78,7 @@ pub async fn claim(
     worker: &str,
     lease_secs: f64,
     history_max_messages: i64,
+    max_in_flight: Option<u32>,
 ) -> Result<Vec<Result<ClaimedJob, NotClaimed>>, sqlx::Error> {
     let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = claims
         .iter()
@@ -76,9 +87,32 @@ pub async fn claim(
     // One row per job (the first token asked for it), so the winning token is known.
     let rows = sqlx::query!(
         r#"WITH wanted AS (
-               SELECT DISTINCT ON (t.id) t.id, t.token
+               SELECT DISTINCT ON (t.id) t.id, t.token, t.n
                  FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS t(id, token, n)
                 ORDER BY t.id, t.n
+           ), claimable AS (
+               -- The jobs first, then their tenants' usage rows: the order every writer of jobs
+               -- takes (a trigger updates the usage), so claims cannot deadlock with finishes,
+               -- and the counts read below are current.
+               SELECT j.id, j.tenant_id, j.lane, j.status FROM jobs j
+                WHERE j.id IN (SELECT id FROM wanted) AND j.cancel_requested_at IS NULL
+                  AND (j.status = 'queued' OR (j.status = 'running' AND j.lease_expires_at < now()))
+                ORDER BY j.id
+                  FOR UPDATE
+           ), usage AS (
+               SELECT u.tenant_id, u.jobs_in_flight, coalesce(q.jobs_in_flight, $6, 2147483647) AS quota
+                 FROM tenant_usage u LEFT JOIN tenant_quotas q ON q.tenant_id = u.tenant_id
+                WHERE u.tenant_id IN (SELECT tenant_id FROM claimable WHERE lane = 'interactive' AND status = 'queued')
+                ORDER BY u.tenant_id
+                  FOR UPDATE OF u
+           ), over_quota AS (
+               -- Queued interactive jobs, numbered per tenant: each takes one of its tenant's places.
+               SELECT s.id FROM (
+                   SELECT c.id, c.tenant_id, row_number() OVER (PARTITION BY c.tenant_id ORDER BY w.n) AS nth
+                     FROM claimable c JOIN wanted w ON w.id = c.id
+                    WHERE c.lane = 'interactive' AND c.status = 'queued'
+               ) s JOIN usage u ON u.tenant_id = s.tenant_id
+                WHERE u.jobs_in_flight + s.nth > u.quota
            ), claimed AS (
                UPDATE jobs
                   SET status = 'running', attempts = attempts + 1, claim_token = wanted.token, claimed_by = $3,
@@ -87,6 +121,7 @@ pub async fn claim(
                       queued_ms = coalesce(queued_ms, (extract(epoch FROM now() - created_at) * 1000)::integer)
                  FROM wanted
                 WHERE jobs.id = wanted.id AND jobs.cancel_requested_at IS NULL
+                  AND jobs.id IN (SELECT id FROM claimable) AND jobs.id NOT IN (SELECT id FROM over_quota)
                   AND (jobs.status = 'queued' OR (jobs.status = 'running' AND jobs.lease_expires_at < now()))
             RETURNING jobs.id, jobs.tenant_id, jobs.conversation_id, jobs.lane, jobs.request, jobs.model,
                       jobs.attempts, jobs.earlier_attempts, jobs.publication, jobs.deadline_at,
@@ -114,6 +149,7 @@ pub async fn claim(
         worker,
         lease_secs,
         history_max_messages,
+        max_in_flight.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
     )
     .fetch_all(pool)
     .await?;
@@ -185,6 +221,9 @@ async fn why_not_claimed(
                 NotClaimed::Finished(status)
             } else if row.cancel_requested && (status == JobStatus::Queued || lease_left == 0.0) {
                 NotClaimed::CancelRequested
+            } else if status == JobStatus::Queued {
+                // Queued, not cancelled, and not claimed: its tenant is at its quota.
+                NotClaimed::TenantAtQuota
             } else {
                 // A live claim, or (a row that changed between the two statements) none: look
                 // again once the lease could have run out.

@@ -18,6 +18,9 @@ pub struct QueuedCopy {
     pub publication: i32,
     /// The trace of the request that created the job, as recorded (see [`crate::trace`]).
     pub traceparent: Option<String>,
+    /// Interactive jobs its tenant has queued now, this one among them: where the copy goes
+    /// (see [`crate::queue::Placement`]).
+    pub tenant_queued: i32,
 }
 
 /// How a stream's creation time compares with the one recorded.
@@ -222,12 +225,14 @@ pub async fn unpublished(
 ) -> Result<Vec<QueuedCopy>, sqlx::Error> {
     sqlx::query_as!(
         QueuedCopy,
-        r#"SELECT id AS "id: JobId", publication, traceparent FROM jobs
-            WHERE status = 'queued' AND published_at IS NULL AND lane = $1
-              AND created_at < now() - make_interval(secs => $2)
-            ORDER BY created_at
+        r#"SELECT j.id AS "id: JobId", j.publication, j.traceparent,
+                  coalesce(u.queued_jobs, 0) AS "tenant_queued!"
+             FROM jobs j LEFT JOIN tenant_usage u ON u.tenant_id = j.tenant_id
+            WHERE j.status = 'queued' AND j.published_at IS NULL AND j.lane = $1
+              AND j.created_at < now() - make_interval(secs => $2)
+            ORDER BY j.created_at
             LIMIT $3
-              FOR UPDATE SKIP LOCKED"#,
+              FOR UPDATE OF j SKIP LOCKED"#,
         lane.as_str(),
         older_than_secs,
         limit,

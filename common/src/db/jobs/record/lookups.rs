@@ -31,6 +31,7 @@ pub(super) async fn already_recorded(
                 created_at: row.created_at,
                 deadline_at: row.deadline_at,
                 model: row.model,
+                queued_ahead: 0,
             };
             (row.id, job)
         })

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use self::lookups::{already_recorded, lock_conversations, used_keys};
 use self::rows::Rows;
+use crate::db::quotas::{self, OverQuota, Quota};
 
 use crate::ids::{ConversationId, JobId, MessageId, TenantId};
 use crate::job::{JobRequest, Lane};
@@ -42,6 +43,9 @@ pub struct NewJob {
     pub idempotency: Option<Idempotency>,
     /// Seconds from now until the job ends `expired` if it has not finished.
     pub deadline_secs: f64,
+    /// The tenant's queued-jobs quota from the settings (`tenant_max_queued_jobs`; `None` is
+    /// unlimited); a `tenant_quotas` override wins. Interactive jobs only.
+    pub max_queued: Option<u32>,
     /// For a conversation turn: the user message recorded with the job.
     pub turn: Option<NewTurnMessage>,
     /// The trace of the request that created the job, published with every copy of it.
@@ -76,6 +80,10 @@ pub struct RecordedJob {
     pub deadline_at: OffsetDateTime,
     /// The model the job will use, resolved.
     pub model: String,
+    /// Interactive jobs of the same tenant that were queued when this one was recorded: the
+    /// ingress queues a job behind other tenants' when this is beyond the tenant's fair share
+    /// (see `chatq_common::queue::Placement`). 0 for a job found recorded already.
+    pub queued_ahead: i32,
 }
 
 /// What recording one job did.
@@ -92,6 +100,8 @@ pub enum Recorded {
     DuplicateKey,
     /// Neither the request, the conversation nor the settings name a model.
     NoModel,
+    /// The tenant has as many interactive jobs queued as its quota allows.
+    OverQuota(OverQuota),
 }
 
 /// Records a batch gathered from concurrent requests: one transaction for all of them, or, when
@@ -166,6 +176,7 @@ async fn record_in(
     };
     let mut conversations = lock_conversations(&mut tx, jobs).await?;
     let mut used_keys = used_keys(&mut tx, jobs).await?;
+    let mut queued = QueuedQuotas::lock(&mut tx, jobs).await?;
 
     // Decide each job in order, as if the requests had come one after another.
     let mut decisions = Vec::with_capacity(jobs.len());
@@ -181,6 +192,10 @@ async fn record_in(
             .map(|i| (job.tenant.as_uuid(), i.key.clone()));
         if key.as_ref().is_some_and(|key| used_keys.contains(key)) {
             decisions.push(Decision::Done(Recorded::DuplicateKey));
+            continue;
+        }
+        if let Err(over) = queued.check(job) {
+            decisions.push(Decision::Done(Recorded::OverQuota(over)));
             continue;
         }
         let decided = match &job.turn {
@@ -202,11 +217,13 @@ async fn record_in(
         if let Some(key) = key {
             used_keys.insert(key);
         }
+        let queued_ahead = queued.count(job);
         rows.push(job, seq, &model)?;
         decisions.push(Decision::Recorded {
             seq,
             model,
             deadline_secs: job.deadline_secs,
+            queued_ahead,
         });
     }
 
@@ -226,6 +243,7 @@ async fn record_in(
                     seq,
                     model,
                     deadline_secs,
+                    queued_ahead,
                 },
                 Some(now),
             ) => Recorded::Enqueued(RecordedJob {
@@ -233,6 +251,7 @@ async fn record_in(
                 created_at: now,
                 deadline_at: now + time::Duration::seconds_f64(deadline_secs),
                 model,
+                queued_ahead,
             }),
             // Recorded jobs always come with a timestamp; keep the types honest anyway.
             (Decision::Recorded { .. }, None) => Recorded::NotFound,
@@ -272,12 +291,63 @@ fn decide_turn(
     Ok((Some(seq), model))
 }
 
+/// The queued-jobs quotas of the batch's tenants, with their usage rows locked until the batch
+/// commits, so that ingresses recording for one tenant at once take turns and the quota holds
+/// across all of them.
+struct QueuedQuotas {
+    usage: HashMap<TenantId, quotas::LockedUsage>,
+}
+
+impl QueuedQuotas {
+    async fn lock(tx: &mut sqlx::PgConnection, jobs: &[NewJob]) -> Result<Self, sqlx::Error> {
+        let tenants: Vec<TenantId> = jobs
+            .iter()
+            .filter(|job| job.lane == Lane::Interactive)
+            .map(|job| job.tenant)
+            .collect();
+        Ok(Self {
+            usage: quotas::lock_usage(tx, &tenants).await?,
+        })
+    }
+
+    /// Whether the job fits in its tenant's quota, counting the jobs of the batch decided before it.
+    fn check(&self, job: &NewJob) -> Result<(), OverQuota> {
+        let Some(usage) = self
+            .usage
+            .get(&job.tenant)
+            .filter(|_| job.lane == Lane::Interactive)
+        else {
+            return Ok(());
+        };
+        let limit = usage.overrides.limit(Quota::QueuedJobs, job.max_queued);
+        match limit {
+            Some(limit) if i64::from(usage.queued_jobs) >= i64::from(limit) => Err(OverQuota {
+                quota: Quota::QueuedJobs,
+                limit,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a job the batch records; returns the tenant's jobs queued ahead of it.
+    fn count(&mut self, job: &NewJob) -> i32 {
+        match self.usage.get_mut(&job.tenant) {
+            Some(usage) if job.lane == Lane::Interactive => {
+                usage.queued_jobs += 1;
+                usage.queued_jobs - 1
+            }
+            _ => 0,
+        }
+    }
+}
+
 enum Decision {
     Done(Recorded),
     Recorded {
         seq: Option<i64>,
         model: String,
         deadline_secs: f64,
+        queued_ahead: i32,
     },
 }
 

@@ -1,0 +1,259 @@
+//! Per-tenant quotas: what a tenant holds (`tenant_usage`, kept by triggers on `jobs` and
+//! `conversations`, so a check reads one row instead of counting) and the overrides operators set
+//! (`tenant_quotas`, `chatq tenants set-quota`), which win over the `tenant_max_*` settings.
+//!
+//! A check that must hold across ingress processes locks the tenant's usage row for the
+//! transaction that writes ([`lock_usage`]): two ingresses recording for one tenant at once take
+//! turns, and the second sees what the first wrote.
+
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::ids::TenantId;
+
+/// A quota, as it is named in errors, in `tenant_quotas` and on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    QueuedJobs,
+    JobsInFlight,
+    EventStreams,
+    Conversations,
+}
+
+impl Quota {
+    pub const ALL: [Quota; 4] = [
+        Quota::QueuedJobs,
+        Quota::JobsInFlight,
+        Quota::EventStreams,
+        Quota::Conversations,
+    ];
+
+    /// `queued_jobs`: the column, and the `param` of a 429.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quota::QueuedJobs => "queued_jobs",
+            Quota::JobsInFlight => "jobs_in_flight",
+            Quota::EventStreams => "event_streams",
+            Quota::Conversations => "conversations",
+        }
+    }
+}
+
+/// A tenant over one of its quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverQuota {
+    pub quota: Quota,
+    /// The quota that applies to this tenant (its override, or the setting).
+    pub limit: u32,
+}
+
+/// A tenant's overrides as stored: `None` keeps the setting; "unlimited" is stored as
+/// `i32::MAX` (see [`effective`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub queued_jobs: Option<i32>,
+    pub jobs_in_flight: Option<i32>,
+    pub event_streams: Option<i32>,
+    pub conversations: Option<i32>,
+}
+
+impl Overrides {
+    /// The override of one quota, as stored; `None` when the tenant has none.
+    pub fn stored(&self, quota: Quota) -> Option<i32> {
+        match quota {
+            Quota::QueuedJobs => self.queued_jobs,
+            Quota::JobsInFlight => self.jobs_in_flight,
+            Quota::EventStreams => self.event_streams,
+            Quota::Conversations => self.conversations,
+        }
+    }
+
+    /// The limit of one quota for this tenant: its override, else `setting`; `None` is unlimited.
+    pub fn limit(&self, quota: Quota, setting: Option<u32>) -> Option<u32> {
+        effective(self.stored(quota), setting)
+    }
+}
+
+/// What `chatq tenants set-quota` asks to change one quota to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaChange {
+    /// Back to the setting.
+    Default,
+    Unlimited,
+    Limit(u32),
+}
+
+impl std::str::FromStr for QuotaChange {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim() {
+            "default" => Ok(QuotaChange::Default),
+            "unlimited" => Ok(QuotaChange::Unlimited),
+            number => number
+                .parse::<u32>()
+                .ok()
+                .filter(|n| i32::try_from(*n).is_ok())
+                .map(QuotaChange::Limit)
+                .ok_or_else(|| format!("`{number}` is not a number, `unlimited` or `default`")),
+        }
+    }
+}
+
+impl QuotaChange {
+    /// The stored value, and whether to change the column at all.
+    fn stored(change: Option<Self>) -> (bool, Option<i32>) {
+        match change {
+            None => (false, None),
+            Some(QuotaChange::Default) => (true, None),
+            Some(QuotaChange::Unlimited) => (true, Some(i32::MAX)),
+            Some(QuotaChange::Limit(n)) => (true, Some(i32::try_from(n).unwrap_or(i32::MAX))),
+        }
+    }
+}
+
+/// The limit that applies: the tenant's override, else the setting; `None` is unlimited.
+pub fn effective(stored: Option<i32>, setting: Option<u32>) -> Option<u32> {
+    match stored {
+        Some(i32::MAX) => None,
+        Some(n) => Some(u32::try_from(n).unwrap_or(0)),
+        None => setting,
+    }
+}
+
+/// A tenant's usage row, locked until the transaction ends, with its overrides.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LockedUsage {
+    pub queued_jobs: i32,
+    pub jobs_in_flight: i32,
+    pub conversations: i32,
+    /// The overrides of the quotas checked while writing (queued jobs, conversations).
+    pub overrides: Overrides,
+}
+
+/// Locks the usage rows of these tenants (creating missing ones), in tenant order so that
+/// concurrent transactions cannot deadlock, and reads them with the tenants' overrides.
+///
+/// # Errors
+/// Database errors.
+pub async fn lock_usage(
+    tx: &mut sqlx::PgConnection,
+    tenants: &[TenantId],
+) -> Result<HashMap<TenantId, LockedUsage>, sqlx::Error> {
+    let mut ids: Vec<Uuid> = tenants.iter().map(|t| t.as_uuid()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    sqlx::query!(
+        "INSERT INTO tenant_usage (tenant_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
+        &ids,
+    )
+    .execute(&mut *tx)
+    .await?;
+    let rows = sqlx::query!(
+        r#"SELECT u.tenant_id, u.queued_jobs, u.jobs_in_flight, u.conversations,
+                  q.queued_jobs AS "queued_jobs_quota?", q.conversations AS "conversations_quota?"
+             FROM tenant_usage u LEFT JOIN tenant_quotas q ON q.tenant_id = u.tenant_id
+            WHERE u.tenant_id = ANY($1)
+            ORDER BY u.tenant_id
+              FOR UPDATE OF u"#,
+        &ids,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let usage = LockedUsage {
+                queued_jobs: row.queued_jobs,
+                jobs_in_flight: row.jobs_in_flight,
+                conversations: row.conversations,
+                overrides: Overrides {
+                    queued_jobs: row.queued_jobs_quota,
+                    conversations: row.conversations_quota,
+                    ..Overrides::default()
+                },
+            };
+            (TenantId::from_uuid(row.tenant_id), usage)
+        })
+        .collect())
+}
+
+/// A tenant's overrides (all `None` when it has none).
+///
+/// # Errors
+/// Database errors.
+pub async fn overrides(pool: &PgPool, tenant: TenantId) -> Result<Overrides, sqlx::Error> {
+    let row = sqlx::query!(
+        "SELECT queued_jobs, jobs_in_flight, event_streams, conversations
+           FROM tenant_quotas WHERE tenant_id = $1",
+        tenant.as_uuid(),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map_or_else(Overrides::default, |row| Overrides {
+        queued_jobs: row.queued_jobs,
+        jobs_in_flight: row.jobs_in_flight,
+        event_streams: row.event_streams,
+        conversations: row.conversations,
+    }))
+}
+
+/// The changes `chatq tenants set-quota` makes; `None` leaves a quota as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuotaChanges {
+    pub queued_jobs: Option<QuotaChange>,
+    pub jobs_in_flight: Option<QuotaChange>,
+    pub event_streams: Option<QuotaChange>,
+    pub conversations: Option<QuotaChange>,
+}
+
+/// Sets a tenant's overrides, by tenant name. Returns the overrides now stored, or `None` when
+/// there is no such tenant.
+///
+/// # Errors
+/// Database errors.
+pub async fn set_overrides(
+    pool: &PgPool,
+    tenant: &str,
+    changes: QuotaChanges,
+) -> Result<Option<(TenantId, Overrides)>, sqlx::Error> {
+    let (set_queued, queued) = QuotaChange::stored(changes.queued_jobs);
+    let (set_flight, flight) = QuotaChange::stored(changes.jobs_in_flight);
+    let (set_streams, streams) = QuotaChange::stored(changes.event_streams);
+    let (set_conversations, conversations) = QuotaChange::stored(changes.conversations);
+    let row = sqlx::query!(
+        r#"INSERT INTO tenant_quotas AS q (tenant_id, queued_jobs, jobs_in_flight, event_streams, conversations)
+           SELECT id, $2, $4, $6, $8 FROM tenants WHERE name = $1
+               ON CONFLICT (tenant_id) DO UPDATE
+              SET queued_jobs = CASE WHEN $3 THEN excluded.queued_jobs ELSE q.queued_jobs END,
+                  jobs_in_flight = CASE WHEN $5 THEN excluded.jobs_in_flight ELSE q.jobs_in_flight END,
+                  event_streams = CASE WHEN $7 THEN excluded.event_streams ELSE q.event_streams END,
+                  conversations = CASE WHEN $9 THEN excluded.conversations ELSE q.conversations END
+           RETURNING tenant_id, queued_jobs, jobs_in_flight, event_streams, conversations"#,
+        tenant,
+        queued,
+        set_queued,
+        flight,
+        set_flight,
+        streams,
+        set_streams,
+        conversations,
+        set_conversations,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| {
+        let overrides = Overrides {
+            queued_jobs: row.queued_jobs,
+            jobs_in_flight: row.jobs_in_flight,
+            event_streams: row.event_streams,
+            conversations: row.conversations,
+        };
+        (TenantId::from_uuid(row.tenant_id), overrides)
+    }))
+}
