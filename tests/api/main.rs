@@ -35,6 +35,7 @@ mod responses;
 mod retention;
 mod surface;
 mod tenancy;
+mod tenancy_matrix;
 mod traces;
 mod web;
 mod web_browser;
