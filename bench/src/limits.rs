@@ -152,6 +152,7 @@ async fn jetstream(
             let envelope = JobEnvelope {
                 job_id,
                 lane: Lane::Interactive,
+                conversation_id: None,
             };
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", job_id.to_string().as_str());

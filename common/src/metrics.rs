@@ -30,6 +30,7 @@
 //! | `chatq_cache_evictions_total` | counter | `reason` (`feedback`, `size`, `expired`) |
 //! | `chatq_cache_memory_bytes` | gauge | |
 //! | `chatq_cache_provider_calls_saved_total` | counter | |
+//! | `chatq_history_messages_total` | counter | `source` (`postgres`: read by a claim; `memory`: a worker's window cache) |
 //!
 //! Counters a process may never increment (dead letters, provider errors, the reconciler's
 //! steps) are registered at zero when the role starts ([`register_ingress`], and the worker's
@@ -66,6 +67,7 @@ pub const CACHE_COALESCED: &str = "chatq_cache_coalesced_total";
 pub const CACHE_EVICTIONS: &str = "chatq_cache_evictions_total";
 pub const CACHE_MEMORY_BYTES: &str = "chatq_cache_memory_bytes";
 pub const CACHE_CALLS_SAVED: &str = "chatq_cache_provider_calls_saved_total";
+pub const HISTORY_MESSAGES: &str = "chatq_history_messages_total";
 
 /// The reasons of [`JOBS_REJECTED`].
 pub const REJECTED_REASONS: [&str; 2] = ["queue_full", "key_rate_limited"];
@@ -205,6 +207,10 @@ fn describe() {
     describe_counter!(
         CACHE_COALESCED,
         "Requests answered by an identical request's provider call, in this process or on another worker."
+    );
+    describe_counter!(
+        HISTORY_MESSAGES,
+        "Messages of conversation turns' prompt windows, by where they came from: read from Postgres, or kept by the worker from the conversation's previous turn."
     );
     describe_counter!(
         CACHE_EVICTIONS,

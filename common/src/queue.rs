@@ -20,7 +20,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 
-use crate::ids::JobId;
+use crate::ids::{ConversationId, JobId};
 use crate::job::{JobEnvelope, Lane};
 use crate::topology::Topology;
 use crate::trace::{TRACEPARENT, TraceContext};
@@ -88,7 +88,8 @@ pub async fn publish_job(
     publish_copy(js, topology, job_id, lane, 0, trace).await
 }
 
-/// Publishes a new interactive job where `placement` says, as [`publish_job`] does.
+/// Publishes a new interactive job where `placement` says, as [`publish_job`] does, naming the
+/// conversation of a turn (see [`JobEnvelope::conversation_id`]).
 ///
 /// # Errors
 /// As [`publish_job`].
@@ -97,10 +98,24 @@ pub async fn publish_placed(
     topology: &Topology,
     job_id: JobId,
     lane: Lane,
+    conversation_id: Option<ConversationId>,
     placement: Placement,
     trace: Option<&TraceContext>,
 ) -> Result<bool, PublishJobError> {
-    publish_placed_copy(js, topology, job_id, lane, placement, 0, trace).await
+    let envelope = JobEnvelope {
+        job_id,
+        lane,
+        conversation_id,
+    };
+    let subject = placed_subject(topology, lane, placement);
+    publish_to(js, subject, &envelope, 0, trace).await
+}
+
+fn placed_subject(topology: &Topology, lane: Lane, placement: Placement) -> String {
+    match placement {
+        Placement::Overflow if lane == Lane::Interactive => topology.overflow_subject(),
+        _ => topology.job_subject(lane),
+    }
 }
 
 /// Publishes one copy of a job where `placement` says, as [`publish_copy`] does.
@@ -116,11 +131,18 @@ pub async fn publish_placed_copy(
     publication: i32,
     trace: Option<&TraceContext>,
 ) -> Result<bool, PublishJobError> {
-    let subject = match placement {
-        Placement::Overflow if lane == Lane::Interactive => topology.overflow_subject(),
-        _ => topology.job_subject(lane),
-    };
-    publish_to(js, subject, job_id, lane, publication, trace).await
+    let subject = placed_subject(topology, lane, placement);
+    publish_to(js, subject, &copy_of(job_id, lane), publication, trace).await
+}
+
+/// The envelope of a copy published again: without the conversation, whose window the worker
+/// then reads whole.
+fn copy_of(job_id: JobId, lane: Lane) -> JobEnvelope {
+    JobEnvelope {
+        job_id,
+        lane,
+        conversation_id: None,
+    }
 }
 
 /// Publishes one copy of a job (see [`message_id`]), as [`publish_job`] does the first.
@@ -138,8 +160,7 @@ pub async fn publish_copy(
     publish_to(
         js,
         topology.job_subject(lane),
-        job_id,
-        lane,
+        &copy_of(job_id, lane),
         publication,
         trace,
     )
@@ -149,15 +170,16 @@ pub async fn publish_copy(
 async fn publish_to(
     js: &Context,
     subject: String,
-    job_id: JobId,
-    lane: Lane,
+    envelope: &JobEnvelope,
     publication: i32,
     trace: Option<&TraceContext>,
 ) -> Result<bool, PublishJobError> {
-    let envelope = JobEnvelope { job_id, lane };
-    let payload = serde_json::to_vec(&envelope).unwrap_or_default();
+    let payload = serde_json::to_vec(envelope).unwrap_or_default();
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", message_id(job_id, publication).as_str());
+    headers.insert(
+        "Nats-Msg-Id",
+        message_id(envelope.job_id, publication).as_str(),
+    );
     if let Some(trace) = trace {
         headers.insert(TRACEPARENT, trace.to_string().as_str());
     }

@@ -8,14 +8,23 @@ use std::sync::Arc;
 
 use chatq_common::chat::{ChatMessage, GenerationParams, Role, Usage};
 use chatq_common::db::jobs::{
-    self, Completion, Idempotency, NewJob, NewTurnMessage, NotClaimed, Recorded, claim, complete,
-    record, record_again,
+    self, ClaimRequest, Completion, Idempotency, NewJob, NewTurnMessage, NotClaimed, Recorded,
+    claim, complete, record, record_again,
 };
 use chatq_common::ids::{ConversationId, JobId, MessageId, TenantId};
 use chatq_common::job::{JobRequest, Lane};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, TestOptions, spawn_app_with};
+
+/// A claim of `id` with `token`, holding no window of its conversation.
+fn ask(id: JobId, token: Uuid) -> ClaimRequest {
+    ClaimRequest {
+        id,
+        token,
+        known_seq: 0,
+    }
+}
 
 struct Fixture {
     app: TestApp,
@@ -88,7 +97,7 @@ impl Fixture {
     }
 
     async fn claim_one(&self, id: JobId, token: Uuid) -> Result<jobs::ClaimedJob, NotClaimed> {
-        claim(&self.app.pool, &[(id, token)], "w1", 30.0, 2, None)
+        claim(&self.app.pool, &[ask(id, token)], "w1", 30.0, 2, None)
             .await
             .unwrap()
             .remove(0)
@@ -208,24 +217,31 @@ async fn claims_and_replies_in_one_batch_are_each_decided_alone() {
     let (a, b) = (first[0].id, first[1].id);
     let (token_a, token_b) = (Uuid::new_v4(), Uuid::new_v4());
 
-    let claimed = claim(pool, &[(a, token_a), (b, token_b)], "w1", 30.0, 2, None)
-        .await
-        .unwrap();
+    let claimed = claim(
+        pool,
+        &[ask(a, token_a), ask(b, token_b)],
+        "w1",
+        30.0,
+        2,
+        None,
+    )
+    .await
+    .unwrap();
     let claimed: Vec<jobs::ClaimedJob> = claimed.into_iter().map(Result::unwrap).collect();
     assert_eq!(
         claimed[0].history,
-        [ChatMessage::new(Role::User, "first question")]
+        [(1, ChatMessage::new(Role::User, "first question"))]
     );
     assert_eq!(
         claimed[1].history,
-        [ChatMessage::new(Role::User, "another question")]
+        [(1, ChatMessage::new(Role::User, "another question"))]
     );
     assert!(claimed.iter().all(|job| job.attempts == 1));
     assert_eq!(claimed[0].system_prompt.as_deref(), Some("Be brief."));
     // Claimed already, under a live lease: a second batch takes neither.
     let again = claim(
         pool,
-        &[(a, Uuid::new_v4()), (b, Uuid::new_v4())],
+        &[ask(a, Uuid::new_v4()), ask(b, Uuid::new_v4())],
         "w2",
         30.0,
         2,
@@ -285,8 +301,8 @@ async fn claims_and_replies_in_one_batch_are_each_decided_alone() {
     assert_eq!(
         claimed.history,
         [
-            ChatMessage::new(Role::Assistant, "short answer"),
-            ChatMessage::new(Role::User, "second question"),
+            (2, ChatMessage::new(Role::Assistant, "short answer")),
+            (3, ChatMessage::new(Role::User, "second question")),
         ]
     );
     fixture.app.stop().await;
@@ -301,7 +317,7 @@ async fn two_deliveries_of_one_job_in_one_claim_batch_claim_it_once() {
     let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
     let results = claim(
         &fixture.app.pool,
-        &[(turn[0].id, first), (turn[0].id, second)],
+        &[ask(turn[0].id, first), ask(turn[0].id, second)],
         "w1",
         30.0,
         2,

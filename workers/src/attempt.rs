@@ -194,7 +194,7 @@ impl Attempt<'_> {
             JobRequest::ChatCompletion { messages, .. } => messages.clone(),
             JobRequest::ConversationTurn { .. } => build_prompt(
                 self.job.system_prompt.as_deref(),
-                self.job.history.clone(),
+                self.job.history.iter().map(|(_, m)| m.clone()).collect(),
                 self.ctx.limits.history_max_tokens,
             ),
         }

@@ -16,6 +16,7 @@
 //! - [`failure`]: after a failed attempt: back-off, the error clients see, dead letters.
 //! - [`cancel`]: cancelling a running job at its worker.
 //! - [`prompt`]: the system prompt and a bounded history window.
+//! - [`history`]: conversations' windows kept between turns, so a turn reads only new messages.
 //! - [`events`]: publishing a job's events while it runs.
 //! - [`reconciler`]: rebuilding the JetStream queue from Postgres (unpublished jobs, a lost
 //!   stream, jobs of dead workers, copies lost while the stream survived).
@@ -39,6 +40,7 @@ pub mod cancel;
 pub mod events;
 pub mod failure;
 pub mod fleet;
+pub mod history;
 pub mod leases;
 pub mod limits;
 pub mod process;

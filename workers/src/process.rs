@@ -124,7 +124,9 @@ pub async fn process_one(
     // Before the claim, so a cancel notice that arrives once the job is ours is not missed.
     let switch = ctx.cancels.register(envelope.job_id);
     let token = Uuid::new_v4();
-    let claim = ctx.writes.claim(envelope.job_id, token);
+    let claim = ctx
+        .writes
+        .claim(envelope.job_id, token, envelope.conversation_id);
     let claimed = match claim.instrument(tracing::debug_span!("claim")).await {
         Ok(Ok(job)) => {
             tracing::Span::current().record("attempt", job.attempts);

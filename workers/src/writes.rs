@@ -7,12 +7,14 @@
 //! job by job, through the same statements, so each job gets its own outcome.
 
 use chatq_common::batch::{Batcher, Unanswered};
-use chatq_common::db::jobs::{self, ClaimedJob, Completion, JobRow, NotClaimed};
-use chatq_common::ids::JobId;
+use chatq_common::db::jobs::{self, ClaimRequest, ClaimedJob, Completion, JobRow, NotClaimed};
+use chatq_common::ids::{ConversationId, JobId};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
+
+use crate::history::HistoryWindows;
 
 /// Most jobs in one statement.
 const MAX_BATCH: usize = 128;
@@ -37,7 +39,7 @@ struct Claimer {
 impl Claimer {
     async fn claim(
         &self,
-        items: &[(JobId, Uuid)],
+        items: &[ClaimRequest],
     ) -> Result<Vec<Result<ClaimedJob, NotClaimed>>, sqlx::Error> {
         jobs::claim(
             &self.pool,
@@ -50,7 +52,7 @@ impl Claimer {
         .await
     }
 
-    async fn claim_gathered(&self, items: Vec<(JobId, Uuid)>) -> Vec<ClaimResult> {
+    async fn claim_gathered(&self, items: Vec<ClaimRequest>) -> Vec<ClaimResult> {
         match self.claim(&items).await {
             Ok(results) => results.into_iter().map(Ok).collect(),
             Err(err) => {
@@ -64,7 +66,7 @@ impl Claimer {
         }
     }
 
-    async fn claim_one(&self, item: (JobId, Uuid)) -> ClaimResult {
+    async fn claim_one(&self, item: ClaimRequest) -> ClaimResult {
         let mut results = self.claim(&[item]).await?;
         Ok(results.pop().unwrap_or(Err(NotClaimed::Missing)))
     }
@@ -96,7 +98,8 @@ async fn complete_gathered(pool: &PgPool, items: Vec<Completion>) -> Vec<ReplyRe
 pub struct JobWrites {
     pool: PgPool,
     claimer: Claimer,
-    claims: Batcher<(JobId, Uuid), ClaimResult>,
+    claims: Batcher<ClaimRequest, ClaimResult>,
+    windows: HistoryWindows,
     replies: Batcher<Completion, ReplyResult>,
 }
 
@@ -105,7 +108,7 @@ impl JobWrites {
         pool: PgPool,
         worker: String,
         lease_secs: f64,
-        history_max_messages: i64,
+        windows: HistoryWindows,
         max_in_flight: Option<u32>,
         tracker: &TaskTracker,
         stop: CancellationToken,
@@ -114,7 +117,7 @@ impl JobWrites {
             pool: pool.clone(),
             worker,
             lease_secs,
-            history_max_messages,
+            history_max_messages: i64::try_from(windows.max_messages()).unwrap_or(i64::MAX),
             max_in_flight,
         };
         let claims = {
@@ -124,7 +127,7 @@ impl JobWrites {
                 stop.clone(),
                 PARALLEL,
                 MAX_BATCH,
-                move |items: Vec<(JobId, Uuid)>| {
+                move |items: Vec<ClaimRequest>| {
                     let claimer = claimer.clone();
                     async move { claimer.claim_gathered(items).await }
                 },
@@ -147,22 +150,40 @@ impl JobWrites {
             pool,
             claimer,
             claims,
+            windows,
             replies,
         }
     }
 
-    /// Claims a job with this token (see [`jobs::claim`]).
+    /// Claims a job with this token (see [`jobs::claim`]). A turn of `conversation` reads only
+    /// the messages since the window this worker kept from the conversation's last turn, and
+    /// comes back with the whole window (see [`HistoryWindows`]).
     ///
     /// # Errors
     /// Database errors.
-    pub async fn claim(&self, id: JobId, token: Uuid) -> ClaimResult {
-        match self.claims.submit((id, token)).await {
+    pub async fn claim(
+        &self,
+        id: JobId,
+        token: Uuid,
+        conversation: Option<ConversationId>,
+    ) -> ClaimResult {
+        let held = self.windows.held(conversation).await;
+        let request = ClaimRequest {
+            id,
+            token,
+            known_seq: HistoryWindows::known_seq(held.as_ref()),
+        };
+        let mut result = match self.claims.submit(request).await {
             Ok(result) => result,
             // Claiming again is safe: a claim the lost batch made is held by this very token,
             // and is then reported as held elsewhere until its lease runs out.
             Err(Unanswered::Stopped(item)) => self.claimer.claim_one(item).await,
-            Err(Unanswered::Lost) => self.claimer.claim_one((id, token)).await,
+            Err(Unanswered::Lost) => self.claimer.claim_one(request).await,
+        };
+        if let Ok(Ok(job)) = &mut result {
+            self.windows.complete(job, held).await;
         }
+        result
     }
 
     /// Writes a reply (see [`jobs::complete`]).

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{ChatMessage, GenerationParams};
-use crate::ids::JobId;
+use crate::ids::{ConversationId, JobId};
 
 /// A queue lane. Interactive jobs always go first; batch jobs use the capacity left over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -144,4 +144,9 @@ impl JobRequest {
 pub struct JobEnvelope {
     pub job_id: JobId,
     pub lane: Lane,
+    /// The conversation of a turn, so a worker can claim it reading only the messages it has not
+    /// seen. Absent for other jobs, for copies the reconciler or a retry publish (their worker
+    /// reads the whole window), and in envelopes from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<ConversationId>,
 }

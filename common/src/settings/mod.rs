@@ -310,6 +310,8 @@ settings! {
         memory_bytes / cache_memory_bytes: u64 = "67108864";
         /// Whose requests share a cached reply: `tenant` (only the tenant's own) or `global` (every tenant's: for deployments whose tenants may see each other's replies).
         scope / cache_scope: CacheScope = "tenant";
+        /// Most bytes of conversation history one worker keeps between turns, so that a conversation's next turn reads only its new messages from Postgres; `0` reads the whole window every turn.
+        history_bytes / cache_history_bytes: u64 = "33554432";
     }
     /// How long finished work is kept in Postgres; a background sweep in every worker deletes the rest, in small batches.
     retention: RetentionSettings {

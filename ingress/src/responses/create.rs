@@ -123,7 +123,7 @@ pub async fn create_response(
     if let Some(slot) = slot {
         // Follow before publishing, so not even the first event can be missed.
         let cursor = follow(state, job_id).await?;
-        crate::submit::queue(state, job_id, Lane::Interactive, placement, &trace).await?;
+        crate::submit::queue(state, job_id, None, placement, &trace).await?;
         return Ok(Created::Stream(Box::new(ResponseStream {
             cursor,
             translator: Translator::new(row, queued),
@@ -133,11 +133,11 @@ pub async fn create_response(
         })));
     }
     if row.background {
-        crate::submit::queue(state, job_id, Lane::Interactive, placement, &trace).await?;
+        crate::submit::queue(state, job_id, None, placement, &trace).await?;
         return Ok(Created::Object(response_json(&row, &queued, "queued")));
     }
     let waiting = JobWait::begin(state, job_id).await;
-    crate::submit::queue(state, job_id, Lane::Interactive, placement, &trace).await?;
+    crate::submit::queue(state, job_id, None, placement, &trace).await?;
     let ended = waiting
         .until_end(Duration::from_secs(state.limits.job_deadline_secs))
         .await;

@@ -133,7 +133,7 @@ pub async fn run_completion(
         // Follow before publishing, so not even an instant reply can be missed.
         let waiting = JobWait::begin(state, job_id).await;
         if !replayed {
-            super::queue(state, job_id, Lane::Interactive, placement, &trace).await?;
+            super::queue(state, job_id, None, placement, &trace).await?;
         }
         let deadline = Duration::from_secs(state.limits.job_deadline_secs);
         let ended = waiting.until_end(deadline).await;
@@ -217,7 +217,7 @@ async fn stream(
         }
     };
     if !replayed {
-        super::queue(state, job_id, Lane::Interactive, placement, trace).await?;
+        super::queue(state, job_id, None, placement, trace).await?;
     }
     Ok(CompletionAnswer::Stream {
         cursor,

@@ -24,7 +24,7 @@ pub mod turn;
 
 use chatq_common::batch::Unanswered;
 use chatq_common::db::jobs::{self, NewJob, Recorded, RecordedJob};
-use chatq_common::ids::JobId;
+use chatq_common::ids::{ConversationId, JobId};
 use chatq_common::job::Lane;
 use chatq_common::queue::{Placement, PublishJobError, publish_placed};
 use chatq_common::trace::TraceContext;
@@ -64,22 +64,24 @@ pub(crate) fn placement(state: &AppState, recorded: &RecordedJob) -> Placement {
     Placement::for_queued(recorded.queued_ahead, state.limits.fair_share_queued_jobs)
 }
 
-/// Queues a recorded job. When the queue refuses it (full), the job is taken back, so the refused
+/// Queues a recorded interactive job (a turn names its conversation). When the queue refuses it (full), the job is taken back, so the refused
 /// request leaves nothing behind, and the client gets 503 with `Retry-After`. When NATS cannot be
 /// reached the job stays accepted: it is recorded, and the reconciler publishes it.
-#[tracing::instrument(level = "debug", name = "publish", skip_all, fields(%job_id, %lane))]
+#[tracing::instrument(level = "debug", name = "publish", skip_all, fields(%job_id))]
 pub(crate) async fn queue(
     state: &AppState,
     job_id: JobId,
-    lane: Lane,
+    conversation: Option<ConversationId>,
     placement: Placement,
     trace: &TraceContext,
 ) -> ApiResult<()> {
+    let lane = Lane::Interactive;
     let published = publish_placed(
         &state.jetstream,
         &state.topology,
         job_id,
         lane,
+        conversation,
         placement,
         Some(trace),
     );

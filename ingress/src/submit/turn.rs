@@ -116,7 +116,7 @@ pub async fn send_turn(
     #[cfg(feature = "fault-injection")]
     chatq_common::fault::reached(chatq_common::fault::FaultPoint::BeforePublish, job_id);
     let placement = super::placement(state, &recorded);
-    super::queue(state, job_id, Lane::Interactive, placement, &trace).await?;
+    super::queue(state, job_id, Some(conversation), placement, &trace).await?;
 
     if let Some((waiting, secs)) = waiting
         && let Some(job) = waiting.until_end(Duration::from_secs(secs)).await

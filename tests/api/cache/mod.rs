@@ -3,6 +3,7 @@
 //! streams like any other.
 
 mod completions;
+mod history;
 mod streams;
 mod turns;
 

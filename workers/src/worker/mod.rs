@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::ReplyCache;
 use crate::cancel::{self, CancelSwitches};
 use crate::fleet::Fleet;
+use crate::history::HistoryWindows;
 use crate::limits::{LimitedProvider, ProviderLimits};
 use crate::process::JobContext;
 use crate::provider::{self, Provider};
@@ -122,7 +123,10 @@ impl Worker {
             pool.clone(),
             worker_id.clone(),
             topology.ack_wait().as_secs_f64(),
-            i64::try_from(settings.limits.history_max_messages).unwrap_or(i64::MAX),
+            HistoryWindows::new(
+                settings.cache.history_bytes,
+                settings.limits.history_max_messages,
+            ),
             settings.limits.tenant_max_jobs_in_flight,
             &writers,
             writers_stop.clone(),

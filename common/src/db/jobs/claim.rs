@@ -34,9 +34,22 @@ pub struct ClaimedJob {
     pub system_prompt: Option<String>,
     /// Sequence number of the user message this turn answers.
     pub user_seq: Option<i64>,
-    /// The turn's prompt window: the newest `history_max_messages` messages up to and including
-    /// the user message, oldest first (empty for a chat completion).
-    pub history: Vec<ChatMessage>,
+    /// The turn's prompt window as read: the newest `history_max_messages` messages after the
+    /// claim's `known_seq`, up to and including the user message, oldest first, with their
+    /// sequence numbers (empty for a chat completion).
+    pub history: Vec<(i64, ChatMessage)>,
+    /// The conversation's oldest message now, when the claim named a `known_seq`: a worker that
+    /// kept messages from before can tell whether they are still there (a cleared history is not).
+    pub first_seq: Option<i64>,
+}
+
+/// One job to claim: its id, the token the claim will hold, and the sequence number up to which
+/// the claimer already holds the conversation's window (0: none), so only newer messages are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub id: JobId,
+    pub token: Uuid,
+    pub known_seq: i64,
 }
 
 /// Why a delivered job was not claimed.
@@ -74,21 +87,20 @@ pub enum NotClaimed {
 /// Database errors.
 pub async fn claim(
     pool: &PgPool,
-    claims: &[(JobId, Uuid)],
+    claims: &[ClaimRequest],
     worker: &str,
     lease_secs: f64,
     history_max_messages: i64,
     max_in_flight: Option<u32>,
 ) -> Result<Vec<Result<ClaimedJob, NotClaimed>>, sqlx::Error> {
-    let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = claims
-        .iter()
-        .map(|(id, token)| (id.as_uuid(), *token))
-        .unzip();
+    let ids: Vec<Uuid> = claims.iter().map(|c| c.id.as_uuid()).collect();
+    let tokens: Vec<Uuid> = claims.iter().map(|c| c.token).collect();
+    let known: Vec<i64> = claims.iter().map(|c| c.known_seq).collect();
     // One row per job (the first token asked for it), so the winning token is known.
     let rows = sqlx::query!(
         r#"WITH wanted AS (
-               SELECT DISTINCT ON (t.id) t.id, t.token, t.n
-                 FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS t(id, token, n)
+               SELECT DISTINCT ON (t.id) t.id, t.token, t.known, t.n
+                 FROM unnest($1::uuid[], $2::uuid[], $7::int8[]) WITH ORDINALITY AS t(id, token, known, n)
                 ORDER BY t.id, t.n
            ), claimable AS (
                -- The jobs first, then their tenants' usage rows: the order every writer of jobs
@@ -134,14 +146,18 @@ pub async fn claim(
                   claimed.deadline_at AS "deadline_at!", claimed.created_at AS "created_at!",
                   claimed.claim_token AS "claim_token!",
                   c.system_prompt AS "system_prompt?", m.seq AS "user_seq?",
-                  window_messages.history AS "history?"
+                  window_messages.history AS "history?",
+                  CASE WHEN w.known > 0 THEN
+                       (SELECT min(seq) FROM messages WHERE conversation_id = claimed.conversation_id)
+                  END AS "first_seq?"
              FROM claimed
+             JOIN wanted w ON w.id = claimed.id
              LEFT JOIN conversations c ON c.id = claimed.conversation_id
              LEFT JOIN messages m ON m.id = claimed.user_message_id
              LEFT JOIN LATERAL (
-                   SELECT json_agg(json_build_object('role', h.role, 'content', h.content) ORDER BY h.seq) AS history
+                   SELECT json_agg(json_build_object('seq', h.seq, 'role', h.role, 'content', h.content) ORDER BY h.seq) AS history
                      FROM (SELECT role, content, seq FROM messages
-                            WHERE conversation_id = claimed.conversation_id AND seq <= m.seq
+                            WHERE conversation_id = claimed.conversation_id AND seq <= m.seq AND seq > w.known
                             ORDER BY seq DESC LIMIT $5) h
              ) window_messages ON claimed.conversation_id IS NOT NULL"#,
         &ids,
@@ -150,6 +166,7 @@ pub async fn claim(
         lease_secs,
         history_max_messages,
         max_in_flight.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+        &known,
     )
     .fetch_all(pool)
     .await?;
@@ -171,14 +188,15 @@ pub async fn claim(
                 system_prompt: row.system_prompt,
                 user_seq: row.user_seq,
                 history: row.history.map(parse_history).unwrap_or_default(),
+                first_seq: row.first_seq,
             };
             ((row.id.as_uuid(), row.claim_token), job)
         })
         .collect();
     let unclaimed: Vec<Uuid> = claims
         .iter()
-        .filter(|(id, token)| !claimed.contains_key(&(id.as_uuid(), *token)))
-        .map(|(id, _)| id.as_uuid())
+        .filter(|c| !claimed.contains_key(&(c.id.as_uuid(), c.token)))
+        .map(|c| c.id.as_uuid())
         .collect();
     let reasons = if unclaimed.is_empty() {
         HashMap::new()
@@ -187,15 +205,13 @@ pub async fn claim(
     };
     Ok(claims
         .iter()
-        .map(
-            |(id, token)| match claimed.remove(&(id.as_uuid(), *token)) {
-                Some(job) => Ok(job),
-                None => Err(reasons
-                    .get(&id.as_uuid())
-                    .copied()
-                    .unwrap_or(NotClaimed::Missing)),
-            },
-        )
+        .map(|c| match claimed.remove(&(c.id.as_uuid(), c.token)) {
+            Some(job) => Ok(job),
+            None => Err(reasons
+                .get(&c.id.as_uuid())
+                .copied()
+                .unwrap_or(NotClaimed::Missing)),
+        })
         .collect())
 }
 
@@ -236,16 +252,17 @@ async fn why_not_claimed(
         .collect())
 }
 
-fn parse_history(history: Value) -> Vec<ChatMessage> {
+fn parse_history(history: Value) -> Vec<(i64, ChatMessage)> {
     let Value::Array(items) = history else {
         return Vec::new();
     };
     items
         .into_iter()
         .filter_map(|item| {
+            let seq = item.get("seq")?.as_i64()?;
             let role = Role::from_db(item.get("role")?.as_str()?)?;
             let content = item.get("content")?.as_str()?.to_owned();
-            Some(ChatMessage::new(role, content))
+            Some((seq, ChatMessage::new(role, content)))
         })
         .collect()
 }

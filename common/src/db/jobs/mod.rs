@@ -38,7 +38,7 @@ use uuid::Uuid;
 /// The index behind 409 `conversation_busy`: one reply in progress per conversation.
 pub const ONE_ACTIVE_PER_CONVERSATION: &str = "jobs_one_active_per_conversation";
 
-pub use claim::{ClaimedJob, NotClaimed, Renewal, claim, renew_leases};
+pub use claim::{ClaimRequest, ClaimedJob, NotClaimed, Renewal, claim, renew_leases};
 pub use finish::{
     CANCELLED_MESSAGE, CancelOutcome, Completion, cancel_queued, complete, finish_cancelled,
     finish_unsuccessfully, release, request_cancel,
