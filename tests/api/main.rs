@@ -36,6 +36,7 @@ mod tenancy;
 mod traces;
 mod web;
 mod web_browser;
+mod webhooks;
 mod write_path;
 
 mod hostile;

@@ -16,6 +16,7 @@ pub mod operators;
 mod pooled;
 pub mod responses;
 pub mod retention;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
