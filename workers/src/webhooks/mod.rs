@@ -2,7 +2,8 @@
 //!
 //! Every worker runs one [`Dispatcher`]. Every `CHATQ_WEBHOOK_POLL_INTERVAL_MS` it leases as many
 //! due deliveries as it has free delivery slots (`CHATQ_WEBHOOK_MAX_CONCURRENT_DELIVERIES`), and
-//! sends each in a task of its own ([`send`]). Workers share the outbox without waiting on each
+//! sends each in a task of its own ([`send`]); while claims come back full, it claims again each
+//! time a slot frees, so a backlog drains as fast as the slots turn over. Workers share the outbox without waiting on each
 //! other (the claim skips rows another holds). A job never waits for a delivery: deliveries have
 //! their own slots, their own HTTP client with short timeouts, and their own database statements
 //! after the result was committed; a receiver that never answers holds one delivery slot until
@@ -88,12 +89,17 @@ impl Dispatcher {
                     metrics::gauge!(names::WEBHOOK_PENDING).set(pending as f64);
                 }
             }
-            // Claim again at once while claims come back full: more may be due.
+            // Claim again while claims come back full (more may be due), as soon as a slot is
+            // free: deliveries then go out as fast as the slots turn over, not one claim a tick.
             loop {
-                let free = slots.available_permits();
-                if free == 0 {
-                    break;
-                }
+                let first = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                };
+                let free = slots.available_permits() + 1;
                 let claimed = tokio::select! {
                     () = shutdown.cancelled() => break,
                     claimed = outbox::claim_due(&self.pool, free as i64, self.lease_secs()) => claimed,
@@ -109,9 +115,14 @@ impl Dispatcher {
                     }
                 };
                 let full = due.len() == free;
+                let mut first = Some(first);
                 for delivery in due {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        break;
+                    let slot = match first.take() {
+                        Some(slot) => slot,
+                        None => match slots.clone().try_acquire_owned() {
+                            Ok(slot) => slot,
+                            Err(_) => break,
+                        },
                     };
                     let this = self.clone();
                     let stop = shutdown.clone();
