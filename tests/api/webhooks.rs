@@ -1,6 +1,7 @@
 //! Completion webhooks: registering endpoints (bad input, private targets, tenancy), and
 //! deliveries from the outbox: retried after failures until delivered exactly once, verified by
-//! the official `openai` SDK, and never in the way of jobs when a receiver hangs.
+//! the official `openai` SDK, and never in the way of jobs when a receiver hangs; a batch
+//! reported once, not line by line.
 
 #[path = "../support/webhook_receiver.rs"]
 mod webhook_receiver;
@@ -414,5 +415,41 @@ async fn a_name_that_resolves_to_a_private_address_is_refused_when_delivering() 
     };
     assert!(error.contains("not a public address"), "{error}");
     assert!(receiver.received().is_empty(), "{:#?}", receiver.received());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_reports_its_end_once_and_its_lines_report_nothing() {
+    use crate::batches::{create_batch, jsonl, request_line, upload, wait_for_batch};
+
+    let receiver = WebhookReceiver::start(Answer::FailFirst(0)).await;
+    let app = spawn_app_with(TestOptions {
+        settings: Box::new(local_receivers),
+        ..TestOptions::default()
+    })
+    .await;
+    create_webhook(
+        &app,
+        json!({"url": receiver.url(), "events": ["batch.*", "job.*"]}),
+    )
+    .await;
+    let file = upload(&app, &jsonl(&[request_line("a"), request_line("b")])).await;
+    let batch = id_of(&create_batch(&app, &file, "24h").await);
+    wait_for_batch(&app, &batch, |b| b["status"] == "completed").await;
+
+    let received = receiver
+        .wait_until("the batch's event", Duration::from_secs(30), |r| {
+            !r.is_empty()
+        })
+        .await;
+    let event = received[0].json();
+    assert_eq!(event["type"], "batch.completed", "{event}");
+    assert_eq!(event["data"]["id"], batch.as_str());
+    // The lines committed before the batch ended: had they owed anything, it would be here.
+    let owed: Vec<String> = sqlx::query_scalar("SELECT type FROM webhook_outbox")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(owed, ["batch.completed"]);
     app.stop().await;
 }
