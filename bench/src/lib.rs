@@ -29,7 +29,8 @@
 //! - The scenarios: [`enqueue`], [`e2e`] (throughput), [`ttft`], [`overhead`] (latency added to
 //!   the provider's), [`sse`] (event streams held by one ingress), [`fleet`] (scaling workers
 //!   under a provider limit), [`spike`] (a burst against a limit), [`lanes`] (interactive jobs
-//!   beside a batch), [`cache`] (a workload half of repeated deterministic prompts). Each renders its own part of the report.
+//!   beside a batch), [`cache`] (a workload half of repeated deterministic prompts), [`webhooks`]
+//!   (delivery latency after commit). Each renders its own part of the report.
 //! - [`report`]: the whole result, as text for people and as JSON (`--json`); and this file,
 //!   which reads the command line and runs the chosen scenarios.
 //!
@@ -65,6 +66,7 @@ mod stack;
 mod subscribers;
 mod traffic;
 mod ttft;
+mod webhooks;
 
 use anyhow::Context as _;
 
@@ -99,6 +101,8 @@ pub enum Scenario {
     /// Half the requests repeat an earlier deterministic prompt: provider calls the reply cache
     /// saves, and the latency of a hit beside a miss.
     Cache,
+    /// How long after a result commits its webhook arrives, at a fixed arrival rate.
+    Webhooks,
 }
 
 /// Benchmark chatq on this machine, beside the machine's own limits measured in the same run.
@@ -126,6 +130,8 @@ pub struct BenchArgs {
     pub lanes: lanes::LanesArgs,
     #[command(flatten, next_help_heading = "cache")]
     pub cache: cache::CacheArgs,
+    #[command(flatten, next_help_heading = "webhooks")]
+    pub webhooks: webhooks::WebhooksArgs,
 }
 
 /// Runs the chosen scenarios, prints the report, and writes it as JSON if asked.
@@ -151,6 +157,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         spike: None,
         lanes: None,
         cache: None,
+        webhooks: None,
     };
     let wants = |scenario| args.scenario == Scenario::All || args.scenario == scenario;
     if args.scenario == Scenario::Limits || !general.no_limits {
@@ -187,6 +194,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wants(Scenario::Cache) {
         report.cache = Some(cache::run(general, &args.cache, &services).await?);
+    }
+    if wants(Scenario::Webhooks) {
+        report.webhooks = Some(webhooks::run(general, &args.webhooks, &services).await?);
     }
     let text = report.render();
     #[expect(clippy::print_stdout, reason = "the report is the command's output")]

@@ -22,6 +22,7 @@ use super::overhead::OverheadResult;
 use super::spike::SpikeResult;
 use super::sse::SseResult;
 use super::ttft::TtftResult;
+use super::webhooks::WebhooksResult;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -39,6 +40,7 @@ pub struct Report {
     pub spike: Option<SpikeResult>,
     pub lanes: Option<LanesResult>,
     pub cache: Option<CacheResult>,
+    pub webhooks: Option<WebhooksResult>,
 }
 
 impl Report {
@@ -80,6 +82,9 @@ impl Report {
         }
         if let Some(lanes) = &self.lanes {
             lanes.render(&mut out);
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.render(&mut out);
         }
         if let Some(cache) = &self.cache {
             cache.render(&mut out);

@@ -151,6 +151,14 @@ typed_id!(
     /// A response of the Responses API: the same uuid as the job that answers it.
     ResponseId, "resp", "response"
 );
+typed_id!(
+    /// A tenant's webhook endpoint: a URL, the events it wants, and its signing secret.
+    WebhookId, "wh", "webhook"
+);
+typed_id!(
+    /// A webhook event, as delivered to one endpoint: its `webhook-id`, the same on every retry.
+    EventId, "evt", "webhook event"
+);
 
 #[cfg(test)]
 mod tests {

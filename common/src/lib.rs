@@ -10,7 +10,7 @@
 //! - [`telemetry`]: logging set-up, pretty or JSON, always to standard error; JSON lines carry
 //!   the trace id of the request or job they belong to.
 //! - [`trace`]: the W3C `traceparent` that makes a request and its job one trace.
-//! - [`webhooks`]: completion webhooks; so far the Standard Webhooks signature.
+//! - [`webhooks`]: completion webhooks: event types and bodies, allowed targets, signatures.
 //! - [`ids`]: typed, prefixed identifiers (`conv_…`, `msg_…`, `job_…`).
 //! - [`api_key`]: key format, generation and the hash that is stored.
 //! - [`batch`]: group commit: concurrent writes of one kind gathered into one statement.

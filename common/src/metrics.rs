@@ -31,6 +31,11 @@
 //! | `chatq_cache_memory_bytes` | gauge | |
 //! | `chatq_cache_provider_calls_saved_total` | counter | |
 //! | `chatq_history_messages_total` | counter | `source` (`postgres`: read by a claim; `memory`: a worker's window cache) |
+//! | `chatq_webhook_deliveries_total` | counter | `result` (`delivered`, `failed`: given up after its retries) |
+//! | `chatq_webhook_failed_attempts_total` | counter | `reason` (`status`, `timeout`, `connect`, `refused_target`, `other`) |
+//! | `chatq_webhook_pending_deliveries` | gauge | |
+//! | `chatq_webhook_deliveries_in_flight` | gauge | |
+//! | `chatq_webhook_delivery_latency_seconds` | histogram | |
 //!
 //! Counters a process may never increment (dead letters, provider errors, the reconciler's
 //! steps) are registered at zero when the role starts ([`register_ingress`], and the worker's
@@ -68,11 +73,22 @@ pub const CACHE_EVICTIONS: &str = "chatq_cache_evictions_total";
 pub const CACHE_MEMORY_BYTES: &str = "chatq_cache_memory_bytes";
 pub const CACHE_CALLS_SAVED: &str = "chatq_cache_provider_calls_saved_total";
 pub const HISTORY_MESSAGES: &str = "chatq_history_messages_total";
+pub const WEBHOOK_DELIVERIES: &str = "chatq_webhook_deliveries_total";
+pub const WEBHOOK_FAILED_ATTEMPTS: &str = "chatq_webhook_failed_attempts_total";
+pub const WEBHOOK_PENDING: &str = "chatq_webhook_pending_deliveries";
+pub const WEBHOOK_IN_FLIGHT: &str = "chatq_webhook_deliveries_in_flight";
+pub const WEBHOOK_LATENCY: &str = "chatq_webhook_delivery_latency_seconds";
 
 /// The reasons of [`JOBS_REJECTED`].
 pub const REJECTED_REASONS: [&str; 2] = ["queue_full", "key_rate_limited"];
 /// The steps of [`RECONCILER_JOBS`], as the reconciler's pass reports them.
 pub const RECONCILER_STEPS: [&str; 4] = ["published", "abandoned", "stream_lost", "lost"];
+
+/// The results of [`WEBHOOK_DELIVERIES`].
+pub const WEBHOOK_RESULTS: [&str; 2] = ["delivered", "failed"];
+/// The reasons of [`WEBHOOK_FAILED_ATTEMPTS`].
+pub const WEBHOOK_FAILURE_REASONS: [&str; 5] =
+    ["status", "timeout", "connect", "refused_target", "other"];
 
 /// Latency buckets, in seconds: from a millisecond to ten minutes.
 const BUCKETS: &[f64] = &[
@@ -224,5 +240,26 @@ fn describe() {
     describe_counter!(
         CACHE_CALLS_SAVED,
         "Provider calls the reply cache saved (hits of either tier, and coalesced requests)."
+    );
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook deliveries this worker ended: delivered (a 2xx), or failed after every retry."
+    );
+    describe_counter!(
+        WEBHOOK_FAILED_ATTEMPTS,
+        "Webhook delivery attempts that failed (and will be retried, or given up), by reason."
+    );
+    describe_gauge!(
+        WEBHOOK_PENDING,
+        "Webhook deliveries in the outbox not yet delivered nor given up (the whole fleet's)."
+    );
+    describe_gauge!(
+        WEBHOOK_IN_FLIGHT,
+        "Webhook deliveries this worker is sending now."
+    );
+    describe_histogram!(
+        WEBHOOK_LATENCY,
+        Unit::Seconds,
+        "Time from a result's commit to its webhook's delivery (a 2xx), retries included."
     );
 }

@@ -20,6 +20,8 @@
 //!   lane, recorded in bulk.
 //! - `responses`: the Responses API: a response is a chat completion job, with its input items,
 //!   instructions and metadata beside it, and stream events derived from the job's event log.
+//! - `webhooks`: a tenant's webhook endpoints: the URL and events checked, the secret shown
+//!   once (deliveries are the workers' job).
 //! - `chat_api`: the chat completions wire format clients speak: the request and its
 //!   validation, the completion and chunk shapes.
 //! - `auth`: API keys to tenants; `key_directory`: the key caches and the bounds that keep
@@ -65,6 +67,7 @@ mod trace_context;
 mod validate;
 mod views;
 mod waiting;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -210,6 +213,7 @@ impl Application {
             cancel_abandoned_completions: settings.ingress.cancel_abandoned_completions,
             unknown_parameters: settings.ingress.unknown_parameters,
             cache_enabled: settings.cache.enabled,
+            webhooks: Arc::new(settings.webhooks.clone()),
             tasks: background.clone(),
         };
         // Batch validations another ingress began and did not finish are taken up here.

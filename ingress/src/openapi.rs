@@ -17,7 +17,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response as Answer};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
-use chatq_common::ids::{BatchId, ConversationId, FileId, JobId, MessageId, ResponseId};
+use chatq_common::ids::{BatchId, ConversationId, FileId, JobId, MessageId, ResponseId, WebhookId};
 
 use crate::error::ErrorBody;
 
@@ -34,7 +34,7 @@ use crate::error::ErrorBody;
     ),
     // The ids a path names are components too, as the bodies that carry them make them.
     components(schemas(
-        ErrorBody, ConversationId, MessageId, JobId, FileId, BatchId, ResponseId
+        ErrorBody, ConversationId, MessageId, JobId, FileId, BatchId, ResponseId, WebhookId
     )),
     modifiers(&BearerKey),
     security(("api_key" = [])),
@@ -44,6 +44,7 @@ use crate::error::ErrorBody;
         (name = "chat", description = "OpenAI-compatible chat completions and models."),
         (name = "responses", description = "The Responses API in background mode."),
         (name = "batches", description = "Files and batches, with OpenAI Batch semantics."),
+        (name = "webhooks", description = "Endpoints called when a job, response or batch ends, signed the Standard Webhooks way."),
         (name = "admin", description = "Dead letters (tenant admins) and the fleet (operators)."),
         (name = "operations", description = "Health, readiness, metrics, this document and the web page."),
     )

@@ -59,6 +59,8 @@ pub struct AppState {
     pub queue: QueueMonitor,
     /// Per-key request rate limits.
     pub key_limits: KeyRateLimits,
+    /// Which webhook targets are allowed, and how many endpoints a tenant may have.
+    pub webhooks: Arc<chatq_common::settings::WebhookSettings>,
     /// Records the new jobs of concurrent requests together (group commit).
     pub jobs: Batcher<NewJob, Result<Recorded, sqlx::Error>>,
 }

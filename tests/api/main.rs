@@ -39,6 +39,7 @@ mod tenancy_matrix;
 mod traces;
 mod web;
 mod web_browser;
+mod webhooks;
 mod write_path;
 
 mod hostile;

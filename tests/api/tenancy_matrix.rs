@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::batches::{create_batch, jsonl, request_line, upload};
-use crate::helpers::{TestApp, assert_error, id_of, messages_path, spawn_app};
+use crate::helpers::{TestApp, TestOptions, assert_error, id_of, messages_path, spawn_app_with};
 
 /// One of each kind of thing a path can name, owned by the test's tenant (A): id prefix → id.
 async fn one_of_each(app: &TestApp) -> BTreeMap<&'static str, String> {
@@ -51,6 +51,15 @@ async fn one_of_each(app: &TestApp) -> BTreeMap<&'static str, String> {
     let failed = id_of(&refused["job"]);
     assert_eq!(app.wait_for_job(&failed).await["status"], "failed");
     app.mock.set_config(MockConfig::default());
+    let webhook: Value = app
+        .post_json(
+            "/v1/webhooks",
+            &json!({ "url": "http://127.0.0.1:9/private", "events": ["job.*"] }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
 
     BTreeMap::from([
         ("conv", conversation),
@@ -59,6 +68,7 @@ async fn one_of_each(app: &TestApp) -> BTreeMap<&'static str, String> {
         ("file", file),
         ("batch", batch),
         ("resp", id_of(&response)),
+        ("wh", id_of(&webhook)),
     ])
 }
 
@@ -86,7 +96,12 @@ fn id_kind<'a>(document: &'a Value, parameter: &'a Value) -> Option<&'a str> {
 
 #[tokio::test]
 async fn every_operation_that_names_an_id_is_404_for_another_tenants_id() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(TestOptions {
+        // The webhook endpoint of tenant A points at this machine.
+        settings: Box::new(|settings| settings.webhooks.allow_private_targets = true),
+        ..TestOptions::default()
+    })
+    .await;
     let document: Value = app
         .http
         .get(app.url("/openapi.json"))
@@ -173,5 +188,6 @@ async fn every_operation_that_names_an_id_is_404_for_another_tenants_id() {
         app.get_ok(&format!("/v1/jobs/{}", ours["job"])).await["status"],
         "failed"
     );
+    app.get_ok(&format!("/v1/webhooks/{}", ours["wh"])).await;
     app.stop().await;
 }

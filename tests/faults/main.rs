@@ -28,6 +28,8 @@
 //!   from a sequence number with no gap or repeat.
 //! - [`tool_calls`]: a worker killed while the provider streams tool calls: every client ends
 //!   with one whole answer.
+//! - [`webhooks`]: a worker dead after its commit, before delivering: the webhook is still
+//!   delivered, once.
 //! - [`traces`]: one trace per request in the JSON logs of an ingress and a worker, also for a
 //!   job the reconciler published after its ingress crashed.
 
@@ -57,4 +59,5 @@ mod provider;
 mod responses;
 mod tool_calls;
 mod traces;
+mod webhooks;
 mod workers;

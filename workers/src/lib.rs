@@ -22,6 +22,8 @@
 //!   stream, jobs of dead workers, copies lost while the stream survived).
 //! - [`retention`]: the sweep that deletes finished jobs, dead letters and idle conversations
 //!   once they have been kept long enough.
+//! - [`webhooks`]: delivering completion webhooks from the outbox, signed, retried with
+//!   back-off, to public addresses only, in slots of their own.
 //! - [`fleet`]: heartbeats in a NATS KV bucket, so each worker knows the fleet, and the lease
 //!   rounds that follow them.
 //! - [`leases`]: capacity leases: the fleet-wide limits cut into units a worker holds before it
@@ -49,6 +51,7 @@ pub mod provider;
 pub mod reconciler;
 pub mod retention;
 pub mod slots;
+pub mod webhooks;
 pub mod worker;
 pub mod writes;
 

@@ -1,6 +1,6 @@
 //! The retention sweep: every worker, every `CHATQ_RETENTION_SWEEP_INTERVAL_SECS`, deletes what
 //! has been kept long enough (finished jobs, dead letters, idle conversations and responses,
-//! ended batches, expired files; see
+//! ended batches, expired files, ended webhook deliveries; see
 //! [`chatq_common::db::retention`] for what each means and why an unfinished job is never
 //! deleted).
 //!
@@ -30,6 +30,8 @@ pub struct SweepReport {
     pub files: u64,
     /// Responses (Responses API), kept as long as conversations.
     pub responses: u64,
+    /// Webhook deliveries that ended long enough ago.
+    pub webhook_deliveries: u64,
 }
 
 /// Deletes expired rows, in batches.
@@ -68,6 +70,7 @@ impl Sweeper {
                     batches = report.batches,
                     files = report.files,
                     responses = report.responses,
+                    webhook_deliveries = report.webhook_deliveries,
                     "retention sweep deleted expired rows"
                 ),
                 Err(err) => {
@@ -120,6 +123,13 @@ impl Sweeper {
             report.batches = self
                 .in_batches(batch, |pool| async move {
                     retention::delete_ended_batches(&pool, secs as f64, batch).await
+                })
+                .await?;
+        }
+        if let Some(secs) = s.webhook_deliveries_secs {
+            report.webhook_deliveries = self
+                .in_batches(batch, |pool| async move {
+                    retention::delete_finished_deliveries(&pool, secs as f64, batch).await
                 })
                 .await?;
         }

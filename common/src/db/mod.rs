@@ -17,6 +17,7 @@ mod pooled;
 pub mod quotas;
 pub mod responses;
 pub mod retention;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -214,3 +214,29 @@ pub async fn delete_expired_files(
     .await?;
     Ok(deleted.rows_affected())
 }
+
+/// Deletes up to `batch` webhook deliveries that ended (`delivered`, or `failed` after their
+/// retries) more than `older_than_secs` ago.
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_finished_deliveries(
+    pool: &PgPool,
+    older_than_secs: f64,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!(
+        "DELETE FROM webhook_outbox
+          WHERE id IN (SELECT id FROM webhook_outbox
+                        WHERE status <> 'pending'
+                          AND finished_at < now() - make_interval(secs => $1)
+                        ORDER BY finished_at
+                        LIMIT $2
+                          FOR UPDATE SKIP LOCKED)",
+        older_than_secs,
+        batch,
+    )
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}

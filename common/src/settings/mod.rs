@@ -325,10 +325,33 @@ settings! {
         batches_secs / retention_batches_secs: Option<u64> = "2592000";
         /// Seconds an uploaded file is kept after its upload (a batch's output and error files follow their batch, or `output_expires_after`); `unlimited` keeps them until deleted.
         uploads_secs / retention_uploads_secs: Option<u64> = "2592000";
+        /// Seconds a webhook delivery that ended (delivered, or failed after its retries) is kept after it ended; `unlimited` keeps them all.
+        webhook_deliveries_secs / retention_webhook_deliveries_secs: Option<u64> = "604800";
         /// Seconds between retention sweeps.
         sweep_interval_secs / retention_sweep_interval_secs: u64 = "60";
         /// Most rows one sweep deletes in one statement; a sweep repeats batches until nothing expired is left.
         sweep_batch / retention_sweep_batch: u32 = "500";
+    }
+    /// Completion webhooks: where deliveries may go, and how workers send and retry them.
+    webhooks: WebhookSettings {
+        /// Let webhook endpoints use private, loopback, link-local and other non-public addresses (`true` or `false`); leave it `false` wherever tenants are not trusted with the workers' network.
+        allow_private_targets / webhook_allow_private_targets: bool = "false";
+        /// Most webhook endpoints one tenant may register.
+        max_endpoints / webhook_max_endpoints: i64 = "16";
+        /// Webhook deliveries one worker sends at once; a receiver that never answers holds one of them until the timeout, never a job slot.
+        max_concurrent / webhook_max_concurrent_deliveries: usize = "32";
+        /// Seconds to wait for a webhook receiver's TCP/TLS connection.
+        connect_timeout_secs / webhook_connect_timeout_secs: u64 = "5";
+        /// Seconds one webhook delivery may take in all, the receiver's answer included.
+        timeout_secs / webhook_timeout_secs: u64 = "15";
+        /// Milliseconds before the first retry of a failed webhook delivery; each later retry waits about twice as long (with jitter), up to `webhook_retry_max_delay_secs`.
+        retry_base_ms / webhook_retry_base_ms: u64 = "5000";
+        /// Longest wait between two attempts of a webhook delivery, in seconds.
+        retry_max_delay_secs / webhook_retry_max_delay_secs: u64 = "3600";
+        /// Seconds after its event a webhook delivery is still retried; after that it ends `failed`.
+        retry_for_secs / webhook_retry_for_secs: u64 = "129600";
+        /// Milliseconds between a worker's looks for webhook deliveries due (a look finds the outbox's due rows through a partial index, so an idle one costs next to nothing).
+        poll_interval_ms / webhook_poll_interval_ms: u64 = "200";
     }
     /// The simulated provider (`CHATQ_PROVIDER=simulated`).
     simulated: SimulatedSettings {

@@ -55,6 +55,16 @@ impl WebhookSecret {
         Ok(Self(key))
     }
 
+    /// A stored key (see [`WebhookSecret::key`]).
+    pub fn from_key(key: Vec<u8>) -> Self {
+        Self(key)
+    }
+
+    /// The raw key, to store: deliveries are signed with it, so it is kept as it is, not hashed.
+    pub fn key(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The secret as shown to its tenant, once: `whsec_<base64>`.
     pub fn reveal(&self) -> String {
         format!("{SECRET_PREFIX}{}", STANDARD.encode(&self.0))

@@ -14,6 +14,7 @@ pub(crate) mod models;
 mod operators;
 mod responses;
 mod web;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -63,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(batches::create, batches::list))
         .routes(routes!(batches::get))
         .routes(routes!(batches::cancel))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::delete))
         .routes(routes!(models::list))
         .routes(routes!(models::get))
         .routes(routes!(operators::queue))

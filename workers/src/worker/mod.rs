@@ -35,6 +35,7 @@ use crate::process::JobContext;
 use crate::provider::{self, Provider};
 use crate::reconciler::Reconciler;
 use crate::retention::Sweeper;
+use crate::webhooks::Dispatcher;
 use crate::writes::JobWrites;
 
 use self::pull::{MAX_PULL, acquire};
@@ -46,6 +47,8 @@ pub struct Worker {
     consumers: Vec<(Lane, PullConsumer)>,
     reconciler: Reconciler,
     sweeper: Sweeper,
+    /// Sends completion webhooks from the outbox, in slots of its own.
+    webhooks: Dispatcher,
     /// This worker's share of the provider limits; its slots bound how many jobs it runs.
     limits: Arc<ProviderLimits>,
     /// Taken by `run_until_stopped`, which heartbeats until shutdown.
@@ -155,11 +158,14 @@ impl Worker {
         });
         let reconciler = Reconciler::new(ctx.clone());
         let sweeper = Sweeper::new(ctx.pool.clone(), settings.retention.clone());
+        let webhooks = Dispatcher::new(ctx.pool.clone(), settings.webhooks.clone())
+            .context("cannot build the webhook delivery client")?;
         Ok(Self {
             ctx,
             consumers,
             reconciler,
             sweeper,
+            webhooks,
             limits,
             fleet: Some(fleet),
             processed: Arc::default(),
@@ -227,6 +233,11 @@ impl Worker {
                 .clone()
                 .run_until_stopped(background_stop.clone()),
         );
+        background.spawn(
+            self.webhooks
+                .clone()
+                .run_until_stopped(background_stop.clone()),
+        );
         // Take this worker's share of the provider limits, and follow the fleet as it changes.
         if let Some(mut fleet) = self.fleet.take() {
             let status = self.status_reporter(&jobs);
@@ -288,8 +299,9 @@ impl Worker {
             hand_back.cancel();
             jobs.wait().await;
         }
-        // Phase 4: stop listening for cancels, reconciling, sweeping and heartbeating (the fleet forgets
-        // this worker now, and the others take over its share).
+        // Phase 4: stop listening for cancels, reconciling, sweeping, delivering webhooks (a
+        // delivery under way is left to its lease) and heartbeating (the fleet forgets this
+        // worker now, and the others take over its share).
         background_stop.cancel();
         background.close();
         background.wait().await;

@@ -67,6 +67,12 @@ pub(super) fn register_series(settings: &LimitSettings) {
     for step in names::RECONCILER_STEPS {
         metrics::counter!(names::RECONCILER_JOBS, "step" => step).increment(0);
     }
+    for result in names::WEBHOOK_RESULTS {
+        metrics::counter!(names::WEBHOOK_DELIVERIES, "result" => result).increment(0);
+    }
+    for reason in names::WEBHOOK_FAILURE_REASONS {
+        metrics::counter!(names::WEBHOOK_FAILED_ATTEMPTS, "reason" => reason).increment(0);
+    }
     let configured = [
         ("rpm", settings.provider_rpm),
         ("tpm", settings.provider_tpm),
