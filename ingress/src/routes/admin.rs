@@ -11,6 +11,7 @@ use chatq_common::db::jobs::dead_letters::{self, DeadLetterRow};
 use chatq_common::ids::{ConversationId, JobId, TenantId};
 use serde::{Deserialize, Serialize};
 
+use super::conversations::after_id;
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{IdPath, QueryParams};
@@ -85,18 +86,7 @@ pub async fn dead_letters(
             ));
         }
     };
-    let after = query
-        .after
-        .map(|after| {
-            after.parse::<JobId>().map_err(|err| {
-                ApiError::invalid_with_code(
-                    format!("Invalid 'after': {err}."),
-                    "after",
-                    "invalid_id",
-                )
-            })
-        })
-        .transpose()?;
+    let after = after_id::<JobId>(query.after)?;
     let mut rows = dead_letters::list(&state.pool, admin.tenant_scope(), limit + 1, after).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(0));

@@ -6,11 +6,11 @@ use chatq_common::db::batches as stored;
 use chatq_common::ids::BatchId;
 use serde::Deserialize;
 
-use super::conversations::page_size;
+use super::conversations::{after_id, page_size};
 use crate::auth::Caller;
 use crate::batches::create::CreateBatchRequest;
 use crate::batches::{self, BatchView};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::extract::{IdPath, JsonBody, QueryParams};
 use crate::state::AppState;
 use crate::views::ListView;
@@ -48,18 +48,7 @@ pub async fn list(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ListView<BatchView>>> {
     let limit = page_size(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
-    let after = query
-        .after
-        .map(|after| {
-            after.parse::<BatchId>().map_err(|err| {
-                ApiError::invalid_with_code(
-                    format!("Invalid 'after': {err}."),
-                    "after",
-                    "invalid_id",
-                )
-            })
-        })
-        .transpose()?;
+    let after = after_id::<BatchId>(query.after)?;
     let mut rows = stored::list(&state.pool, caller.tenant, after, limit).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(0));

@@ -59,6 +59,23 @@ pub struct ListQuery {
     after: Option<String>,
 }
 
+/// `?after=<id>`: the last id of the previous page, of the kind listed.
+pub(crate) fn after_id<T: std::str::FromStr<Err = chatq_common::ids::InvalidId>>(
+    after: Option<String>,
+) -> Result<Option<T>, ApiError> {
+    after
+        .map(|after| {
+            after.parse::<T>().map_err(|err| {
+                ApiError::invalid_with_code(
+                    format!("Invalid 'after': {err}."),
+                    "after",
+                    "invalid_id",
+                )
+            })
+        })
+        .transpose()
+}
+
 pub(crate) fn page_size(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
     match limit {
         None => Ok(default),
@@ -79,18 +96,7 @@ pub async fn list(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ListView<ConversationView>>> {
     let limit = page_size(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
-    let after = query
-        .after
-        .map(|after| {
-            after.parse::<ConversationId>().map_err(|err| {
-                ApiError::invalid_with_code(
-                    format!("Invalid 'after': {err}."),
-                    "after",
-                    "invalid_id",
-                )
-            })
-        })
-        .transpose()?;
+    let after = after_id::<ConversationId>(query.after)?;
     let mut rows = conversations::list(&state.pool, caller.tenant, limit, after).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(0));

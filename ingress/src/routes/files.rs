@@ -10,7 +10,7 @@ use chatq_common::db::files as stored;
 use chatq_common::ids::FileId;
 use serde::{Deserialize, Serialize};
 
-use super::conversations::page_size;
+use super::conversations::{after_id, page_size};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{IdPath, QueryParams};
@@ -72,18 +72,7 @@ pub async fn list(
             "invalid_value",
         ));
     }
-    let after = query
-        .after
-        .map(|after| {
-            after.parse::<FileId>().map_err(|err| {
-                ApiError::invalid_with_code(
-                    format!("Invalid 'after': {err}."),
-                    "after",
-                    "invalid_id",
-                )
-            })
-        })
-        .transpose()?;
+    let after = after_id::<FileId>(query.after)?;
     let mut rows = stored::list(
         &state.pool,
         caller.tenant,

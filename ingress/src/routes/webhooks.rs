@@ -7,7 +7,7 @@ use chatq_common::db::webhooks as stored;
 use chatq_common::ids::WebhookId;
 use serde::{Deserialize, Serialize};
 
-use super::conversations::page_size;
+use super::conversations::{after_id, page_size};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{IdPath, JsonBody, QueryParams};
@@ -47,18 +47,7 @@ pub async fn list(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ListView<WebhookView>>> {
     let limit = page_size(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
-    let after = query
-        .after
-        .map(|after| {
-            after.parse::<WebhookId>().map_err(|err| {
-                ApiError::invalid_with_code(
-                    format!("Invalid 'after': {err}."),
-                    "after",
-                    "invalid_id",
-                )
-            })
-        })
-        .transpose()?;
+    let after = after_id::<WebhookId>(query.after)?;
     let mut rows = stored::list(&state.pool, caller.tenant, after, limit).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(0));
