@@ -20,8 +20,6 @@ fn quick_provider() -> MockConfig {
     }
 }
 
-/// The most requests that reached the provider in any one-second window, among arrivals (ms,
-/// ascending).
 /// The most requests the provider may see in one second from `workers` workers that share a
 /// fleet-wide `rate` (requests a second): the rate, plus what each worker's limiter lets it start
 /// ahead of its share ([`REQUESTS_AHEAD`], a request and a half), and one more for the arrival
@@ -31,6 +29,8 @@ pub(crate) fn most_in_a_second(rate: usize, workers: usize) -> usize {
     rate + (REQUESTS_AHEAD * workers as f64).floor() as usize + 1
 }
 
+/// The most requests that reached the provider in any one-second window, among arrivals (ms,
+/// ascending).
 pub(crate) fn busiest_second(arrivals: &[u64]) -> usize {
     let mut most = 0;
     let mut end = 0;

@@ -106,12 +106,14 @@ pub async fn settle(
         if left == Some(0) {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < drain_deadline,
-            "{}: {left:?} messages still in {stream}; logs in {}",
-            stack.name,
-            stack.dir.display()
-        );
+        if tokio::time::Instant::now() >= drain_deadline {
+            panic!(
+                "{}: {left:?} messages still in {stream}; logs in {}\n{}",
+                stack.name,
+                stack.dir.display(),
+                stack.stream_leftovers(&stream).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     report.recovery = settled_at

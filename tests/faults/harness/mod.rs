@@ -298,6 +298,56 @@ impl Stack {
         stream.info().await.ok().map(|info| info.state.messages)
     }
 
+    /// What a stream still holds, for a failure message: each message's subject and
+    /// `Nats-Msg-Id` (with the status of its job), and each consumer's counts.
+    pub async fn stream_leftovers(&self, name: &str) -> String {
+        let Ok(mut stream) = self.jetstream.get_stream(name).await else {
+            return format!("stream {name} not found");
+        };
+        let Ok(info) = stream.info().await.cloned() else {
+            return format!("no info for stream {name}");
+        };
+        let mut said = Vec::new();
+        for sequence in info.state.first_sequence..=info.state.last_sequence {
+            let Ok(message) = stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            let id = message
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            let job = id
+                .split('.')
+                .next()
+                .and_then(|job| job.parse::<chatq_common::ids::JobId>().ok());
+            let status: Option<(String, i32, i32)> = sqlx::query_as(
+                "SELECT status::text, attempts, publication FROM jobs WHERE id = $1",
+            )
+            .bind(job.map(|job| job.as_uuid()))
+            .fetch_optional(&self.pool)
+            .await
+            .ok()
+            .flatten();
+            said.push(format!(
+                "#{sequence} {} {id} job (status, attempts, publication) {status:?}",
+                message.subject
+            ));
+        }
+        for consumer in stream_consumer_names(&stream).await {
+            if let Ok(info) = stream.consumer_info(&consumer).await {
+                said.push(format!(
+                    "consumer {consumer}: ack pending {}, redelivered {}, pending {}, max_deliver {}",
+                    info.num_ack_pending,
+                    info.num_redelivered,
+                    info.num_pending,
+                    info.config.max_deliver
+                ));
+            }
+        }
+        said.join("\n")
+    }
+
     /// Stops every process and removes what the stack created. (A failed test leaves its
     /// directory, with the logs; the processes and the cluster stop when the stack is dropped.)
     pub async fn stop(mut self) {
@@ -324,4 +374,13 @@ impl Stack {
             drop(std::fs::remove_dir_all(&self.dir));
         }
     }
+}
+
+async fn stream_consumer_names(stream: &async_nats::jetstream::stream::Stream) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .unwrap_or_default()
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
+use async_nats::jetstream::message::Acker;
 use chatq_common::db::jobs::reconcile;
 use chatq_common::job::{JobEnvelope, Lane};
 use futures::StreamExt;
@@ -114,9 +115,14 @@ impl Worker {
                 None => break,
             };
             let Some(slot) = free.pop() else {
-                // More than there are free slots (the two interactive polls together): let
-                // JetStream redeliver it at once. Not an attempt: the job was not claimed.
-                drop(message.ack_with(AckKind::Nak(None)).await);
+                // More than there are free slots (the two interactive polls together). Not an
+                // attempt: the job was not claimed. Handed back for once the polls have expired:
+                // handed back at once, JetStream offers it straight to the polls still open,
+                // each offer counting towards `max_deliver`, until it is used up unrun.
+                let not_before = expired.map_or(IDLE_POLL, |expired| {
+                    expired.saturating_duration_since(tokio::time::Instant::now())
+                });
+                hand_back_surplus(&self.ctx, message, not_before).await;
                 continue;
             };
             started += 1;
@@ -163,11 +169,7 @@ async fn run_job(
             let span = job_span(&envelope, message.headers.as_ref());
             let outcome = async {
                 let outcome = process_one(&ctx, &envelope, &delivery, delivered, &hand_back).await;
-                if matches!(outcome, Outcome::Nak(_)) && delivered >= ctx.topology.max_deliver() {
-                    last_delivery(&ctx, &envelope, outcome).await
-                } else {
-                    outcome
-                }
+                unless_used_up(&ctx, &envelope, delivered, outcome).await
             }
             .instrument(span.clone())
             .await;
@@ -178,6 +180,34 @@ async fn run_job(
             (Outcome::Term, tracing::Span::none())
         }
     };
+    settle(&delivery, outcome).instrument(span).await;
+    processed.fetch_add(1, Ordering::Relaxed);
+    drop(slot);
+}
+
+/// Hands back a message delivered with no slot free for it, to be offered again `not_before`.
+async fn hand_back_surplus(
+    ctx: &JobContext,
+    message: async_nats::jetstream::Message,
+    not_before: Duration,
+) {
+    let delivered = message.info().map_or(1, |info| info.delivered);
+    let (message, delivery) = message.split();
+    let outcome = match serde_json::from_slice::<JobEnvelope>(&message.payload) {
+        Ok(envelope) => {
+            let span = job_span(&envelope, message.headers.as_ref());
+            unless_used_up(ctx, &envelope, delivered, Outcome::Nak(not_before))
+                .instrument(span)
+                .await
+        }
+        // Not a job: `run_job` discards it, saying so, once a slot takes it.
+        Err(_) => Outcome::Nak(not_before),
+    };
+    settle(&delivery, outcome).await;
+}
+
+/// Tells JetStream what became of a delivery.
+async fn settle(delivery: &Acker, outcome: Outcome) {
     let settled = match outcome {
         // The ack is confirmed by the server, so a lost ack is noticed here and not mistaken
         // for success; the redelivery then finds the job finished.
@@ -187,12 +217,26 @@ async fn run_job(
         Outcome::Abandon => Ok(()),
     };
     if let Err(err) = settled {
-        span.in_scope(|| {
-            tracing::warn!(?outcome, error = %err, "could not settle a job message; JetStream will redeliver it");
-        });
+        tracing::warn!(?outcome, error = %err, "could not settle a job message; JetStream will redeliver it");
     }
-    processed.fetch_add(1, Ordering::Relaxed);
-    drop(slot);
+}
+
+/// `outcome`, unless it leaves the message in the stream (handed back, or abandoned to the
+/// worker that took the job over) and JetStream would not deliver it again: then see
+/// [`last_delivery`]. A message left there undeliverable would stay in the work queue for good,
+/// taking a place in it.
+async fn unless_used_up(
+    ctx: &JobContext,
+    envelope: &JobEnvelope,
+    delivered: i64,
+    outcome: Outcome,
+) -> Outcome {
+    let stays = matches!(outcome, Outcome::Nak(_) | Outcome::Abandon);
+    if stays && delivered >= ctx.topology.max_deliver() {
+        last_delivery(ctx, envelope, outcome).await
+    } else {
+        outcome
+    }
 }
 
 /// JetStream will not deliver this message again (`max_deliver`), yet the job still needs it.
