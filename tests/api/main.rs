@@ -39,6 +39,7 @@ mod tenancy_matrix;
 mod traces;
 mod web;
 mod web_browser;
+mod webhook_events;
 mod webhooks;
 mod write_path;
 

@@ -4,7 +4,7 @@
 //! reported once, not line by line.
 
 #[path = "../support/webhook_receiver.rs"]
-mod webhook_receiver;
+pub(crate) mod webhook_receiver;
 
 use std::time::{Duration, Instant};
 
@@ -16,13 +16,13 @@ use self::webhook_receiver::{Answer, Received, WebhookReceiver};
 use crate::helpers::{TestApp, TestOptions, assert_error, id_of, run_sdk_script, spawn_app_with};
 
 /// Settings for tests whose receiver is on 127.0.0.1: private targets allowed, quick retries.
-fn local_receivers(settings: &mut Settings) {
+pub(crate) fn local_receivers(settings: &mut Settings) {
     settings.webhooks.allow_private_targets = true;
     settings.webhooks.retry_base_ms = 50;
     settings.webhooks.poll_interval_ms = 20;
 }
 
-async fn create_webhook(app: &TestApp, body: Value) -> Value {
+pub(crate) async fn create_webhook(app: &TestApp, body: Value) -> Value {
     let response = app.post_json("/v1/webhooks", &body).await;
     let status = response.status();
     let created: Value = response.json().await.unwrap();

@@ -1,6 +1,6 @@
 //! A webhook receiver on 127.0.0.1 for the API and fault tests: it records every request it
 //! gets (headers and body) and answers as the test asks: 500 to the first attempts of each
-//! event, or never.
+//! event, 429 with `Retry-After` to the first, or never.
 
 #![allow(
     dead_code,
@@ -15,6 +15,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse as _;
 use axum::routing::post;
 use tokio::sync::Notify;
 
@@ -25,6 +26,8 @@ pub enum Answer {
     FailFirst(usize),
     /// Never: the request is read and the connection held open, unanswered.
     Never,
+    /// 429 with `Retry-After: <secs>` to the first attempt of each event, then 200.
+    ThrottleFirst { retry_after_secs: u64 },
 }
 
 /// One request the receiver got.
@@ -34,6 +37,7 @@ pub struct Received {
     pub body: Bytes,
     /// The status it was answered with (none: never answered).
     pub status: Option<u16>,
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -117,7 +121,7 @@ async fn receive(
     State(receiver): State<Arc<Receiver>>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
     let headers: HashMap<String, String> = headers
         .iter()
         .map(|(name, value)| {
@@ -128,28 +132,37 @@ async fn receive(
         })
         .collect();
     let id = headers.get("webhook-id").cloned().unwrap_or_default();
-    let status = match receiver.answer {
-        Answer::Never => None,
-        Answer::FailFirst(failures) => {
-            let earlier = receiver
-                .log
-                .received
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|r| r.headers.get("webhook-id") == Some(&id))
-                .count();
-            Some(if earlier < failures { 500 } else { 200 })
+    let earlier = receiver
+        .log
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.headers.get("webhook-id") == Some(&id))
+        .count();
+    let (status, retry_after) = match receiver.answer {
+        Answer::Never => (None, None),
+        Answer::FailFirst(failures) => (Some(if earlier < failures { 500 } else { 200 }), None),
+        Answer::ThrottleFirst { retry_after_secs } if earlier == 0 => {
+            (Some(429), Some(retry_after_secs))
         }
+        Answer::ThrottleFirst { .. } => (Some(200), None),
     };
     receiver.log.received.lock().unwrap().push(Received {
         headers,
         body,
         status,
+        at: std::time::Instant::now(),
     });
     receiver.log.changed.notify_waiters();
-    match status {
-        Some(status) => StatusCode::from_u16(status).unwrap(),
-        None => std::future::pending().await,
+    let Some(status) = status else {
+        return std::future::pending().await;
+    };
+    let mut answer = StatusCode::from_u16(status).unwrap().into_response();
+    if let Some(secs) = retry_after {
+        answer
+            .headers_mut()
+            .insert("retry-after", secs.to_string().parse().unwrap());
     }
+    answer
 }
