@@ -50,6 +50,7 @@ pub mod prompt;
 pub mod provider;
 pub mod reconciler;
 pub mod retention;
+pub mod retry_after;
 pub mod slots;
 pub mod webhooks;
 pub mod worker;

@@ -11,7 +11,8 @@
 //!
 //! Each attempt carries the event's id as `webhook-id`, the same on every retry, so a receiver
 //! can drop a repeat. A 2xx marks the delivery `delivered`. Anything else is retried after an
-//! exponential back-off with jitter ([`backoff`]), until `CHATQ_WEBHOOK_RETRY_FOR_SECS` after
+//! exponential back-off with jitter ([`backoff`]), or after the `Retry-After` the receiver
+//! answered with if that is longer, until `CHATQ_WEBHOOK_RETRY_FOR_SECS` after
 //! the event, when it ends `failed`. A worker that dies mid-delivery holds its lease until it
 //! runs out (one attempt's timeout and a margin); then another worker sends it again: at least
 //! once.
@@ -160,14 +161,18 @@ impl Dispatcher {
                 metrics::counter!(names::WEBHOOK_FAILED_ATTEMPTS, "reason" => err.reason())
                     .increment(1);
                 let s = &self.settings;
+                let longest = Duration::from_secs(s.retry_max_delay_secs);
+                let backoff = backoff(
+                    delivery.attempt,
+                    Duration::from_millis(s.retry_base_ms),
+                    longest,
+                );
+                // A receiver that asks for a wait (429 or 503 with `Retry-After`) gets at least
+                // that, up to the longest back-off.
+                let asked = err.retry_after().unwrap_or_default().min(longest);
                 Attempted::Failed {
                     error: err.to_string(),
-                    retry_in_secs: backoff(
-                        delivery.attempt,
-                        Duration::from_millis(s.retry_base_ms),
-                        Duration::from_secs(s.retry_max_delay_secs),
-                    )
-                    .as_secs_f64(),
+                    retry_in_secs: backoff.max(asked).as_secs_f64(),
                     retry_for_secs: s.retry_for_secs as f64,
                 }
             }

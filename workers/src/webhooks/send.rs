@@ -20,6 +20,8 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use time::OffsetDateTime;
 use url::{Host, Url};
 
+use crate::retry_after::retry_after;
+
 /// Most bytes read from a receiver's answer (its body is not used; reading a little lets the
 /// connection be reused).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -27,8 +29,9 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Why an attempt failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AttemptError {
+    /// A status other than 2xx, with the wait the receiver asked for (`Retry-After`).
     #[error("the receiver answered HTTP {0}")]
-    Status(u16),
+    Status(u16, Option<Duration>),
     #[error("the receiver did not answer in time")]
     Timeout,
     #[error("cannot connect to the receiver: {0}")]
@@ -40,10 +43,18 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// How long the receiver asked to be left alone, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AttemptError::Status(_, retry_after) => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The `reason` label of `chatq_webhook_failed_attempts_total`.
     pub fn reason(&self) -> &'static str {
         match self {
-            AttemptError::Status(_) => "status",
+            AttemptError::Status(..) => "status",
             AttemptError::Timeout => "timeout",
             AttemptError::Connect(_) => "connect",
             AttemptError::RefusedTarget(_) => "refused_target",
@@ -137,6 +148,7 @@ impl Sender {
             .await
             .map_err(classify)?;
         let status = response.status();
+        let retry_after = retry_after(response.headers());
         let mut read = 0;
         while read < MAX_RESPONSE_BYTES {
             match response.chunk().await {
@@ -148,7 +160,7 @@ impl Sender {
         if status.is_success() {
             Ok(())
         } else {
-            Err(AttemptError::Status(status.as_u16()))
+            Err(AttemptError::Status(status.as_u16(), retry_after))
         }
     }
 }

@@ -12,9 +12,10 @@ use async_trait::async_trait;
 use chatq_common::choices::{Choice, ChoiceDelta};
 use chatq_common::settings::ProviderSettings;
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use crate::retry_after::retry_after;
 
 use super::{
     Provider, ProviderConfigError, ProviderError, ProviderRequest, ReplyStream, StreamItem,
@@ -204,18 +205,6 @@ fn transport_detail(err: reqwest::Error) -> String {
     detail
 }
 
-/// `Retry-After` in seconds, or OpenAI's `retry-after-ms`.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let number = |value: &HeaderValue| value.to_str().ok()?.trim().parse::<f64>().ok();
-    if let Some(ms) = headers.get("retry-after-ms").and_then(number) {
-        return Some(Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 3600.0)));
-    }
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(number)
-        .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 3600.0)))
-}
-
 /// The provider's own error message, from an OpenAI-shaped error body or the raw text.
 async fn error_message(response: reqwest::Response, limit: usize) -> String {
     let status = response.status();
@@ -269,14 +258,5 @@ mod tests {
                 && !described.contains("sk-secret"),
             "{described}"
         );
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_milliseconds() {
-        let mut headers = HeaderMap::new();
-        headers.insert("retry-after", HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
-        headers.insert("retry-after-ms", HeaderValue::from_static("1500"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_millis(1500)));
     }
 }
