@@ -187,6 +187,7 @@ impl Application {
                 topology.clone(),
                 pool.clone(),
                 background.clone(),
+                background_stop.clone(),
             ),
             event_streams: stream_slots::StreamSlots::new(
                 settings.limits.max_event_streams,

@@ -13,6 +13,7 @@
 
 mod log;
 mod pump;
+mod recheck;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -25,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use self::log::Log;
 pub use self::log::{HubCursor, HubEvent, ResumingCursor};
 use self::pump::Pump;
+use self::recheck::Rechecks;
 
 /// Why a hub could not follow a job.
 #[derive(Debug, thiserror::Error)]
@@ -61,15 +63,20 @@ pub struct EventHubs {
     topology: Topology,
     pool: sqlx::PgPool,
     pumps: TaskTracker,
+    rechecks: Arc<Rechecks>,
 }
 
 impl EventHubs {
+    /// Pumps run on `pumps`, beside the task that checks their jobs in Postgres until `stop`.
     pub fn new(
         nats: async_nats::Client,
         topology: Topology,
         pool: sqlx::PgPool,
         pumps: TaskTracker,
+        stop: CancellationToken,
     ) -> Self {
+        let rechecks = Arc::new(Rechecks::default());
+        pumps.spawn(rechecks.clone().run_until_stopped(pool.clone(), stop));
         Self {
             hubs: Arc::default(),
             jetstream: async_nats::jetstream::new(nats.clone()),
@@ -77,6 +84,7 @@ impl EventHubs {
             topology,
             pool,
             pumps,
+            rechecks,
         }
     }
 

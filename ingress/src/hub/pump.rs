@@ -16,10 +16,6 @@ use tokio_util::sync::CancellationToken;
 use super::EventHubs;
 use super::log::{HubEvent, Log};
 
-/// How often a hub checks Postgres for a job that ended (or was deleted) without a terminal
-/// event reaching it.
-const RECHECK_EVERY: Duration = Duration::from_secs(5);
-
 /// Fills one hub's log.
 pub(super) struct Pump {
     pub(super) job: JobId,
@@ -45,9 +41,10 @@ impl Pump {
     /// 1. Read the job from Postgres; if an attempt has already started, replay its earlier
     ///    events from the events stream (an ordered consumer, read until caught up).
     /// 2. Append live events, skipping any id already logged, until a terminal event.
-    /// 3. Every few seconds, check Postgres: a job that ended while its events were lost (NATS
-    ///    down, replay window over) gets its terminal event from Postgres, and a job deleted
-    ///    meanwhile (with its conversation) a `job.failed` saying so, so no follower waits forever.
+    /// 3. When Postgres has the job ended or gone ([`super::recheck`] looks every few seconds): a
+    ///    job that ended while its events were lost (NATS down, replay window over) gets its
+    ///    terminal event from Postgres, and a job deleted meanwhile (with its conversation) a
+    ///    `job.failed` saying so, so no follower waits forever.
     async fn fill(&mut self) {
         let stored = Box::pin(jobs::get_any(&self.hubs.pool, self.job))
             .await
@@ -81,8 +78,7 @@ impl Pump {
             self.end_from(stored);
             return;
         }
-        let mut recheck = tokio::time::interval(RECHECK_EVERY);
-        recheck.tick().await;
+        let watched = self.hubs.rechecks.watch(self.job);
         loop {
             tokio::select! {
                 message = self.live.next() => {
@@ -91,7 +87,7 @@ impl Pump {
                         self.append(event);
                     }
                 }
-                _ = recheck.tick() => Box::pin(self.recheck()).await,
+                () = watched.nudged() => Box::pin(self.recheck()).await,
             }
             if self.log.ended() {
                 return;

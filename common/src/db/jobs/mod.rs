@@ -43,7 +43,7 @@ pub use finish::{
     CANCELLED_MESSAGE, CancelOutcome, Completion, cancel_queued, complete, finish_cancelled,
     finish_unsuccessfully, release, request_cancel,
 };
-pub use read::{JobRow, find_by_idempotency_key, get, get_any};
+pub use read::{JobRow, ended_or_gone, find_by_idempotency_key, get, get_any};
 pub use record::{
     Idempotency, NewJob, NewTurnMessage, Recorded, RecordedJob, record, record_again,
     record_gathered, withdraw,

@@ -110,6 +110,24 @@ pub async fn get_any(pool: &PgPool, id: JobId) -> Result<Option<JobRow>, sqlx::E
         .await
 }
 
+/// Of the jobs `ids`, those no longer queued or running, and those that no longer exist: what
+/// event hubs look for, for all the jobs they follow at once (see `ingress::hub`).
+///
+/// # Errors
+/// Database errors.
+pub async fn ended_or_gone(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<JobId>, sqlx::Error> {
+    let ended = sqlx::query_scalar!(
+        r#"SELECT followed.id AS "id!"
+             FROM unnest($1::uuid[]) AS followed (id)
+             LEFT JOIN jobs ON jobs.id = followed.id
+            WHERE jobs.id IS NULL OR jobs.status NOT IN ('queued', 'running')"#,
+        ids,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(ended.into_iter().map(JobId::from_uuid).collect())
+}
+
 /// The job first recorded with this idempotency key.
 ///
 /// # Errors
