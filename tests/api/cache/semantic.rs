@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Completed, answer_with, complete, complete_as, deterministic, job_of, provider_calls};
 use crate::helpers::{TestApp, TestOptions, id_of, messages_path, spawn_app, spawn_app_with};
+use crate::sse::SseReader;
 
 const QUESTION: &str = "What is the capital of France?";
 const PARAPHRASE: &str = "What is the capital city of France?";
@@ -245,5 +246,41 @@ async fn cache_semantic_is_off_by_default_and_never_asks_for_embeddings() {
         .await
         .unwrap();
     assert_eq!(exists, None, "the tier's table is made only when it is on");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cache_semantic_a_streamed_hit_says_so_when_it_starts() {
+    let app = spawn_semantic_app().await;
+    answer_with(&app, "Paris is the capital.");
+    complete(&app, &deterministic(QUESTION)).await;
+    let mut body = deterministic(PARAPHRASE);
+    body["stream"] = json!(true);
+    let response = app
+        .request(Method::POST, "/v1/chat/completions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(
+        (header("x-chatq-cache"), header("x-chatq-cache-tier")),
+        ("hit".to_owned(), "semantic".to_owned())
+    );
+    let streamed: String = SseReader::new(response)
+        .collect()
+        .await
+        .into_iter()
+        .filter(|event| event.data != "[DONE]")
+        .filter_map(|event| {
+            let chunk: Value = serde_json::from_str(&event.data).unwrap();
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(streamed, "Paris is the capital.");
+    assert_eq!(provider_calls(&app), 1);
     app.stop().await;
 }

@@ -323,4 +323,22 @@ mod tests {
         headers.insert("retry-after-ms", HeaderValue::from_static("1500"));
         assert_eq!(retry_after(&headers), Some(Duration::from_millis(1500)));
     }
+
+    #[test]
+    fn an_embeddings_answer_gives_its_first_vector_or_a_malformed_error() {
+        let body = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-0.25]}],"model":"e"}"#;
+        assert_eq!(parse_embedding(body).unwrap(), vec![0.5, -0.25]);
+        for bad in [
+            &br#"{"data":[]}"#[..],
+            br#"{"data":[{"embedding":[]}]}"#,
+            br#"{"error":{"message":"no"}}"#,
+            b"<html>",
+        ] {
+            assert!(
+                matches!(parse_embedding(bad), Err(ProviderError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }
