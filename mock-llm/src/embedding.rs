@@ -4,7 +4,7 @@
 //! words hashed into [`DIMENSIONS`] numbers and scaled to length 1, so the cosine similarity of
 //! two texts is about the share of words they have in common); the mock only borrows it.
 //!
-//! Every input gets its embedding whatever the model asked for, and the rates and faults of
-//! [`crate::MockConfig`] apply to chat completions only.
+//! Every input gets its embedding whatever the model asked for; of [`crate::MockConfig`], only
+//! `embeddings_status` applies (the rates and faults are the chat completions').
 
 pub use chatq_workers::provider::simulated::embedding::{DIMENSIONS, embed};

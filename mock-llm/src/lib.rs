@@ -73,6 +73,10 @@ pub struct MockConfig {
     /// A misbehaviour to apply to every request that is not failed by the rates above.
     #[arg(skip)]
     pub fault: Option<Fault>,
+    /// Answer every `/v1/embeddings` request with this HTTP status and an OpenAI-shaped error
+    /// (the rates and faults above apply to chat completions only).
+    #[arg(long)]
+    pub embeddings_status: Option<u16>,
 }
 
 impl Default for MockConfig {
@@ -88,6 +92,7 @@ impl Default for MockConfig {
             retry_after_secs: None,
             reply: None,
             fault: None,
+            embeddings_status: None,
         }
     }
 }

@@ -85,6 +85,10 @@ async fn reset(State(state): State<Arc<MockState>>) -> StatusCode {
 /// OpenAI shape.
 async fn embeddings(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
     state.with_stats(|s| s.embeddings += 1);
+    if let Some(status) = state.config().embeddings_status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return error(status, "fault injected (mock)", None);
+    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "the body is not JSON", None);
     };

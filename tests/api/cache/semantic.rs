@@ -9,6 +9,7 @@
 //! seven (cosine about 0.93); "… of Spain?" shares five of six (about 0.83). The tests set the
 //! threshold between the two.
 
+use chatq_mock_llm::MockConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -282,5 +283,33 @@ async fn cache_semantic_a_streamed_hit_says_so_when_it_starts() {
         .collect();
     assert_eq!(streamed, "Paris is the capital.");
     assert_eq!(provider_calls(&app), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cache_semantic_an_embedding_that_fails_is_a_miss_and_the_request_is_answered() {
+    let app = spawn_semantic_app().await;
+    answer_with(&app, "Paris.");
+    complete(&app, &deterministic(QUESTION)).await;
+    app.mock.set_config(MockConfig {
+        embeddings_status: Some(500),
+        ..app.mock.config()
+    });
+    answer_with(&app, "Paris, again.");
+    let paraphrase = complete(&app, &deterministic(PARAPHRASE)).await;
+    assert_eq!(paraphrase.cache, "miss");
+    assert_eq!(paraphrase.content(), "Paris, again.");
+    assert_eq!(job_of(&app, &paraphrase).await["status"], "succeeded");
+    assert_eq!((provider_calls(&app), embedding_calls(&app)), (2, 2));
+    // Nothing was stored without an embedding; the exact tiers still work as ever.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM semantic_replies")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    assert_eq!(
+        complete(&app, &deterministic(PARAPHRASE)).await.tier,
+        "exact"
+    );
     app.stop().await;
 }
