@@ -1,9 +1,10 @@
 //! The reply cache: a repeated deterministic request (temperature 0, or a fixed seed) is answered
 //! with the reply an identical request got, and identical requests under way at once share one
 //! provider call. Optionally ([`semantic`], off by default), a near-duplicate is answered with the
-//! reply of a request that differs only in the wording of its last user message. It sits in the processing step ([`answer`]), so conversation turns, chat
-//! completions and batch lines all use it, and a hit is committed and streamed like any reply:
-//! the same deltas, the same terminal event, with `cached: true` on the job.
+//! reply of a request that differs only in the wording of its last user message. It sits in the
+//! processing step ([`answer`]), so conversation turns, chat completions and batch lines all use
+//! it, and a hit is committed and streamed like any reply: the same deltas, the same terminal
+//! event, with `cached: true` (and the tier, `cache`) on the job.
 //!
 //! Safety first: the key ([`key`]) includes the tenant unless the operator widened the scope
 //! (`cache_scope = global`), so one tenant never receives another's reply; a client can opt out
