@@ -610,11 +610,13 @@ _pgvector_install() {
     major=$(psql -w "$url" -X -Atqc 'select current_setting($$server_version_num$$)::int / 10000') ||
         return 1
     [[ -d /usr/lib/postgresql/$major ]] && command -v apt-get >/dev/null 2>&1 || return 1
-    if [[ -z $_cq_apt_updated ]]; then
+    if ! apt-cache show "postgresql-$major-pgvector" >/dev/null 2>&1; then
+        # Package lists from an earlier update are enough to know Debian has no such package.
+        compgen -G '/var/lib/apt/lists/*Packages*' >/dev/null && return 1
         as_root apt-get update -qq || return 1
         _cq_apt_updated=1
+        apt-cache show "postgresql-$major-pgvector" >/dev/null 2>&1 || return 1
     fi
-    apt-cache show "postgresql-$major-pgvector" >/dev/null 2>&1 || return 1
     apt_install "postgresql-$major-pgvector"
     _pgvector_available "$url"
 }
