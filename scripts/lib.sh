@@ -540,6 +540,100 @@ check_ops_kit() {
     return "$rc"
 }
 
+# ensure_pgvector [URL]: the pgvector extension available to the Postgres server at URL (default
+# the scripts' own), for the semantic reply cache (CHATQ_CACHE_SEMANTIC=true). Debian packages it
+# per server version as postgresql-<major>-pgvector where the release has it (Debian 13 does for
+# its Postgres 17; Debian 12 has none for its Postgres 15). The package only adds files beside the
+# server's own, so a running server sees it at once; chatq creates the extension in its database
+# itself. Fails, saying what to install, when the package cannot be had.
+ensure_pgvector() {
+    local url=${1:-$(postgres_url postgres)}
+    _pgvector_install "$url" ||
+        die "the pgvector extension is not available to the Postgres server at $url" \
+            "install pgvector on that server (on Debian or Ubuntu: apt-get install postgresql-<major>-pgvector, from the PGDG repository where Debian has none), or leave CHATQ_CACHE_SEMANTIC off"
+    ok "pgvector is available to Postgres"
+}
+
+# ensure_test_pgvector: a Postgres server with pgvector for the semantic cache's tests; exports
+# CQTEST_PGVECTOR_DATABASE_URL (an admin URL, like CQTEST_DATABASE_URL). The tests' own server
+# when pgvector can be installed into it; otherwise a second server, of the PyPI package
+# pgserver (Postgres 16 with pgvector, as files: no service of its own), on 127.0.0.1:$CQ_PGVECTOR_PORT,
+# started here when it is not running, with its data in $CQ_PGVECTOR_HOME (run as the postgres
+# user, which Postgres insists on).
+CQ_PGVECTOR_PORT=${CQ_PGVECTOR_PORT:-5439}
+CQ_PGVECTOR_HOME=${CQ_PGVECTOR_HOME:-/var/lib/chatq-pgvector}
+CQ_PGSERVER_PACKAGE="pgserver==0.1.4"
+ensure_test_pgvector() {
+    if _pgvector_install "$CQTEST_DATABASE_URL"; then
+        export CQTEST_PGVECTOR_DATABASE_URL=$CQTEST_DATABASE_URL
+        ok "pgvector is available to the tests' Postgres"
+        return 0
+    fi
+    local port=$CQ_PGVECTOR_PORT home=$CQ_PGVECTOR_HOME bin=$CQ_PGVECTOR_HOME/pgserver/pginstall/bin
+    local url=postgres://postgres@127.0.0.1:$port/postgres
+    if ! port_open 127.0.0.1 "$port"; then
+        if [[ ! -x $bin/postgres ]]; then
+            info "installing Postgres with pgvector from PyPI ($CQ_PGSERVER_PACKAGE) into $home"
+            local unpacked
+            unpacked=$(mktemp -d)
+            "$CQ_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+                --target "$unpacked" "$CQ_PGSERVER_PACKAGE" ||
+                die "pip could not install $CQ_PGSERVER_PACKAGE" "check that PyPI is reachable, then run this again"
+            as_root mkdir -p "$home"
+            # The binaries find their libraries in pgserver.libs beside pgserver/ (their RPATH).
+            as_root cp -a "$unpacked/pgserver" "$unpacked/pgserver.libs" "$home/"
+            as_root chmod -R a+rX "$home"
+            rm -rf "$unpacked"
+        fi
+        if [[ ! -s $home/data/PG_VERSION ]]; then
+            as_root rm -rf "$home/data"
+            as_root install -d -o postgres -g postgres -m 700 "$home/data"
+            _as_postgres "$bin/initdb" -D "$home/data" -U postgres --auth=trust \
+                -E UTF8 >/dev/null || die "initdb of the pgvector test server failed"
+        fi
+        info "starting the pgvector test server on 127.0.0.1:$port"
+        _as_postgres "$bin/pg_ctl" -D "$home/data" -l "$home/data/server.log" -w \
+            -o "-p $port -c listen_addresses=127.0.0.1 -k $home/data" start >/dev/null ||
+            die "the pgvector test server did not start" "see $home/data/server.log"
+    fi
+    _pgvector_available "$url" ||
+        die "the server on 127.0.0.1:$port has no pgvector" "stop what listens there, or set CQ_PGVECTOR_PORT"
+    export CQTEST_PGVECTOR_DATABASE_URL=$url
+    ok "pgvector test server on 127.0.0.1:$port"
+}
+
+# _pgvector_install URL: true when pgvector is available to the server at URL, after installing
+# Debian's package for the server's version if the server is local and the package exists.
+_pgvector_install() {
+    local url=$1 major
+    _pgvector_available "$url" && return 0
+    major=$(psql -w "$url" -X -Atqc 'select current_setting($$server_version_num$$)::int / 10000') ||
+        return 1
+    [[ -d /usr/lib/postgresql/$major ]] && command -v apt-get >/dev/null 2>&1 || return 1
+    if ! apt-cache show "postgresql-$major-pgvector" >/dev/null 2>&1; then
+        # Package lists from an earlier update are enough to know Debian has no such package.
+        compgen -G '/var/lib/apt/lists/*Packages*' >/dev/null && return 1
+        as_root apt-get update -qq || return 1
+        _cq_apt_updated=1
+        apt-cache show "postgresql-$major-pgvector" >/dev/null 2>&1 || return 1
+    fi
+    apt_install "postgresql-$major-pgvector"
+    _pgvector_available "$url"
+}
+
+_pgvector_available() {
+    [[ $(psql -w "$1" -X -Atqc "select count(*) from pg_available_extensions where name = 'vector'" 2>/dev/null) == 1 ]]
+}
+
+# _as_postgres CMD...: CMD as the postgres user.
+_as_postgres() {
+    if [[ $EUID -eq 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        sudo -u postgres "$@"
+    fi
+}
+
 # PgBouncer for the tests that put it between chatq and Postgres (Debian's package). Only the
 # binary is needed: the tests start their own on spare ports, and the package's own service is
 # left as it is (stopped unless someone started it). Exports CQTEST_PGBOUNCER.

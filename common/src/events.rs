@@ -20,6 +20,7 @@ use crate::db::jobs::JobRow;
 use crate::ids::JobId;
 use crate::job::JobStatus;
 pub use crate::job::view::JobView;
+use crate::reply_cache::CacheTier;
 use crate::topology::Topology;
 
 /// Events one attempt may number; beyond this a worker coalesces deltas (see [`EventIds`]).
@@ -69,6 +70,9 @@ pub struct Started {
     /// The reply is already in the reply cache: it is played back, not asked of the provider.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// Which tier holds it (`exact` or `semantic`), when `cached`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheTier>,
 }
 
 /// A piece of the reply: `{"delta": "Hel"}` for text, with `index`, `tool_calls`, `refusal`,

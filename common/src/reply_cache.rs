@@ -7,11 +7,44 @@
 //! - `r.<hash>`: a cached reply, under the hex SHA-256 of everything that decides it;
 //! - `m.<message id>`: the hash a conversation's reply message was served under, so feedback on
 //!   that message can find and evict the reply.
+//!
+//! [`CacheTier`] names which tier served a reply, as a job's reply and its `job.started` event say.
 
 use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::MessageId;
 use crate::topology::Topology;
+
+/// Which tier of the reply cache served a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheTier {
+    /// The same request's reply (from a worker's memory or the shared tier), or the reply of an
+    /// identical request's call under way at the same time.
+    Exact,
+    /// The reply of a request that differs only in the wording of its last user message, whose
+    /// embedding is close enough (`cache_semantic_threshold`).
+    Semantic,
+}
+
+impl CacheTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheTier::Exact => "exact",
+            CacheTier::Semantic => "semantic",
+        }
+    }
+
+    /// The tier a stored name says, or `None` for a name this build does not know.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "exact" => Some(CacheTier::Exact),
+            "semantic" => Some(CacheTier::Semantic),
+            _ => None,
+        }
+    }
+}
 
 /// The key of a cached reply.
 pub fn reply_key(hash_hex: &str) -> String {

@@ -385,7 +385,7 @@
         if (kind === "job.succeeded" && job.reply) {
           text.data = job.reply.content;
           const parts = [job.reply.model || job.model];
-          if (job.reply.cached) parts.push("cached");
+          if (job.reply.cached) parts.push(job.reply.cache === "semantic" ? "cached (similar question)" : "cached");
           if (job.ttft_ms != null) parts.push(`first token ${job.ttft_ms} ms`);
           if (job.reply.usage) parts.push(`${job.reply.usage.total_tokens} tokens`);
           meta.textContent = parts.filter(Boolean).join(" · ");

@@ -7,7 +7,8 @@
 //!
 //! It answers `POST /v1/chat/completions` (JSON, or SSE with `stream: true`) with deterministic
 //! replies ([`answer`]: text, tool calls, JSON for a schema, several choices, logprobs), and
-//! `GET /v1/models`. Its behaviour is set at start-up and can be changed
+//! `GET /v1/models`, and `POST /v1/embeddings` with deterministic bag-of-words embeddings
+//! ([`embedding`]), so texts sharing most words are close. Its behaviour is set at start-up and can be changed
 //! while it runs with `POST /control` (a JSON [`MockConfig`]), so one test can turn on a 429 storm
 //! or a stalled stream halfway through. It counts what it sees: `GET /stats` ([`MockStats`]) and
 //! `GET /requests` (the most recent request bodies).
@@ -17,11 +18,13 @@
 //! - this file: [`MockConfig`] (its flags double as `chatq mock-llm`'s), the [`Fault`]s it can
 //!   play, what it counts ([`MockStats`], [`RecordedRequest`]), and [`MockLlm`], a running server.
 //! - [`answer`]: what the mock answers a request with, decided from the request alone.
+//! - [`embedding`]: the embeddings it answers with, borrowed from the simulated provider.
 //! - `encode`: a planned answer as streamed chunks or whole choices.
 //! - [`reply`]: the reply text and token counts, borrowed from the simulated provider.
 //! - `server`: the HTTP handlers: completions (JSON and SSE), faults, limits, stats, control.
 
 pub mod answer;
+pub mod embedding;
 mod encode;
 pub mod reply;
 mod server;
@@ -70,6 +73,10 @@ pub struct MockConfig {
     /// A misbehaviour to apply to every request that is not failed by the rates above.
     #[arg(skip)]
     pub fault: Option<Fault>,
+    /// Answer every `/v1/embeddings` request with this HTTP status and an OpenAI-shaped error
+    /// (the rates and faults above apply to chat completions only).
+    #[arg(long)]
+    pub embeddings_status: Option<u16>,
 }
 
 impl Default for MockConfig {
@@ -85,6 +92,7 @@ impl Default for MockConfig {
             retry_after_secs: None,
             reply: None,
             fault: None,
+            embeddings_status: None,
         }
     }
 }
@@ -114,6 +122,8 @@ pub enum Fault {
 pub struct MockStats {
     /// Chat completion requests received.
     pub requests: u64,
+    /// Embedding requests received (`/v1/embeddings`), counted apart from chat completions.
+    pub embeddings: u64,
     /// Requests answered successfully (whole reply sent).
     pub succeeded: u64,
     /// Requests answered with 429.

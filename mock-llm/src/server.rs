@@ -16,6 +16,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use super::answer::{self, Piece};
+use super::embedding;
 use super::encode::{piece_delta, whole_choice};
 use super::reply::prompt_tokens;
 use super::{
@@ -26,6 +27,7 @@ use super::{
 pub(super) fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/stats", get(stats))
         .route("/requests", get(requests))
@@ -77,6 +79,48 @@ async fn reset(State(state): State<Arc<MockState>>) -> StatusCode {
         recorded.clear();
     }
     StatusCode::NO_CONTENT
+}
+
+/// `{"model", "input": "text" or ["text", …]}` answered with one embedding per input, in the
+/// OpenAI shape.
+async fn embeddings(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    state.with_stats(|s| s.embeddings += 1);
+    if let Some(status) = state.config().embeddings_status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return error(status, "fault injected (mock)", None);
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the body is not JSON", None);
+    };
+    let inputs: Vec<&str> = match &request["input"] {
+        Value::String(text) => vec![text.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if inputs.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`input` must be a string or a list of strings",
+            None,
+        );
+    }
+    let tokens: usize = inputs
+        .iter()
+        .map(|text| chatq_common::chat::estimate_tokens(text))
+        .sum();
+    let data: Vec<Value> = (0..)
+        .zip(&inputs)
+        .map(|(index, text): (u32, _)| {
+            json!({"object": "embedding", "index": index, "embedding": embedding::embed(text)})
+        })
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": request["model"].as_str().unwrap_or("mock-embedding"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
 }
 
 /// Decrements `in_flight` when a request ends, however it ends (including a client hanging up

@@ -4,6 +4,8 @@
 //!
 //! Where the services are: `CQTEST_DATABASE_URL` (a URL whose user may create databases; the
 //! default is the local `postgres` database) and `CQTEST_NATS_URL` (default the local server).
+//! Tests of the semantic cache put their database on `CQTEST_PGVECTOR_DATABASE_URL`, a server
+//! with pgvector (`scripts/test` finds or starts one; the default is `CQTEST_DATABASE_URL`).
 
 #![allow(
     dead_code,
@@ -41,12 +43,19 @@ pub fn nats_url() -> String {
     std::env::var("CQTEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// The admin URL of a server with the pgvector extension.
+pub fn pgvector_admin_database_url() -> String {
+    std::env::var("CQTEST_PGVECTOR_DATABASE_URL").unwrap_or_else(|_| admin_database_url())
+}
+
 /// A URL for another database on the same server as the admin URL.
 pub fn database_url(name: &str) -> String {
-    let admin = admin_database_url();
-    let base = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(base, _)| base);
+    database_url_on(&admin_database_url(), name)
+}
+
+/// A URL for the database `name` on the server of the admin URL `admin`.
+fn database_url_on(admin: &str, name: &str) -> String {
+    let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
     format!("{base}/{name}")
 }
 
@@ -76,6 +85,8 @@ pub struct TestOptions {
     pub mock: MockConfig,
     /// Changes to the settings, applied last.
     pub settings: Box<dyn FnOnce(&mut Settings) + Send>,
+    /// The database lives on the server with pgvector ([`pgvector_admin_database_url`]).
+    pub pgvector: bool,
 }
 
 impl Default for TestOptions {
@@ -84,6 +95,7 @@ impl Default for TestOptions {
             workers: 1,
             mock: MockConfig::default(),
             settings: Box::new(|_| {}),
+            pgvector: false,
         }
     }
 }
@@ -100,6 +112,8 @@ pub struct TestApp {
     pub key: String,
     pub mock: MockLlm,
     pub database: String,
+    /// The admin URL of the server `database` is on, to drop it.
+    admin_url: String,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -119,9 +133,14 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         .await
         .expect("mock LLM starts");
     let database = unique("chatq_t_");
+    let admin_url = if options.pgvector {
+        pgvector_admin_database_url()
+    } else {
+        admin_database_url()
+    };
     let mut settings = Settings::default();
     settings.ingress.http_addr = "127.0.0.1:0".parse().unwrap();
-    settings.database.url = SecretString::from(database_url(&database));
+    settings.database.url = SecretString::from(database_url_on(&admin_url, &database));
     settings.database.max_connections = 10;
     settings.nats.url = nats_url().parse().expect("CQTEST_NATS_URL is a NATS URL");
     settings.nats.namespace = SettingValue::parse_setting(&unique("cqt")).unwrap();
@@ -190,6 +209,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         key,
         mock,
         database,
+        admin_url,
         settings,
         shutdown,
         tasks,
@@ -370,7 +390,7 @@ impl TestApp {
         }
         self.delete_streams().await;
         self.pool.close().await;
-        if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
             let drop_sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
             drop(
                 sqlx::raw_sql(sqlx::AssertSqlSafe(drop_sql))

@@ -266,7 +266,7 @@ async fn claims_and_replies_in_one_batch_are_each_decided_alone() {
         usage: Usage::default(),
         ttft_ms: Some(1),
         upstream_ms: 2,
-        cached: false,
+        cache: None,
         reply_model: "mock-model".into(),
         choices: None,
     };

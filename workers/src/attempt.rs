@@ -14,6 +14,7 @@ use chatq_common::events::JobView;
 use chatq_common::ids::{JobId, MessageId};
 use chatq_common::job::{JobRequest, JobStatus, Lane};
 use chatq_common::metrics as names;
+use chatq_common::reply_cache::CacheTier;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -121,7 +122,7 @@ impl Attempt<'_> {
         )
         .await;
         events
-            .started(self.attempt_number(), prepared.is_hit())
+            .started(self.attempt_number(), prepared.hit_tier())
             .await;
         tracing::debug!("job started");
         let deadline = (self.job.deadline_at - time::OffsetDateTime::now_utc())
@@ -232,7 +233,7 @@ impl Attempt<'_> {
 
     #[tracing::instrument(level = "debug", name = "commit", skip_all)]
     async fn succeed(&self, answered: Answered, events: &mut AttemptEvents) -> Outcome {
-        let Answered { reply, cached, key } = answered;
+        let Answered { reply, cache, key } = answered;
         let upstream_ms = reply.upstream_ms;
         let first = reply.choices.first();
         let content = first
@@ -253,7 +254,7 @@ impl Attempt<'_> {
             usage: reply.usage,
             ttft_ms: reply.ttft_ms,
             upstream_ms,
-            cached,
+            cache,
             reply_model: reply.model,
         };
         match self.ctx.writes.complete(completion).await {
@@ -263,7 +264,8 @@ impl Attempt<'_> {
                     chatq_common::fault::FaultPoint::AfterCommit,
                     self.id(),
                 );
-                tracing::debug!(job_id = %self.id(), upstream_ms, cached, "job succeeded");
+                let cache = cache.map(CacheTier::as_str);
+                tracing::debug!(job_id = %self.id(), upstream_ms, cache, "job succeeded");
                 // A conversation's reply can be rated; a rating down evicts what served it.
                 if let (Some(cache), Some(key), Some(_)) =
                     (&self.ctx.cache, key, self.job.conversation_id)

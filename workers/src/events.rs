@@ -7,6 +7,7 @@ use async_nats::Client;
 use chatq_common::events::{self, Delta, EventBody, EventIds, JobEvent, Started};
 use chatq_common::ids::JobId;
 use chatq_common::job::view::JobView;
+use chatq_common::reply_cache::CacheTier;
 use chatq_common::topology::Topology;
 
 /// The events of one attempt of one job.
@@ -38,14 +39,15 @@ impl AttemptEvents {
         events::publish(&self.client, &self.topology, self.job_id, &event).await;
     }
 
-    /// `job.started`, for attempt number `attempt` of this delivery's claim; `cached` when the
-    /// reply comes from the reply cache.
-    pub async fn started(&mut self, attempt: u32, cached: bool) {
+    /// `job.started`, for attempt number `attempt` of this delivery's claim; `cache` names the
+    /// tier when the reply comes from the reply cache.
+    pub async fn started(&mut self, attempt: u32, cache: Option<CacheTier>) {
         let job_id = self.job_id;
         self.emit(EventBody::Started(Started {
             job_id,
             attempt,
-            cached,
+            cached: cache.is_some(),
+            cache,
         }))
         .await;
     }

@@ -11,6 +11,7 @@ use crate::choices::Choice;
 use crate::db::jobs::JobRow;
 use crate::ids::{ConversationId, JobId, MessageId};
 use crate::job::JobStatus;
+use crate::reply_cache::CacheTier;
 
 /// A job as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -43,7 +44,11 @@ pub struct ReplyView {
     pub content: String,
     pub finish_reason: Option<String>,
     pub usage: Option<Usage>,
+    /// Served from the reply cache (either tier), not by a provider call of its own.
     pub cached: bool,
+    /// Which tier served a cached reply: `exact` or `semantic` (absent when not cached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheTier>,
     /// A chat completion's whole answer, in the OpenAI shape: every choice with its assistant
     /// message (content, tool calls, refusal), finish reason and log probabilities. `content` and
     /// `finish_reason` above are choice 0's. Absent for conversation turns, which are text.
@@ -73,6 +78,13 @@ impl From<JobRow> for JobView {
             finish_reason: row.finish_reason,
             usage: row.usage.and_then(|u| serde_json::from_value(u).ok()),
             cached: row.cached,
+            // Rows written before tiers were recorded had only the exact tier.
+            cache: row.cached.then(|| {
+                row.cache_tier
+                    .as_deref()
+                    .and_then(CacheTier::parse)
+                    .unwrap_or(CacheTier::Exact)
+            }),
             choices: row
                 .reply_choices
                 .and_then(|c| serde_json::from_value(c).ok())

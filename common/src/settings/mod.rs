@@ -310,6 +310,12 @@ settings! {
         memory_bytes / cache_memory_bytes: u64 = "67108864";
         /// Whose requests share a cached reply: `tenant` (only the tenant's own) or `global` (every tenant's: for deployments whose tenants may see each other's replies).
         scope / cache_scope: CacheScope = "tenant";
+        /// Also serve a deterministic request the reply of an earlier one that differs only in the wording of its last user message, by the similarity of their embeddings (the provider's `/embeddings`) in Postgres with the pgvector extension (`true` or `false`; needs `cache_enabled`).
+        semantic / cache_semantic: bool = "false";
+        /// Least cosine similarity (0 to 1) between the embeddings of two last user messages for the semantic tier to serve one's reply for the other; higher is stricter.
+        semantic_threshold / cache_semantic_threshold: f64 = "0.95";
+        /// The embedding model the semantic tier asks the provider's `/embeddings` for.
+        semantic_model / cache_semantic_model: String = "text-embedding-3-small";
         /// Most bytes of conversation history one worker keeps between turns, so that a conversation's next turn reads only its new messages from Postgres; `0` reads the whole window every turn.
         history_bytes / cache_history_bytes: u64 = "33554432";
     }

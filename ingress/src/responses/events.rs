@@ -250,6 +250,7 @@ mod tests {
                 finish_reason: Some("stop".into()),
                 usage: None,
                 cached: false,
+                cache: None,
                 choices: Vec::new(),
             }),
             error: None,
@@ -269,6 +270,7 @@ mod tests {
             job_id: JobId::new(),
             attempt,
             cached: false,
+            cache: None,
         })
     }
 

@@ -1,7 +1,8 @@
 //! `POST /v1/chat/completions`: the OpenAI request and response shapes, through the same queue
 //! (interactive lane) as conversation turns. The job id is in the `x-chatq-job-id` header, so a
 //! client can also follow the job with `GET /v1/jobs/{id}` or its events. `x-chatq-cache: hit`
-//! or `miss` says whether the reply came from the reply cache.
+//! or `miss` says whether the reply came from the reply cache, and `x-chatq-cache-tier` beside a
+//! hit which tier (`exact` or `semantic`).
 
 use axum::Json;
 use axum::extract::State;
@@ -9,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Caller;
-use crate::cache_control::{CACHE_HEADER, cache_header_value, no_cache_asked};
+use crate::cache_control::{insert_cache_headers, no_cache_asked};
 use crate::chat_api::ChatCompletionRequest;
 use crate::chat_api::stream::chunk_stream;
 use crate::error::ApiResult;
@@ -28,7 +29,10 @@ use crate::trace_context::RequestTrace;
     responses(
         (status = 200, description = "The completion (`chat.completion`), or with `stream: true` server-sent `chat.completion.chunk` events ending in `[DONE]`.",
             content((Object = "application/json"), (String = "text/event-stream")),
-            headers(("x-chatq-cache" = String, description = "`hit` or `miss`: whether the reply cache answered."))),
+            headers(
+                ("x-chatq-cache" = String, description = "`hit` or `miss`: whether the reply cache answered."),
+                ("x-chatq-cache-tier" = String, description = "On a hit, the tier that answered: `exact` (the same request) or `semantic` (a near-duplicate of its last user message).")
+            )),
         crate::openapi::ApiErrors))]
 pub async fn create(
     State(state): State<AppState>,
@@ -58,7 +62,7 @@ pub async fn create(
     if let Ok(value) = HeaderValue::from_str(&started.job_id.to_string()) {
         headers.insert("x-chatq-job-id", value);
     }
-    headers.insert(CACHE_HEADER, cache_header_value(started.cached));
+    insert_cache_headers(headers, started.cache);
     if started.replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }

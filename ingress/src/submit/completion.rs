@@ -8,6 +8,7 @@ use chatq_common::events::EventBody;
 use chatq_common::ids::JobId;
 use chatq_common::job::{JobRequest, Lane};
 use chatq_common::queue::Placement;
+use chatq_common::reply_cache::CacheTier;
 use chatq_common::trace::TraceContext;
 
 use super::abandoned::AbandonGuard;
@@ -25,9 +26,10 @@ pub struct StartedCompletion {
     pub job_id: JobId,
     /// A retry answered with the job its `Idempotency-Key` first created.
     pub replayed: bool,
-    /// The reply comes from the reply cache (`x-chatq-cache: hit`). For a stream it is known
-    /// when the job starts: a reply already cached then is a hit.
-    pub cached: bool,
+    /// The tier of the reply cache the reply comes from (`x-chatq-cache: hit` and
+    /// `x-chatq-cache-tier`). For a stream it is known when the job starts: a reply already
+    /// cached then is a hit.
+    pub cache: Option<CacheTier>,
     pub answer: CompletionAnswer,
 }
 
@@ -120,15 +122,19 @@ pub async fn run_completion(
         choices: request.choices,
     };
     let mut abandon = AbandonGuard::new(state, caller.tenant, job_id, replayed);
-    let (answer, cached) = if let Some(slot) = slot {
+    let (answer, cache) = if let Some(slot) = slot {
         let queueing = Queueing {
             replayed,
             placement,
             trace: &trace,
         };
         let answer = stream(state, job_id, writer, slot, queueing, abandon).await?;
-        let cached = cacheable && started_from_cache(state, job_id).await;
-        (answer, cached)
+        let cache = if cacheable {
+            started_from_cache(state, job_id).await
+        } else {
+            None
+        };
+        (answer, cache)
     } else {
         // Follow before publishing, so not even an instant reply can be missed.
         let waiting = JobWait::begin(state, job_id).await;
@@ -145,39 +151,42 @@ pub async fn run_completion(
                 .ok_or_else(|| ApiError::not_found("job", job_id))?
                 .into(),
         };
-        let cached = job.reply.as_ref().is_some_and(|reply| reply.cached);
+        let cache = job.reply.as_ref().and_then(|reply| reply.cache);
         (
             CompletionAnswer::Whole(ChatCompletion::from_job(job, writer)?),
-            cached,
+            cache,
         )
     };
     Ok(StartedCompletion {
         job_id,
         replayed,
-        cached,
+        cache,
         answer,
     })
 }
 
-/// Waits for the job to start and says whether its reply comes from the reply cache (the
-/// `job.started` event says so), so a stream's headers can tell. The stream itself follows its
-/// own cursor, which this does not touch.
-async fn started_from_cache(state: &AppState, job_id: JobId) -> bool {
+/// Waits for the job to start and says which tier of the reply cache its reply comes from, if
+/// any (the `job.started` event says so), so a stream's headers can tell. The stream itself
+/// follows its own cursor, which this does not touch.
+async fn started_from_cache(state: &AppState, job_id: JobId) -> Option<CacheTier> {
     let Ok(cursor) = state.hubs.follow(job_id).await else {
-        return false;
+        return None;
     };
     let mut cursor = cursor.resume(None);
     while let Some(event) = cursor.next().await {
         match &event.body {
             EventBody::Queued(_) => {}
-            EventBody::Started(started) => return started.cached,
-            EventBody::Succeeded(job) => {
-                return job.reply.as_ref().is_some_and(|reply| reply.cached);
+            EventBody::Started(started) => {
+                // An event from a worker that names no tier can only mean the exact one.
+                return started
+                    .cached
+                    .then(|| started.cache.unwrap_or(CacheTier::Exact));
             }
-            _ => return false,
+            EventBody::Succeeded(job) => return job.reply.as_ref().and_then(|reply| reply.cache),
+            _ => return None,
         }
     }
-    false
+    None
 }
 
 /// How a streamed completion's job is queued: not at all for a replay (it was queued by the

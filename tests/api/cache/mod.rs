@@ -1,9 +1,10 @@
 //! The reply cache: repeated deterministic requests are served from it, sampled ones never;
 //! tenants never share a reply; clients can opt out; negative feedback evicts; a cached reply
-//! streams like any other.
+//! streams like any other; with the semantic tier on, a near-duplicate is served too.
 
 mod completions;
 mod history;
+mod semantic;
 mod streams;
 mod turns;
 
@@ -26,9 +27,11 @@ fn provider_calls(app: &TestApp) -> u64 {
     app.mock.stats().requests
 }
 
-/// A finished chat completion: its `x-chatq-cache` header, its job id and its body.
+/// A finished chat completion: its `x-chatq-cache` and `x-chatq-cache-tier` headers, its job
+/// id and its body.
 struct Completed {
     cache: String,
+    tier: String,
     job: String,
     body: Value,
 }
@@ -74,9 +77,15 @@ async fn complete_with(request: reqwest::RequestBuilder, body: &Value) -> Comple
             .to_owned()
     };
     let cache = header("x-chatq-cache");
+    let tier = header("x-chatq-cache-tier");
     let job = header("x-chatq-job-id");
     let body: Value = response.json().await.unwrap();
-    Completed { cache, job, body }
+    Completed {
+        cache,
+        tier,
+        job,
+        body,
+    }
 }
 
 /// The job view of a completion.

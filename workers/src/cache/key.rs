@@ -10,18 +10,27 @@
 //! every pass-through parameter), or a conversation turn's prompt window and its parameters.
 //! JSON objects are hashed with their keys sorted and every part carries its length, so the same
 //! request always hashes alike and two different ones never run together.
+//!
+//! The semantic tier groups requests by their [`Neighbourhood`]: the same hash, over the same
+//! parts, with the text of the last user message left out (and the embedding model put in).
+//! Two requests of one neighbourhood differ in that wording alone, so only it is compared, by
+//! embedding; anything else that differs (a system prompt, earlier turns, a parameter, a tool)
+//! puts them in different neighbourhoods, which never share a reply.
 
 use std::fmt;
 
+use chatq_common::chat::{ChatMessage, Role};
 use chatq_common::ids::TenantId;
 use chatq_common::settings::CacheScope;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::provider::ProviderRequest;
 
 /// Bumped when what goes into a key changes, so old entries are never read with a new meaning.
 const KEY_VERSION: &[u8] = b"chatq-reply-cache-v1";
+/// Likewise for neighbourhoods.
+const NEIGHBOURHOOD_VERSION: &[u8] = b"chatq-semantic-neighbourhood-v1";
 
 /// The SHA-256 a reply is cached under.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,8 +44,17 @@ impl CacheKey {
 
     /// Reads the hex form back.
     pub fn from_hex(text: &str) -> Option<Self> {
-        let bytes = hex::decode(text.trim()).ok()?;
+        Self::from_slice(&hex::decode(text.trim()).ok()?)
+    }
+
+    /// Reads the raw hash back.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         Some(Self(bytes.try_into().ok()?))
+    }
+
+    /// The raw hash, as the semantic tier's table stores it.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 }
 
@@ -61,28 +79,101 @@ pub fn key_for(
     if !is_cacheable(request) {
         return None;
     }
+    let mut hasher = scoped_hasher(KEY_VERSION, scope, tenant, provider, request);
+    match &request.body {
+        Some(body) => hash_body(&mut hasher, body),
+        None => hash_turn(&mut hasher, &request.messages, request),
+    }
+    Some(CacheKey(hasher.finalize().into()))
+}
+
+/// A cacheable request as the semantic tier sees it: the requests it may share a reply with,
+/// and the wording it is compared by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbourhood {
+    /// The hash of everything but the last user message's text.
+    pub key: CacheKey,
+    /// The last user message's text.
+    pub question: String,
+}
+
+/// The neighbourhood of `request`, or `None` when the semantic tier should leave it alone: it
+/// may not be cached at all, or it does not end with a user message of plain text (a chat
+/// completion's content parts, a tool result, an assistant prefix), whose meaning an embedding
+/// of words would not capture.
+pub fn neighbourhood_for(
+    scope: CacheScope,
+    tenant: TenantId,
+    provider: &str,
+    embedding_model: &str,
+    request: &ProviderRequest,
+) -> Option<Neighbourhood> {
+    if !is_cacheable(request) {
+        return None;
+    }
+    let mut hasher = scoped_hasher(NEIGHBOURHOOD_VERSION, scope, tenant, provider, request);
+    part(&mut hasher, embedding_model.as_bytes());
+    let question = match &request.body {
+        Some(body) => {
+            let mut body = body.clone();
+            let last = body
+                .get_mut("messages")
+                .and_then(Value::as_array_mut)
+                .and_then(|messages| messages.last_mut())
+                .and_then(Value::as_object_mut)
+                .filter(|message| message.get("role").and_then(Value::as_str) == Some("user"))?;
+            let Some(Value::String(question)) = last.insert("content".into(), Value::Null) else {
+                return None;
+            };
+            hash_body(&mut hasher, &body);
+            question
+        }
+        None => {
+            let mut messages = request.messages.clone();
+            let last = messages.last_mut().filter(|m| m.role == Role::User)?;
+            let question = std::mem::take(&mut last.content);
+            hash_turn(&mut hasher, &messages, request);
+            question
+        }
+    };
+    Some(Neighbourhood {
+        key: CacheKey(hasher.finalize().into()),
+        question,
+    })
+}
+
+/// A hasher that has taken the parts every key starts with: what it is, whose, and whose model.
+fn scoped_hasher(
+    version: &[u8],
+    scope: CacheScope,
+    tenant: TenantId,
+    provider: &str,
+    request: &ProviderRequest,
+) -> Sha256 {
     let mut hasher = Sha256::new();
-    part(&mut hasher, KEY_VERSION);
+    part(&mut hasher, version);
     match scope {
         CacheScope::Tenant => part(&mut hasher, tenant.to_string().as_bytes()),
         CacheScope::Global => part(&mut hasher, b"*"),
     }
     part(&mut hasher, provider.as_bytes());
     part(&mut hasher, request.params.model.as_bytes());
-    match &request.body {
-        Some(body) => {
-            part(&mut hasher, b"body");
-            json(&mut hasher, &Value::Object(body.clone()));
-        }
-        None => {
-            part(&mut hasher, b"turn");
-            let messages = serde_json::to_value(&request.messages).unwrap_or(Value::Null);
-            json(&mut hasher, &messages);
-            let params = serde_json::to_value(&request.params).unwrap_or(Value::Null);
-            json(&mut hasher, &params);
-        }
-    }
-    Some(CacheKey(hasher.finalize().into()))
+    hasher
+}
+
+/// A chat completion's body, as sent.
+fn hash_body(hasher: &mut Sha256, body: &Map<String, Value>) {
+    part(hasher, b"body");
+    json(hasher, &Value::Object(body.clone()));
+}
+
+/// A conversation turn's prompt window and parameters.
+fn hash_turn(hasher: &mut Sha256, messages: &[ChatMessage], request: &ProviderRequest) {
+    part(hasher, b"turn");
+    let messages = serde_json::to_value(messages).unwrap_or(Value::Null);
+    json(hasher, &messages);
+    let params = serde_json::to_value(&request.params).unwrap_or(Value::Null);
+    json(hasher, &params);
 }
 
 /// A length-prefixed part, so consecutive parts cannot run into each other.
@@ -214,5 +305,54 @@ mod tests {
         assert_ne!(key(&one), key(&other));
         assert_ne!(key(&one), key(&formatted));
         assert_eq!(CacheKey::from_hex(&key(&one).hex()), Some(key(&one)));
+    }
+
+    #[test]
+    fn a_neighbourhood_leaves_out_the_last_user_message_and_nothing_else() {
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let near = |tenant, r: &ProviderRequest| {
+            neighbourhood_for(CacheScope::Tenant, tenant, "p", "e", r)
+        };
+        let hi = near(a, &turn(Some(0.0), None, "hi there")).unwrap();
+        let hello = near(a, &turn(Some(0.0), None, "hello there")).unwrap();
+        assert_eq!(hi.key, hello.key);
+        assert_eq!(hello.question, "hello there");
+        assert_ne!(
+            hi.key,
+            near(b, &turn(Some(0.0), None, "hi there")).unwrap().key
+        );
+        let other_model = neighbourhood_for(
+            CacheScope::Tenant,
+            a,
+            "p",
+            "f",
+            &turn(Some(0.0), None, "hi"),
+        );
+        assert_ne!(hi.key, other_model.unwrap().key);
+        let mut longer = turn(Some(0.0), None, "hi there");
+        longer.params.max_tokens = Some(5);
+        assert_ne!(hi.key, near(a, &longer).unwrap().key);
+        let mut with_system = turn(Some(0.0), None, "hi there");
+        with_system
+            .messages
+            .insert(0, ChatMessage::new(Role::System, "be brief"));
+        assert_ne!(hi.key, near(a, &with_system).unwrap().key);
+        assert!(near(a, &turn(Some(0.5), None, "hi there")).is_none());
+
+        let completion = |content: Value| {
+            body(json!({"model": "m", "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": content},
+            ]}))
+        };
+        let one = near(a, &completion(json!("what is a queue"))).unwrap();
+        let two = near(a, &completion(json!("what's a queue?"))).unwrap();
+        assert_eq!(one.key, two.key);
+        assert_eq!(two.question, "what's a queue?");
+        assert!(near(a, &completion(json!([{"type": "text", "text": "x"}]))).is_none());
+        let assistant_last = body(json!({"model": "m", "messages": [
+            {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"},
+        ]}));
+        assert!(near(a, &assistant_last).is_none());
     }
 }

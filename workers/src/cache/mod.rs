@@ -1,8 +1,10 @@
 //! The reply cache: a repeated deterministic request (temperature 0, or a fixed seed) is answered
 //! with the reply an identical request got, and identical requests under way at once share one
-//! provider call. It sits in the processing step ([`answer`]), so conversation turns, chat
-//! completions and batch lines all use it, and a hit is committed and streamed like any reply:
-//! the same deltas, the same terminal event, with `cached: true` on the job.
+//! provider call. Optionally ([`semantic`], off by default), a near-duplicate is answered with the
+//! reply of a request that differs only in the wording of its last user message. It sits in the
+//! processing step ([`answer`]), so conversation turns, chat completions and batch lines all use
+//! it, and a hit is committed and streamed like any reply: the same deltas, the same terminal
+//! event, with `cached: true` (and the tier, `cache`) on the job.
 //!
 //! Safety first: the key ([`key`]) includes the tenant unless the operator widened the scope
 //! (`cache_scope = global`), so one tenant never receives another's reply; a client can opt out
@@ -13,8 +15,9 @@
 //!
 //! - [`key`]: which requests are cacheable, and the key they are cached under.
 //! - [`entry`]: what is kept of a reply, and playing it back as a stream.
-//! - this file: the two tiers together: memory (`moka`, bounded in bytes, with the TTL) in front
-//!   of [`shared`] (the NATS KV bucket `<ns>_cache`, with the same TTL).
+//! - this file: the tiers together: memory (`moka`, bounded in bytes, with the TTL) in front
+//!   of [`shared`] (the NATS KV bucket `<ns>_cache`, with the same TTL), then, when it is on,
+//!   [`semantic`] (embeddings, nearest neighbour in Postgres with pgvector).
 //! - [`flight`]: coalescing, in this process and across the fleet.
 //! - [`answer`]: the attempt's call, through the cache.
 
@@ -22,6 +25,7 @@ pub mod answer;
 pub mod entry;
 pub mod flight;
 pub mod key;
+pub mod semantic;
 pub mod shared;
 
 use std::sync::Arc;
@@ -34,16 +38,19 @@ use chatq_common::settings::{CacheScope, CacheSettings};
 use chatq_common::topology::Topology;
 use futures::StreamExt as _;
 use moka::notification::RemovalCause;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use self::entry::CachedReply;
 use self::flight::{Flights, LocalJoin, Marker};
 pub use self::key::CacheKey;
+use self::key::Neighbourhood;
+use self::semantic::{Probe, SemanticTier};
 use self::shared::SharedTier;
 use crate::call::Reply;
-use crate::provider::ProviderRequest;
+use crate::provider::{Provider, ProviderRequest};
 
-/// Both tiers and the flights of one worker process.
+/// The tiers and the flights of one worker process.
 pub struct ReplyCache {
     scope: CacheScope,
     /// The provider's description: replies of another provider are another provider's.
@@ -51,6 +58,8 @@ pub struct ReplyCache {
     memory: moka::future::Cache<CacheKey, Arc<CachedReply>>,
     shared: SharedTier,
     flights: Flights,
+    /// The semantic tier, when `cache_semantic` is on.
+    semantic: Option<SemanticTier>,
 }
 
 /// What [`ReplyCache::begin`] found.
@@ -66,6 +75,8 @@ pub struct Leader {
     key: CacheKey,
     local: flight::LocalFlight,
     marker: Option<String>,
+    /// The request's semantic lookup, to store the reply with.
+    probe: Option<Probe>,
 }
 
 fn count_lookup(tier: &'static str, hit: bool) {
@@ -74,15 +85,18 @@ fn count_lookup(tier: &'static str, hit: bool) {
 }
 
 impl ReplyCache {
-    /// The cache of a worker, with its buckets created, or `None` when the settings turn it off.
+    /// The cache of a worker, with its buckets (and the semantic tier's table) created, or `None`
+    /// when the settings turn it off. `provider` is the provider behind the limits, which the
+    /// semantic tier asks for embeddings.
     ///
     /// # Errors
-    /// The buckets cannot be created or opened.
+    /// The buckets cannot be created or opened; the semantic tier is on but cannot start.
     pub async fn open(
         settings: &CacheSettings,
         jetstream: &async_nats::jetstream::Context,
         topology: &Topology,
-        provider: String,
+        provider: Arc<dyn Provider>,
+        pool: PgPool,
         holder: &str,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         if !settings.enabled {
@@ -118,18 +132,38 @@ impl ReplyCache {
         for reason in ["feedback", "size", "expired"] {
             metrics::counter!(names::CACHE_EVICTIONS, "reason" => reason).absolute(0);
         }
+        let semantic = SemanticTier::open(settings, pool, provider.clone(), ttl).await?;
         Ok(Some(Arc::new(Self {
             scope: settings.scope,
-            provider,
+            provider: provider.describe(),
             memory,
             shared: SharedTier::new(replies),
             flights: Flights::new(markers, holder.to_owned()),
+            semantic,
         })))
     }
 
     /// The key of `request` from `tenant`, or `None` when it may not be cached.
     pub fn key_for(&self, tenant: TenantId, request: &ProviderRequest) -> Option<CacheKey> {
         key::key_for(self.scope, tenant, &self.provider, request)
+    }
+
+    /// The semantic tier and the neighbourhood of `request` from `tenant` in it, when the tier is
+    /// on and the request a candidate.
+    pub fn neighbourhood_for(
+        &self,
+        tenant: TenantId,
+        request: &ProviderRequest,
+    ) -> Option<(&SemanticTier, Neighbourhood)> {
+        let semantic = self.semantic.as_ref()?;
+        let neighbourhood = key::neighbourhood_for(
+            self.scope,
+            tenant,
+            &self.provider,
+            semantic.model(),
+            request,
+        )?;
+        Some((semantic, neighbourhood))
     }
 
     async fn remember(&self, key: CacheKey, reply: Arc<CachedReply>) {
@@ -155,8 +189,8 @@ impl ReplyCache {
 
     /// After a [`ReplyCache::lookup`] that missed: joins a call under way here, or else one
     /// under way on another worker; failing both, this request leads: it calls the provider and
-    /// fills the cache.
-    pub async fn begin(&self, key: CacheKey) -> Begin {
+    /// fills the cache (the semantic tier too, with `probe`).
+    pub async fn begin(&self, key: CacheKey, probe: Option<Probe>) -> Begin {
         let local = match self.flights.join_local(key).await {
             LocalJoin::Answered(reply) => {
                 metrics::counter!(names::CACHE_COALESCED, "scope" => "process").increment(1);
@@ -173,7 +207,12 @@ impl ReplyCache {
                         self.flights.release(marker).await;
                         return self.shared_hit(key, local, reply).await;
                     }
-                    return Begin::Lead(Leader { key, local, marker });
+                    return Begin::Lead(Leader {
+                        key,
+                        local,
+                        marker,
+                        probe,
+                    });
                 }
                 Marker::Elsewhere => {
                     let waited = self.shared.wait_for(key, self.flights.released(key)).await;
@@ -209,14 +248,22 @@ impl ReplyCache {
         self.flights.keep_alive(leader.marker.as_deref()).await
     }
 
-    /// Stores the leader's reply in both tiers and hands it to the requests waiting for it.
+    /// Stores the leader's reply in every tier and hands it to the requests waiting for it.
     pub async fn fill(&self, leader: Leader, reply: &Reply) {
-        let Leader { key, local, marker } = leader;
+        let Leader {
+            key,
+            local,
+            marker,
+            probe,
+        } = leader;
         let entry = Arc::new(CachedReply::of(reply));
         self.remember(key, entry.clone()).await;
         self.shared.put(key, &entry).await;
-        local.finish(entry);
+        local.finish(entry.clone());
         self.flights.release(marker).await;
+        if let (Some(semantic), Some(probe)) = (&self.semantic, probe) {
+            semantic.store(probe, key, &entry).await;
+        }
     }
 
     /// Ends a leader's call without a reply: waiters try again themselves.
@@ -231,8 +278,11 @@ impl ReplyCache {
         self.shared.index_message(message, key).await;
     }
 
-    /// Drops `key` from this worker's memory tier.
+    /// Drops `key` from this worker's memory tier, and from the semantic tier.
     pub async fn forget(&self, key: CacheKey) {
+        if let Some(semantic) = &self.semantic {
+            semantic.forget(key).await;
+        }
         self.memory.invalidate(&key).await;
         self.memory.run_pending_tasks().await;
         metrics::gauge!(names::CACHE_MEMORY_BYTES).set(self.memory.weighted_size() as f64);

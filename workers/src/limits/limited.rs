@@ -8,7 +8,9 @@ use chatq_common::chat::estimate_tokens;
 use futures::StreamExt;
 
 use super::{DEFAULT_COMPLETION_ESTIMATE, ProviderLimits};
-use crate::provider::{Provider, ProviderError, ProviderRequest, ReplyStream, StreamItem};
+use crate::provider::{
+    EmbeddingRequest, Provider, ProviderError, ProviderRequest, ReplyStream, StreamItem,
+};
 
 /// A provider behind this worker's share of the limits.
 pub struct LimitedProvider {
@@ -69,5 +71,15 @@ impl Provider for LimitedProvider {
                 _ => {}
             })
             .boxed())
+    }
+
+    /// An embedding call takes its turn at the limits like a completion: it is a request, and its
+    /// input is tokens.
+    async fn embed(&self, request: &EmbeddingRequest<'_>) -> Result<Vec<f32>, ProviderError> {
+        let estimate = u32::try_from(estimate_tokens(request.input)).unwrap_or(u32::MAX);
+        self.limits.admit(estimate, request.lane).await;
+        let result = self.inner.embed(request).await;
+        self.observe(&result);
+        result
     }
 }

@@ -1,7 +1,8 @@
 //! The LLM behind a trait: one module per provider.
 //!
 //! A provider turns a prompt into a streamed answer ([`Provider::complete_stream`]): pieces of its
-//! choices as they arrive, then how each ended. Workers always stream, so clients see tokens as
+//! choices as they arrive, then how each ended. It also turns a text into an embedding
+//! ([`Provider::embed`]), for the semantic tier of the reply cache. Workers always stream, so clients see tokens as
 //! they arrive. Errors are typed so the worker can decide from the variant alone whether another
 //! attempt could succeed ([`ProviderError::is_retryable`]) and how long to wait first.
 
@@ -30,6 +31,16 @@ pub struct ProviderRequest {
     /// `messages` and `params`, so every parameter reaches the provider as given.
     pub body: Option<Map<String, Value>>,
     /// The job's lane: interactive calls take their turns at the provider limit first.
+    pub lane: Lane,
+}
+
+/// What the semantic reply cache asks a provider to embed.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddingRequest<'a> {
+    /// The embedding model (`cache_semantic_model`).
+    pub model: &'a str,
+    pub input: &'a str,
+    /// The lane of the job it is for: its turn at the provider limit is the job's.
     pub lane: Lane,
 }
 
@@ -150,6 +161,12 @@ pub trait Provider: Send + Sync + 'static {
         &self,
         request: &ProviderRequest,
     ) -> Result<ReplyStream, ProviderError>;
+
+    /// The embedding of one text.
+    ///
+    /// # Errors
+    /// See [`ProviderError`].
+    async fn embed(&self, request: &EmbeddingRequest<'_>) -> Result<Vec<f32>, ProviderError>;
 }
 
 /// Why no provider could be built from the settings.

@@ -3,8 +3,10 @@
 //! else configured; it says so at start-up and in the `model` of every reply
 //! (`simulated/<model>`), so nobody mistakes it for a real model.
 //!
-//! Its replies come from [`text`]: the same prompt always gets the same words.
+//! Its replies come from [`text`]: the same prompt always gets the same words. Its embeddings come
+//! from [`embedding`]: a bag of words, so texts that share most words are close.
 
+pub mod embedding;
 pub mod text;
 
 use std::time::Duration;
@@ -17,7 +19,7 @@ use futures::StreamExt;
 use rand::Rng;
 
 use self::text::{prompt_tokens, reply_tokens};
-use super::{Provider, ProviderError, ProviderRequest, ReplyStream, StreamItem};
+use super::{EmbeddingRequest, Provider, ProviderError, ProviderRequest, ReplyStream, StreamItem};
 
 /// The simulated provider.
 #[derive(Debug, Clone)]
@@ -104,5 +106,9 @@ impl Provider for SimulatedProvider {
         Ok(deltas
             .chain(futures::stream::once(async move { Ok(done) }))
             .boxed())
+    }
+
+    async fn embed(&self, request: &EmbeddingRequest<'_>) -> Result<Vec<f32>, ProviderError> {
+        Ok(embedding::embed(request.input))
     }
 }

@@ -138,7 +138,8 @@ impl Worker {
             &settings.cache,
             &jetstream,
             &topology,
-            provider.describe(),
+            provider.clone(),
+            pool.clone(),
             &worker_id,
         )
         .await?;

@@ -10,6 +10,7 @@ use crate::chat::Usage;
 use crate::choices::Choice;
 use crate::ids::{ConversationId, JobId, MessageId, TenantId};
 use crate::job::JobStatus;
+use crate::reply_cache::CacheTier;
 
 /// The error message of a job cancelled before or while it ran.
 pub const CANCELLED_MESSAGE: &str = "the job was cancelled at the client's request";
@@ -27,7 +28,8 @@ pub struct Completion {
     pub usage: Usage,
     pub ttft_ms: Option<i32>,
     pub upstream_ms: i32,
-    pub cached: bool,
+    /// The cache tier that served the reply, or `None` when the provider answered it.
+    pub cache: Option<CacheTier>,
     /// The model the provider says answered.
     pub reply_model: String,
     /// A chat completion's whole answer (`None` for a conversation turn, whose reply is
@@ -59,7 +61,11 @@ pub async fn complete(
         .collect();
     let ttfts: Vec<Option<i32>> = done.iter().map(|d| d.ttft_ms).collect();
     let upstreams: Vec<i32> = done.iter().map(|d| d.upstream_ms).collect();
-    let cached: Vec<bool> = done.iter().map(|d| d.cached).collect();
+    let cached: Vec<bool> = done.iter().map(|d| d.cache.is_some()).collect();
+    let tiers: Vec<Option<String>> = done
+        .iter()
+        .map(|d| d.cache.map(|tier| tier.as_str().to_owned()))
+        .collect();
     let models: Vec<String> = done.iter().map(|d| d.reply_model.clone()).collect();
     let choices: Vec<Option<serde_json::Value>> = done
         .iter()
@@ -91,12 +97,12 @@ pub async fn complete(
                   SET status = 'succeeded', finished_at = now(),
                       reply_message_id = CASE WHEN jobs.conversation_id IS NULL THEN NULL ELSE t.reply_id END,
                       reply_content = t.content, finish_reason = t.finish_reason, usage = t.usage,
-                      ttft_ms = t.ttft, upstream_ms = t.upstream, cached = t.cached, reply_model = t.model,
+                      ttft_ms = t.ttft, upstream_ms = t.upstream, cached = t.cached, cache_tier = t.tier, reply_model = t.model,
                       reply_choices = t.choices,
                       claim_token = NULL, lease_expires_at = NULL, error_type = NULL, error_message = NULL
                  FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::jsonb[],
-                             $7::integer[], $8::integer[], $9::boolean[], $10::text[], $11::jsonb[])
-                      AS t(id, token, reply_id, content, finish_reason, usage, ttft, upstream, cached, model, choices)
+                             $7::integer[], $8::integer[], $9::boolean[], $10::text[], $11::jsonb[], $12::text[])
+                      AS t(id, token, reply_id, content, finish_reason, usage, ttft, upstream, cached, model, choices, tier)
                 WHERE jobs.id = t.id AND jobs.claim_token = t.token AND jobs.status = 'running'
             RETURNING jobs.*
            ), conv AS (
@@ -123,6 +129,7 @@ pub async fn complete(
         &cached,
         &models[..],
         &choices[..] as _,
+        &tiers[..] as _,
     )
     .fetch_all(&mut *tx)
     .await?;

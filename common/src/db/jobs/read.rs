@@ -30,6 +30,8 @@ pub struct JobRow {
     pub finish_reason: Option<String>,
     pub usage: Option<Value>,
     pub cached: bool,
+    /// Which tier served a cached reply (`exact` or `semantic`; `None` for older rows too).
+    pub cache_tier: Option<String>,
     pub error_type: Option<String>,
     pub error_message: Option<String>,
     pub request_hash: Option<Vec<u8>>,
@@ -69,7 +71,7 @@ macro_rules! select_job_rows {
                       queued_ms AS "queued_ms?", ttft_ms AS "ttft_ms?", upstream_ms AS "upstream_ms?",
                       reply_message_id AS "reply_message_id?: crate::ids::MessageId",
                       reply_content AS "reply_content?", finish_reason AS "finish_reason?",
-                      usage AS "usage?", cached AS "cached!", error_type AS "error_type?",
+                      usage AS "usage?", cached AS "cached!", cache_tier AS "cache_tier?", error_type AS "error_type?",
                       error_message AS "error_message?", request_hash AS "request_hash?",
                       reply_model AS "reply_model?", earlier_attempts AS "earlier_attempts!",
                       reply_choices AS "reply_choices?"

@@ -1,5 +1,5 @@
 //! Any OpenAI-compatible `/chat/completions` endpoint: OpenAI, vLLM, Ollama, llama.cpp server,
-//! LiteLLM, chatq's own `mock-llm`.
+//! LiteLLM, chatq's own `mock-llm`; and its `/embeddings`, for the semantic reply cache.
 //!
 //! One pooled `reqwest::Client` serves every job of the process. It has a connect timeout, a read
 //! timeout (how long the provider may stay silent, before its first byte or between chunks) and a
@@ -18,7 +18,8 @@ use serde::Deserialize;
 use crate::retry_after::retry_after;
 
 use super::{
-    Provider, ProviderConfigError, ProviderError, ProviderRequest, ReplyStream, StreamItem,
+    EmbeddingRequest, Provider, ProviderConfigError, ProviderError, ProviderRequest, ReplyStream,
+    StreamItem,
 };
 
 mod stream;
@@ -36,6 +37,8 @@ pub struct OpenAiProvider {
     client: reqwest::Client,
     /// `{base}/chat/completions`.
     completions_url: String,
+    /// `{base}/embeddings`.
+    embeddings_url: String,
     base_url: String,
     api_key: Option<SecretString>,
     max_response_bytes: usize,
@@ -74,14 +77,19 @@ impl OpenAiProvider {
         Ok(Self {
             client,
             completions_url: format!("{base_url}/chat/completions"),
+            embeddings_url: format!("{base_url}/embeddings"),
             base_url,
             api_key: settings.api_key.clone(),
             max_response_bytes: settings.max_response_bytes,
         })
     }
 
-    async fn send(&self, body: &serde_json::Value) -> Result<reqwest::Response, ProviderError> {
-        let mut request = self.client.post(&self.completions_url).json(body);
+    async fn send(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let mut request = self.client.post(url).json(body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key.expose_secret());
         }
@@ -118,7 +126,9 @@ impl Provider for OpenAiProvider {
         &self,
         request: &ProviderRequest,
     ) -> Result<ReplyStream, ProviderError> {
-        let response = self.send(&request_body(request)).await?;
+        let response = self
+            .send(&self.completions_url, &request_body(request))
+            .await?;
         if answers_json(&response) {
             // Not an event stream: a server that ignores `stream: true` sends the whole
             // completion, anything else is not a reply (and says so, rather than "cut short").
@@ -136,6 +146,40 @@ impl Provider for OpenAiProvider {
         )
         .boxed())
     }
+
+    async fn embed(&self, request: &EmbeddingRequest<'_>) -> Result<Vec<f32>, ProviderError> {
+        let body = serde_json::json!({"model": request.model, "input": request.input});
+        let response = self.send(&self.embeddings_url, &body).await?;
+        let body = read_capped(response, self.max_response_bytes).await?;
+        parse_embedding(&body)
+    }
+}
+
+/// The one embedding of an OpenAI-shaped `/embeddings` answer.
+fn parse_embedding(body: &[u8]) -> Result<Vec<f32>, ProviderError> {
+    #[derive(Deserialize)]
+    struct Embeddings {
+        data: Vec<Embedding>,
+    }
+    #[derive(Deserialize)]
+    struct Embedding {
+        embedding: Vec<f32>,
+    }
+    let parsed: Embeddings = serde_json::from_slice(body)
+        .map_err(|err| ProviderError::Malformed(format!("not an embeddings answer: {err}")))?;
+    let embedding = parsed
+        .data
+        .into_iter()
+        .next()
+        .map(|e| e.embedding)
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| ProviderError::Malformed("the answer holds no embedding".into()))?;
+    if embedding.iter().any(|x| !x.is_finite()) {
+        return Err(ProviderError::Malformed(
+            "the embedding holds a number that is not finite".into(),
+        ));
+    }
+    Ok(embedding)
 }
 
 /// Whether a response says it is JSON (not `text/event-stream`).
@@ -258,5 +302,23 @@ mod tests {
                 && !described.contains("sk-secret"),
             "{described}"
         );
+    }
+
+    #[test]
+    fn an_embeddings_answer_gives_its_first_vector_or_a_malformed_error() {
+        let body = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-0.25]}],"model":"e"}"#;
+        assert_eq!(parse_embedding(body).unwrap(), vec![0.5, -0.25]);
+        for bad in [
+            &br#"{"data":[]}"#[..],
+            br#"{"data":[{"embedding":[]}]}"#,
+            br#"{"error":{"message":"no"}}"#,
+            b"<html>",
+        ] {
+            assert!(
+                matches!(parse_embedding(bad), Err(ProviderError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }
