@@ -18,6 +18,7 @@ mod batches;
 mod body_limit;
 mod cache;
 mod chat;
+mod claim_plan;
 mod completions;
 mod concurrency;
 mod events;
