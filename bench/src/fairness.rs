@@ -253,7 +253,8 @@ async fn interactive_pending(stack: &Stack) -> anyhow::Result<[u64; 2]> {
 
 impl FairnessResult {
     pub fn render(&self, out: &mut String) {
-        let slot_ms = self.mock_ms as f64 / (self.workers * self.worker_concurrency).max(1) as f64;
+        let slots = self.workers * self.worker_concurrency;
+        let nominal_slot_ms = self.mock_ms as f64 / slots.max(1) as f64;
         let _ = writeln!(
             out,
             "\nFAIRNESS: one tenant's interactive messages on an idle queue, then while another tenant's {} are queued; mock latency {} ms; {} workers × concurrency {}; CHATQ_FAIR_SHARE_QUEUED_JOBS {}",
@@ -279,13 +280,14 @@ impl FairnessResult {
         let backlog = &self.backlog;
         let _ = writeln!(
             out,
-            "      the flooding tenant's queued jobs while the probe sent: {} at the start ({} waiting in front, {} in the overflow), at least {}, {} at the end; they ran at {:.0} jobs/s; a slot frees every {slot_ms:.1} ms on average",
+            "      the flooding tenant's queued jobs while the probe sent: {} at the start ({} waiting in front, {} in the overflow), at least {}, {} at the end; they ran at {:.0} jobs/s, so one of the {slots} slots freed every {:.1} ms on average ({nominal_slot_ms:.1} ms at the mock's latency alone)",
             thousands(backlog.at_start as f64),
             thousands(backlog.front_pending as f64),
             thousands(backlog.overflow_pending as f64),
             thousands(backlog.least as f64),
             thousands(backlog.at_end as f64),
             backlog.ran_per_second,
+            1000.0 / backlog.ran_per_second.max(1e-3),
         );
         let (idle, busy) = (&self.idle.wait_ms, &self.busy.wait_ms);
         let _ = writeln!(
