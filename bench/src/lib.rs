@@ -29,7 +29,8 @@
 //! - The scenarios: [`enqueue`], [`e2e`] (throughput), [`ttft`], [`overhead`] (latency added to
 //!   the provider's), [`sse`] (event streams held by one ingress), [`fleet`] (scaling workers
 //!   under a provider limit), [`spike`] (a burst against a limit), [`lanes`] (interactive jobs
-//!   beside a batch), [`fairness`] (one tenant's interactive jobs while another floods the queue), [`cache`] (a workload half of repeated deterministic prompts), [`webhooks`]
+//!   beside a batch), [`fairness`] (one tenant's interactive jobs while another floods the
+//!   queue), [`cache`] (a workload half of repeated deterministic prompts), [`webhooks`]
 //!   (delivery latency after commit). Each renders its own part of the report.
 //! - [`report`]: the whole result, as text for people and as JSON (`--json`); and this file,
 //!   which reads the command line and runs the chosen scenarios.
