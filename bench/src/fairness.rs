@@ -289,6 +289,12 @@ impl FairnessResult {
             backlog.ran_per_second,
             1000.0 / backlog.ran_per_second.max(1e-3),
         );
+        if backlog.least == 0 {
+            let _ = writeln!(
+                out,
+                "      THE BACKLOG RAN OUT while the probe sent: part of it measured a queue without the flood (a larger --fairness-flood keeps it queued)"
+            );
+        }
         let (idle, busy) = (&self.idle.wait_ms, &self.busy.wait_ms);
         let _ = writeln!(
             out,
