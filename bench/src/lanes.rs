@@ -118,15 +118,8 @@ pub async fn run(
             - batch_before) as f64
             / started.elapsed().as_secs_f64();
 
-        let waiting = Instant::now();
-        let jobs = loop {
-            let jobs = ledger::jobs_of_conversations(&pool, &conversations).await?;
-            let ended = jobs.iter().all(|job| ledger::is_terminal(&job.status));
-            if ended || waiting.elapsed() > FINISH_TIMEOUT {
-                break jobs;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let jobs =
+            ledger::jobs_of_conversations_ended(&pool, &conversations, FINISH_TIMEOUT).await?;
         stack.check_alive()?;
         let waits: Vec<f64> = jobs.iter().filter_map(|job| job.wait_ms).collect();
         Ok(LanesResult {

@@ -7,6 +7,7 @@
 //! it reports without refreshing the offline query data of the server's crates.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sqlx::PgPool;
@@ -66,6 +67,26 @@ pub async fn jobs_of_conversations(
     .context("cannot read the jobs of the run")
 }
 
+/// The jobs of these conversations once every one has ended, or as they stand after `timeout`.
+///
+/// # Errors
+/// Database errors.
+pub async fn jobs_of_conversations_ended(
+    pool: &PgPool,
+    conversations: &[Uuid],
+    timeout: Duration,
+) -> anyhow::Result<Vec<JobRecord>> {
+    let waiting = Instant::now();
+    loop {
+        let jobs = jobs_of_conversations(pool, conversations).await?;
+        let ended = jobs.iter().all(|job| is_terminal(&job.status));
+        if ended || waiting.elapsed() > timeout {
+            return Ok(jobs);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Jobs of a lane (or of both, for `None`) with a status.
 ///
 /// # Errors
@@ -79,6 +100,19 @@ pub async fn count(pool: &PgPool, lane: Option<&str>, status: &str) -> anyhow::R
     .fetch_one(pool)
     .await
     .context("cannot count jobs")
+}
+
+/// Jobs of a tenant with a status.
+///
+/// # Errors
+/// Database errors.
+pub async fn count_of_tenant(pool: &PgPool, tenant: Uuid, status: &str) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = $1 AND tenant_id = $2")
+        .bind(status)
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .context("cannot count a tenant's jobs")
 }
 
 /// `status × count`, for the report.

@@ -29,7 +29,8 @@
 //! - The scenarios: [`enqueue`], [`e2e`] (throughput), [`ttft`], [`overhead`] (latency added to
 //!   the provider's), [`sse`] (event streams held by one ingress), [`fleet`] (scaling workers
 //!   under a provider limit), [`spike`] (a burst against a limit), [`lanes`] (interactive jobs
-//!   beside a batch), [`cache`] (a workload half of repeated deterministic prompts), [`webhooks`]
+//!   beside a batch), [`fairness`] (one tenant's interactive jobs while another floods the
+//!   queue), [`cache`] (a workload half of repeated deterministic prompts), [`webhooks`]
 //!   (delivery latency after commit). Each renders its own part of the report.
 //! - [`report`]: the whole result, as text for people and as JSON (`--json`); and this file,
 //!   which reads the command line and runs the chosen scenarios.
@@ -42,6 +43,7 @@ mod cache;
 mod cpu;
 mod e2e;
 mod enqueue;
+mod fairness;
 mod figures;
 mod fixtures;
 mod fleet;
@@ -98,6 +100,9 @@ pub enum Scenario {
     Spike,
     /// Interactive queue wait while a large batch runs.
     Lanes,
+    /// One tenant's interactive queue wait on an idle queue, then while another tenant floods
+    /// the queue with 10,000 messages.
+    Fairness,
     /// Half the requests repeat an earlier deterministic prompt: provider calls the reply cache
     /// saves, and the latency of a hit beside a miss.
     Cache,
@@ -128,6 +133,8 @@ pub struct BenchArgs {
     pub spike: spike::SpikeArgs,
     #[command(flatten, next_help_heading = "lanes")]
     pub lanes: lanes::LanesArgs,
+    #[command(flatten, next_help_heading = "fairness")]
+    pub fairness: fairness::FairnessArgs,
     #[command(flatten, next_help_heading = "cache")]
     pub cache: cache::CacheArgs,
     #[command(flatten, next_help_heading = "webhooks")]
@@ -156,6 +163,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         fleet: None,
         spike: None,
         lanes: None,
+        fairness: None,
         cache: None,
         webhooks: None,
     };
@@ -191,6 +199,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wants(Scenario::Lanes) {
         report.lanes = Some(lanes::run(general, &args.lanes, &services).await?);
+    }
+    if wants(Scenario::Fairness) {
+        report.fairness = Some(fairness::run(general, &args.fairness, &services).await?);
     }
     if wants(Scenario::Cache) {
         report.cache = Some(cache::run(general, &args.cache, &services).await?);

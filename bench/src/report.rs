@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::cache::CacheResult;
 use super::e2e::E2eResult;
 use super::enqueue::EnqueueResult;
+use super::fairness::FairnessResult;
 use super::fleet::FleetResult;
 use super::lanes::LanesResult;
 use super::limits::Limits;
@@ -39,6 +40,7 @@ pub struct Report {
     pub fleet: Option<FleetResult>,
     pub spike: Option<SpikeResult>,
     pub lanes: Option<LanesResult>,
+    pub fairness: Option<FairnessResult>,
     pub cache: Option<CacheResult>,
     pub webhooks: Option<WebhooksResult>,
 }
@@ -82,6 +84,9 @@ impl Report {
         }
         if let Some(lanes) = &self.lanes {
             lanes.render(&mut out);
+        }
+        if let Some(fairness) = &self.fairness {
+            fairness.render(&mut out);
         }
         if let Some(webhooks) = &self.webhooks {
             webhooks.render(&mut out);

@@ -111,6 +111,13 @@ pub struct Stack {
     env: Vec<(String, String)>,
 }
 
+/// An API key and the tenant it belongs to.
+#[derive(Debug, Clone)]
+pub struct TenantKey {
+    pub api_key: String,
+    pub tenant: Uuid,
+}
+
 /// How the children ended, for the report.
 #[derive(Debug, Clone)]
 pub struct StackStop {
@@ -212,8 +219,8 @@ impl Stack {
         self.wait_until_ok(self.ingress, "/readyz").await?;
 
         step.set_message("API key");
-        self.api_key = self.create_key().await?;
-        self.tenant = tenant_id(&self.scratch.pool, TENANT).await?;
+        let key = self.create_key(TENANT).await?;
+        (self.api_key, self.tenant) = (key.api_key, key.tenant);
 
         if plan.workers > 0 {
             step.set_message(format!("{} workers", plan.workers));
@@ -291,10 +298,15 @@ impl Stack {
         Ok(())
     }
 
-    /// `chatq keys create --tenant bench`: the key is the only line on standard output.
-    async fn create_key(&self) -> anyhow::Result<String> {
+    /// A new API key of the tenant `name` (made if new), from `chatq keys create --tenant NAME`,
+    /// whose standard output is the key alone. The stack's own key is one of [`TENANT`]; a
+    /// scenario that needs a second tenant makes one here.
+    ///
+    /// # Errors
+    /// The command fails or prints no key.
+    pub async fn create_key(&self, name: &str) -> anyhow::Result<TenantKey> {
         let output = self
-            .command(&["keys".into(), "create".into(), format!("--tenant={TENANT}")])
+            .command(&["keys".into(), "create".into(), format!("--tenant={name}")])
             .stdin(Stdio::null())
             .output()
             .await
@@ -304,9 +316,10 @@ impl Stack {
             "chatq keys create failed: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         );
-        let key = String::from_utf8(output.stdout)?.trim().to_owned();
-        anyhow::ensure!(!key.is_empty(), "chatq keys create printed no key");
-        Ok(key)
+        let api_key = String::from_utf8(output.stdout)?.trim().to_owned();
+        anyhow::ensure!(!api_key.is_empty(), "chatq keys create printed no key");
+        let tenant = tenant_id(&self.scratch.pool, name).await?;
+        Ok(TenantKey { api_key, tenant })
     }
 
     /// Polls `GET path` until it answers 200, failing early if a child has exited.
