@@ -21,6 +21,21 @@ use chatq_common::ids::{BatchId, ConversationId, FileId, JobId, MessageId, Respo
 
 use crate::error::ErrorBody;
 
+/// One server-sent event of a `text/event-stream` answer, as a client's parser hands it over:
+/// OpenAPI 3.1 has the schema of an event stream describe each event (3.2's `itemSchema`), not
+/// the stream as one string.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "only the document reads it")]
+pub struct ServerSentEvent {
+    /// The event's type (`message.delta`, `response.output_text.delta`, …); none for the
+    /// chat completions chunks, which are told apart by their data.
+    pub event: Option<String>,
+    /// The event's JSON, or `[DONE]` at the end of a chat completions stream.
+    pub data: String,
+    /// Where a resumed stream goes on from (`Last-Event-ID`, `starting_after`).
+    pub id: Option<String>,
+}
+
 /// The document's frame: what the paths and schemas collected from the handlers go into.
 #[derive(OpenApi)]
 #[openapi(
@@ -34,7 +49,8 @@ use crate::error::ErrorBody;
     ),
     // The ids a path names are components too, as the bodies that carry them make them.
     components(schemas(
-        ErrorBody, ConversationId, MessageId, JobId, FileId, BatchId, ResponseId, WebhookId
+        ErrorBody, ServerSentEvent, ConversationId, MessageId, JobId, FileId, BatchId,
+        ResponseId, WebhookId
     )),
     modifiers(&BearerKey),
     security(("api_key" = [])),

@@ -44,7 +44,15 @@ impl Watched {
 
 impl Drop for Watched {
     fn drop(&mut self) {
-        self.rechecks.lock().remove(&self.job);
+        // Only its own entry: a hub for the same job made after this one's last follower left
+        // may have registered before this pump stopped.
+        let mut followed = self.rechecks.lock();
+        if followed
+            .get(&self.job)
+            .is_some_and(|nudge| Arc::ptr_eq(nudge, &self.nudge))
+        {
+            followed.remove(&self.job);
+        }
     }
 }
 
@@ -53,6 +61,7 @@ impl Rechecks {
     /// entry per job.
     pub(super) fn watch(self: &Arc<Self>, job: JobId) -> Watched {
         let nudge = Arc::new(Notify::new());
+        // Replaces the entry of a stopping pump of the same job, if any (see `Drop`).
         self.lock().insert(job, nudge.clone());
         Watched {
             job,

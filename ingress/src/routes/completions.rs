@@ -28,7 +28,7 @@ use crate::trace_context::RequestTrace;
     request_body = ChatCompletionRequest,
     responses(
         (status = 200, description = "The completion (`chat.completion`), or with `stream: true` server-sent `chat.completion.chunk` events ending in `[DONE]`.",
-            content((Object = "application/json"), (String = "text/event-stream")),
+            content((Object = "application/json"), (crate::openapi::ServerSentEvent = "text/event-stream")),
             headers(
                 ("x-chatq-cache" = String, description = "`hit` or `miss`: whether the reply cache answered."),
                 ("x-chatq-cache-tier" = String, description = "On a hit, the tier that answered: `exact` (the same request) or `semantic` (a near-duplicate of its last user message).")

@@ -38,7 +38,7 @@ pub struct EventsQuery {
     params(("id" = JobId, Path, description = "The job's id."), EventsQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event.")),
     responses((status = 200, description = "Server-sent events: `job.queued`, `job.started`, `message.delta`, …, and a terminal event carrying the job.",
-        content_type = "text/event-stream", body = String), crate::openapi::ApiErrors))]
+        content_type = "text/event-stream", body = crate::openapi::ServerSentEvent), crate::openapi::ApiErrors))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,

@@ -21,7 +21,7 @@ use crate::trace_context::RequestTrace;
     request_body = CreateResponse,
     responses(
         (status = 200, description = "The response object, or with `stream: true` its events (`response.created`, …, `response.completed`).",
-            content((Object = "application/json"), (String = "text/event-stream"))),
+            content((Object = "application/json"), (crate::openapi::ServerSentEvent = "text/event-stream"))),
         crate::openapi::ApiErrors))]
 pub async fn create(
     State(state): State<AppState>,
@@ -52,7 +52,7 @@ pub struct RetrieveQuery {
 #[utoipa::path(get, path = "/v1/responses/{id}", tag = "responses", params(("id" = ResponseId, Path, description = "The response's id."), RetrieveQuery),
     responses(
         (status = 200, description = "The response object, or with `stream=true` its events after `starting_after`.",
-            content((Object = "application/json"), (String = "text/event-stream"))),
+            content((Object = "application/json"), (crate::openapi::ServerSentEvent = "text/event-stream"))),
         crate::openapi::ApiErrors))]
 pub async fn get(
     State(state): State<AppState>,
