@@ -19,7 +19,11 @@ async fn create_and_finish(app: &TestApp, body: Value) -> Value {
     let response = app.post_json("/v1/responses", &body).await;
     assert_eq!(response.status(), StatusCode::OK);
     let created: Value = response.json().await.unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    wait_for_response(app, created["id"].as_str().unwrap()).await
+}
+
+/// Polls a response until it is no longer queued or in progress; returns it.
+pub(crate) async fn wait_for_response(app: &TestApp, id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let current = app.get_ok(&format!("/v1/responses/{id}")).await;

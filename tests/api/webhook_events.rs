@@ -8,6 +8,7 @@ use chatq_mock_llm::{Fault, MockConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, TestOptions, id_of, spawn_app_with};
+use crate::responses::wait_for_response;
 use crate::webhooks::webhook_receiver::{Answer, Received, WebhookReceiver};
 use crate::webhooks::{create_webhook, local_receivers};
 
@@ -21,22 +22,6 @@ async fn create_response(app: &TestApp, body: Value) -> String {
         .unwrap();
     assert_eq!(response["status"], "queued", "{response}");
     id_of(&response)
-}
-
-/// Waits until the response's status is no longer queued or in progress; returns it.
-async fn wait_for_response(app: &TestApp, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = app.get_ok(&format!("/v1/responses/{id}")).await;
-        if !matches!(response["status"].as_str(), Some("queued" | "in_progress")) {
-            return response;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "response did not end: {response}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// (event type, id of the object it is about) of each event delivered.
