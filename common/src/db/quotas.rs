@@ -2,7 +2,9 @@
 //! `conversations`, so a check reads one row instead of counting) and the overrides operators set
 //! (`tenant_quotas`, `chatq tenants set-quota`), which win over the `tenant_max_*` settings.
 //!
-//! A check that must hold across ingress processes locks the tenant's usage row for the
+//! A tenant's usage is spread over several rows (one per shard of job and conversation ids), so
+//! that writes of different jobs of one tenant do not wait for each other; a check adds them up.
+//! A check that must hold across ingress processes takes the tenant's quota lock for the
 //! transaction that writes ([`lock_usage`]): two ingresses recording for one tenant at once take
 //! turns, and the second sees what the first wrote.
 
@@ -123,7 +125,7 @@ pub fn effective(stored: Option<i32>, setting: Option<u32>) -> Option<u32> {
     }
 }
 
-/// A tenant's usage row, locked until the transaction ends, with its overrides.
+/// A tenant's usage, read under its tenant lock (see [`lock_usage`]), with its overrides.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LockedUsage {
     pub queued_jobs: i32,
@@ -133,8 +135,14 @@ pub struct LockedUsage {
     pub overrides: Overrides,
 }
 
-/// Locks the usage rows of these tenants (creating missing ones), in tenant order so that
-/// concurrent transactions cannot deadlock, and reads them with the tenants' overrides.
+/// Takes these tenants' quota locks until the transaction ends, then reads their usage (the sum
+/// of each tenant's usage rows, see the `tenant_usage_shards` migration) with their overrides.
+///
+/// The lock is a transaction-scoped advisory lock per tenant, not a row lock: only other quota
+/// checks wait for it (two ingresses recording for one tenant take turns, and the second reads
+/// what the first wrote, because its read is a statement that starts after the first commits),
+/// while claims and finishes of the tenant's jobs, which change the usage through triggers, go on.
+/// Locks are taken in the order of their keys, so concurrent checks cannot deadlock.
 ///
 /// # Errors
 /// Database errors.
@@ -149,18 +157,23 @@ pub async fn lock_usage(
         return Ok(HashMap::new());
     }
     sqlx::query!(
-        "INSERT INTO tenant_usage (tenant_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
+        r#"SELECT count(pg_advisory_xact_lock($2, k)) AS "locked!"
+             FROM (SELECT DISTINCT hashtext(t::text) AS k FROM unnest($1::uuid[]) AS t ORDER BY k OFFSET 0) keys"#,
         &ids,
+        TENANT_LOCK_CLASS,
     )
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     let rows = sqlx::query!(
-        r#"SELECT u.tenant_id, u.queued_jobs, u.jobs_in_flight, u.conversations,
+        r#"SELECT t.id AS "tenant_id!",
+                  coalesce(sum(u.queued_jobs), 0)::int4 AS "queued_jobs!",
+                  coalesce(sum(u.jobs_in_flight), 0)::int4 AS "jobs_in_flight!",
+                  coalesce(sum(u.conversations), 0)::int4 AS "conversations!",
                   q.queued_jobs AS "queued_jobs_quota?", q.conversations AS "conversations_quota?"
-             FROM tenant_usage u LEFT JOIN tenant_quotas q ON q.tenant_id = u.tenant_id
-            WHERE u.tenant_id = ANY($1)
-            ORDER BY u.tenant_id
-              FOR UPDATE OF u"#,
+             FROM unnest($1::uuid[]) AS t(id)
+             LEFT JOIN tenant_usage u ON u.tenant_id = t.id
+             LEFT JOIN tenant_quotas q ON q.tenant_id = t.id
+            GROUP BY t.id, q.queued_jobs, q.conversations"#,
         &ids,
     )
     .fetch_all(&mut *tx)
@@ -182,6 +195,39 @@ pub async fn lock_usage(
         })
         .collect())
 }
+
+/// Takes the in-flight lock of the tenants of these jobs that a claim would start (queued
+/// interactive jobs) until the transaction ends: claims of one tenant's jobs take turns, so each
+/// counts the jobs the one before it started, and the `jobs_in_flight` quota holds across workers.
+/// Nothing else takes this lock: recordings, finishes and claims of other tenants' jobs go on.
+///
+/// # Errors
+/// Database errors.
+pub async fn lock_in_flight(tx: &mut sqlx::PgConnection, jobs: &[Uuid]) -> Result<(), sqlx::Error> {
+    // The jobs are found by their key alone: a condition on the status could lead the planner
+    // to read every queued job through the partial indexes on it (see `jobs::claim`).
+    sqlx::query!(
+        r#"SELECT count(pg_advisory_xact_lock($2, k)) AS "locked!"
+             FROM (SELECT DISTINCT k
+                     FROM (SELECT CASE WHEN lane = 'interactive' AND status = 'queued'
+                                       THEN hashtext(tenant_id::text) END AS k
+                             FROM jobs WHERE id = ANY($1)) j
+                    WHERE k IS NOT NULL
+                    ORDER BY k OFFSET 0) keys"#,
+        jobs,
+        IN_FLIGHT_LOCK_CLASS,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The first key of a tenant's quota lock (the second is the tenant's id, hashed): "cqtn" in
+/// ASCII, so it is recognisable in `pg_locks`.
+const TENANT_LOCK_CLASS: i32 = 0x6371_746e;
+
+/// The first key of a tenant's in-flight lock, taken by claims: "cqif".
+const IN_FLIGHT_LOCK_CLASS: i32 = 0x6371_6966;
 
 /// A tenant's overrides (all `None` when it has none).
 ///

@@ -1,8 +1,10 @@
 //! Fair sharing between tenants: a tenant that floods the queue delays its own jobs, not
-//! another's ([`in_flight`]: a tenant at its in-flight quota waits without spending attempts);
-//! the queued quota holds across ingress processes.
+//! another's ([`in_flight`]: a tenant at its in-flight quota waits without spending attempts;
+//! [`usage_rows`]: the writes of one tenant's jobs do not wait for each other); the queued quota
+//! holds across ingress processes.
 
 mod in_flight;
+mod usage_rows;
 
 use chatq_common::db::conversations;
 use chatq_common::ids::TenantId;
@@ -207,7 +209,7 @@ async fn the_queued_quota_holds_across_two_ingresses() {
         .unwrap();
     assert_eq!(recorded, 5);
     let counted: i32 =
-        sqlx::query_scalar("SELECT queued_jobs FROM tenant_usage WHERE tenant_id = $1")
+        sqlx::query_scalar("SELECT sum(queued_jobs)::int4 FROM tenant_usage WHERE tenant_id = $1")
             .bind(tenant_id(&app, "tenant-a").await.as_uuid())
             .fetch_one(&app.pool)
             .await

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::chat::{ChatMessage, Role};
+use crate::db::quotas;
 use crate::ids::{ConversationId, JobId, TenantId};
 use crate::job::JobStatus;
 
@@ -78,10 +79,10 @@ pub enum NotClaimed {
 ///
 /// A queued interactive job is claimed only while its tenant runs fewer interactive jobs than its
 /// `jobs_in_flight` quota (`max_in_flight` from the settings, or the tenant's override; `None` is
-/// unlimited), counting the jobs of the same tenant earlier in `claims`. The count is read, not
-/// locked (a claim must not wait on other claims), so claims by several workers at the same
-/// moment can each take the last place: a tenant may run over its quota by the jobs of those
-/// concurrent claims.
+/// unlimited), counting the jobs of the same tenant earlier in `claims`. Claims of one tenant's
+/// jobs take turns on the tenant's in-flight lock ([`quotas::lock_in_flight`]), and the claim
+/// reads the count after it, so the quota holds however many workers claim at once; a claim waits
+/// for no recording or finish.
 ///
 /// # Errors
 /// Database errors.
@@ -96,6 +97,8 @@ pub async fn claim(
     let ids: Vec<Uuid> = claims.iter().map(|c| c.id.as_uuid()).collect();
     let tokens: Vec<Uuid> = claims.iter().map(|c| c.token).collect();
     let known: Vec<i64> = claims.iter().map(|c| c.known_seq).collect();
+    let mut tx = pool.begin().await?;
+    quotas::lock_in_flight(&mut tx, &ids).await?;
     // One row per job (the first token asked for it), so the winning token is known.
     let rows = sqlx::query!(
         r#"WITH wanted AS (
@@ -103,9 +106,9 @@ pub async fn claim(
                  FROM unnest($1::uuid[], $2::uuid[], $7::int8[]) WITH ORDINALITY AS t(id, token, known, n)
                 ORDER BY t.id, t.n
            ), claimable AS (
-               -- The jobs first, in id order (`wanted`'s), then their tenants' usage rows: the
-               -- order every writer of jobs takes (a trigger updates the usage), so claims cannot
-               -- deadlock with finishes, and the counts read below are current.
+               -- The jobs, in id order (`wanted`'s); the usage trigger then locks their tenants'
+               -- usage rows, in key order, as it does for every writer of jobs, so claims cannot
+               -- deadlock with finishes.
                -- Each job is looked up by its key, one at a time: written as a filter on the
                -- status, the planner may instead read every queued job through the partial
                -- indexes on status when the table's statistics are stale (seen: 8,500 queued jobs
@@ -119,11 +122,14 @@ pub async fn claim(
                          AND (status = 'queued' OR (status = 'running' AND lease_expires_at < now()))
                          FOR UPDATE) j
            ), usage AS (
-               SELECT u.tenant_id, u.jobs_in_flight, coalesce(q.jobs_in_flight, $6, 2147483647) AS quota
-                 FROM tenant_usage u LEFT JOIN tenant_quotas q ON q.tenant_id = u.tenant_id
-                WHERE u.tenant_id IN (SELECT tenant_id FROM claimable WHERE lane = 'interactive' AND status = 'queued')
-                ORDER BY u.tenant_id
-                  FOR UPDATE OF u
+               -- Read, not locked, after the tenant's in-flight lock: what earlier claims
+               -- started is counted, and no writer of the usage rows is waited for.
+               SELECT t.tenant_id, coalesce(sum(u.jobs_in_flight), 0) AS jobs_in_flight,
+                      coalesce(q.jobs_in_flight, $6, 2147483647) AS quota
+                 FROM (SELECT DISTINCT tenant_id FROM claimable WHERE lane = 'interactive' AND status = 'queued') t
+                 LEFT JOIN tenant_usage u ON u.tenant_id = t.tenant_id
+                 LEFT JOIN tenant_quotas q ON q.tenant_id = t.tenant_id
+                GROUP BY t.tenant_id, q.jobs_in_flight
            ), over_quota AS (
                -- Queued interactive jobs, numbered per tenant: each takes one of its tenant's places.
                SELECT s.id FROM (
@@ -176,8 +182,9 @@ pub async fn claim(
         max_in_flight.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
         &known,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     let mut claimed: HashMap<(Uuid, Uuid), ClaimedJob> = rows
         .into_iter()
         .map(|row| {

@@ -226,8 +226,9 @@ pub async fn unpublished(
     sqlx::query_as!(
         QueuedCopy,
         r#"SELECT j.id AS "id: JobId", j.publication, j.traceparent,
-                  coalesce(u.queued_jobs, 0) AS "tenant_queued!"
-             FROM jobs j LEFT JOIN tenant_usage u ON u.tenant_id = j.tenant_id
+                  coalesce((SELECT sum(u.queued_jobs) FROM tenant_usage u WHERE u.tenant_id = j.tenant_id), 0)::int4
+                      AS "tenant_queued!"
+             FROM jobs j
             WHERE j.status = 'queued' AND j.published_at IS NULL AND j.lane = $1
               AND j.created_at < now() - make_interval(secs => $2)
             ORDER BY j.created_at
