@@ -90,9 +90,11 @@ YAML
 
 info "starting LiteLLM $version on 127.0.0.1:$litellm_port ($workers workers) in front of 127.0.0.1:$mock_port"
 # No network at start-up (the model price list ships with the package), errors only in its log.
+# A worker imports LiteLLM for 5–15 s on a busy 2-core machine, longer than uvicorn's default
+# health check of a new worker (5 s), which would then restart it again and again.
 LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR setsid "$venv/bin/litellm" \
     --config "$work/config.yaml" --host 127.0.0.1 --port "$litellm_port" \
-    --num_workers "$workers" >"$work/litellm.log" 2>&1 &
+    --num_workers "$workers" --timeout_worker_healthcheck 120 >"$work/litellm.log" 2>&1 &
 litellm_pid=$!
 # Ready when a worker answers (the parent listens before its workers have imported anything);
 # importing LiteLLM takes seconds, on a busy machine a minute or more.
