@@ -18,6 +18,7 @@ use super::args::GeneralArgs;
 use super::completions::{self, CompletionsArgs};
 use super::guard::{self, Baseline, Figures};
 use super::limits::{self, JETSTREAM_IN_FLIGHT, Limits, POSTGRES_CLIENTS};
+use super::machine::Machine;
 use super::services::Services;
 use super::stack::{Stack, StackPlan, with_stack};
 use super::{e2e, enqueue};
@@ -99,45 +100,7 @@ pub async fn run(general: &GeneralArgs, args: &GuardArgs) -> anyhow::Result<()> 
     let machine = &super::describe_machine(services).await?;
     let sized = sized(general);
     let Some(baseline) = baseline else {
-        let mut attempts = Vec::new();
-        for round in 1..=BASELINE_ATTEMPTS {
-            let attempt = measure(&sized, services).await?;
-            print(&verdict(
-                &format!("baseline attempt {round} of {BASELINE_ATTEMPTS}"),
-                &Figures::new(),
-                &attempt,
-            ));
-            attempts.push(attempt.figures);
-        }
-        let median = guard::median_of(&attempts);
-        let baseline = Baseline {
-            about: "Figures of `chatq-bench guard`, which scripts/test runs: chatq's rates as \
-                    fractions of the limits measured in the same run. A figure more than 30 % \
-                    below its value here fails the suite. Each is the median of three attempts. Refresh after a change that moves \
-                    them on purpose: scripts/test builds the binaries, then \
-                    `target/debug/chatq-bench guard --guard-write-baseline` (see BENCHMARKS.md)."
-                .into(),
-            measured: format!(
-                "{}; {} CPUs ({}), Linux {}, Postgres {}, NATS {}",
-                super::now_rfc3339(),
-                machine.cpus,
-                machine.cpu_model,
-                machine.kernel,
-                machine.postgres_version,
-                machine.nats_version
-            ),
-            build: guard::this_build().into(),
-            figures: median
-                .into_iter()
-                .filter(|(name, _)| GUARDED.contains(&name.as_str()))
-                .collect(),
-        };
-        baseline.write(&args.baseline)?;
-        print(&format!(
-            "baseline written to {}\n",
-            args.baseline.display()
-        ));
-        return Ok(());
+        return write_baseline(&args.baseline, &sized, services, machine).await;
     };
     let first = measure(&sized, services).await?;
     let mut findings = guard::compare(&baseline.figures, &first.figures);
@@ -168,7 +131,53 @@ pub async fn run(general: &GeneralArgs, args: &GuardArgs) -> anyhow::Result<()> 
         baseline.measured,
         findings.join("\n  ")
     );
-    print("  guard passed: no figure fell more than 30 % below the baseline\n");
+    print(&format!(
+        "  guard passed: no figure fell more than {:.0} % below the baseline\n",
+        guard::TOLERANCE * 100.0
+    ));
+    Ok(())
+}
+
+/// Measures [`BASELINE_ATTEMPTS`] times and writes each guarded figure's median to `path`.
+async fn write_baseline(
+    path: &std::path::Path,
+    sized: &GeneralArgs,
+    services: &Services,
+    machine: &Machine,
+) -> anyhow::Result<()> {
+    let mut attempts = Vec::new();
+    for round in 1..=BASELINE_ATTEMPTS {
+        let attempt = measure(sized, services).await?;
+        let title = format!("baseline attempt {round} of {BASELINE_ATTEMPTS}");
+        print(&verdict(&title, &Figures::new(), &attempt));
+        attempts.push(attempt.figures);
+    }
+    let baseline = Baseline {
+        about: format!(
+            "Figures of `chatq-bench guard`, which scripts/test runs: chatq's rates as fractions \
+             of the limits measured in the same run. A figure more than {:.0} % below its value \
+             here fails the suite. Each is the median of {BASELINE_ATTEMPTS} attempts. Refresh \
+             after a change that moves them on purpose: scripts/test builds the binaries, then \
+             `target/debug/chatq-bench guard --guard-write-baseline` (see BENCHMARKS.md).",
+            guard::TOLERANCE * 100.0
+        ),
+        measured: format!(
+            "{}; {} CPUs ({}), Linux {}, Postgres {}, NATS {}",
+            super::now_rfc3339(),
+            machine.cpus,
+            machine.cpu_model,
+            machine.kernel,
+            machine.postgres_version,
+            machine.nats_version
+        ),
+        build: guard::this_build().into(),
+        figures: guard::median_of(&attempts)
+            .into_iter()
+            .filter(|(name, _)| GUARDED.contains(&name.as_str()))
+            .collect(),
+    };
+    baseline.write(path)?;
+    print(&format!("baseline written to {}\n", path.display()));
     Ok(())
 }
 
