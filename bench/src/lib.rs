@@ -31,15 +31,19 @@
 //!   under a provider limit), [`spike`] (a burst against a limit), [`lanes`] (interactive jobs
 //!   beside a batch), [`fairness`] (one tenant's interactive jobs while another floods the
 //!   queue), [`cache`] (a workload half of repeated deterministic prompts), [`webhooks`]
-//!   (delivery latency after commit). Each renders its own part of the report.
+//!   (delivery latency after commit), [`completions`] (chat completions per second, closed loop,
+//!   beside other OpenAI-compatible servers). Each renders its own part of the report.
 //! - [`report`]: the whole result, as text for people and as JSON (`--json`); and this file,
 //!   which reads the command line and runs the chosen scenarios.
+//! - The regression guard: [`guard`] (figures as ratios to the same run's limits, compared with
+//!   a committed baseline) and [`guard_run`] (the short benchmark `scripts/test` runs).
 //!
 //! Each scenario runs on a stack of its own, so one scenario's queue never feeds another's
 //! workers.
 
 mod args;
 mod cache;
+mod completions;
 mod cpu;
 mod e2e;
 mod enqueue;
@@ -47,6 +51,8 @@ mod fairness;
 mod figures;
 mod fixtures;
 mod fleet;
+mod guard;
+mod guard_run;
 mod lanes;
 mod ledger;
 mod limits;
@@ -108,13 +114,25 @@ pub enum Scenario {
     Cache,
     /// How long after a result commits its webhook arrives, at a fixed arrival rate.
     Webhooks,
+    /// Non-streaming chat completions per second, closed loop, through chatq, straight to the
+    /// mock, and through any --completions-peer (another OpenAI-compatible server).
+    Completions,
+    /// Not a scenario: the short benchmark `scripts/test` runs, compared with a committed
+    /// baseline (--guard-baseline); fails when a figure fell more than 30 %.
+    Guard,
 }
 
 /// Benchmark chatq on this machine, beside the machine's own limits measured in the same run.
 ///
 /// The defaults finish each scenario in a minute or two.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "chatq-bench", version, about, long_about)]
+#[command(
+    name = "chatq-bench",
+    version,
+    about,
+    long_about,
+    args_override_self = true
+)]
 pub struct BenchArgs {
     /// What to measure. Every scenario but `limits` measures the limits first (see --no-limits).
     #[arg(value_enum, default_value = "all")]
@@ -139,6 +157,10 @@ pub struct BenchArgs {
     pub cache: cache::CacheArgs,
     #[command(flatten, next_help_heading = "webhooks")]
     pub webhooks: webhooks::WebhooksArgs,
+    #[command(flatten, next_help_heading = "completions")]
+    pub completions: completions::CompletionsArgs,
+    #[command(flatten, next_help_heading = "guard")]
+    pub guard: guard_run::GuardArgs,
 }
 
 /// Runs the chosen scenarios, prints the report, and writes it as JSON if asked.
@@ -149,11 +171,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // sqlx warns about slow statements, and dropping a database is one: not news here.
     chatq_common::telemetry::init(chatq_common::settings::LogFormat::Pretty, "warn,sqlx=error");
     let general = &args.general;
+    if args.scenario == Scenario::Guard {
+        return guard_run::run(general, &args.guard).await;
+    }
     let services = Services::from_args(general)?;
+    let machine = describe_machine(&services).await?;
     let mut report = Report {
         date: now_rfc3339(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        machine: describe_machine(&services).await?,
+        machine,
         limits: None,
         enqueue: None,
         e2e: None,
@@ -166,6 +192,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         fairness: None,
         cache: None,
         webhooks: None,
+        completions: None,
     };
     let wants = |scenario| args.scenario == Scenario::All || args.scenario == scenario;
     if args.scenario == Scenario::Limits || !general.no_limits {
@@ -205,6 +232,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wants(Scenario::Cache) {
         report.cache = Some(cache::run(general, &args.cache, &services).await?);
+    }
+    if wants(Scenario::Completions) {
+        report.completions = Some(completions::run(general, &args.completions, &services).await?);
     }
     if wants(Scenario::Webhooks) {
         report.webhooks = Some(webhooks::run(general, &args.webhooks, &services).await?);

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::cache::CacheResult;
+use super::completions::CompletionsResult;
 use super::e2e::E2eResult;
 use super::enqueue::EnqueueResult;
 use super::fairness::FairnessResult;
@@ -43,6 +44,7 @@ pub struct Report {
     pub fairness: Option<FairnessResult>,
     pub cache: Option<CacheResult>,
     pub webhooks: Option<WebhooksResult>,
+    pub completions: Option<CompletionsResult>,
 }
 
 impl Report {
@@ -90,6 +92,9 @@ impl Report {
         }
         if let Some(webhooks) = &self.webhooks {
             webhooks.render(&mut out);
+        }
+        if let Some(completions) = &self.completions {
+            completions.render(&mut out);
         }
         if let Some(cache) = &self.cache {
             cache.render(&mut out);

@@ -44,6 +44,9 @@ pub struct StackPlan {
     /// Settings a scenario needs on top of the bench's own (no per-tenant quotas; a provider limit, a queue size, no
     /// per-key rate limit). `--env` is applied after them, so it can still override them.
     pub env: Vec<(String, String)>,
+    /// Where the mock listens, when something outside the bench (a gateway measured beside
+    /// chatq) must be pointed at it before the run; a free port otherwise.
+    pub mock_addr: Option<SocketAddr>,
 }
 
 impl StackPlan {
@@ -64,7 +67,14 @@ impl StackPlan {
                 .into_iter()
                 .map(|name| (name.to_owned(), "unlimited".to_owned()))
                 .collect(),
+            mock_addr: None,
         }
+    }
+
+    /// Makes the mock listen on `addr` (see [`StackPlan::mock_addr`]).
+    pub fn with_mock_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.mock_addr = addr;
+        self
     }
 
     /// Adds a `CHATQ_*` setting for every process.
@@ -173,7 +183,10 @@ impl Stack {
         let mock_url = match &plan.mock {
             Some(mock) => {
                 step.set_message("mock LLM");
-                let addr = free_local_addr()?;
+                let addr = match plan.mock_addr {
+                    Some(addr) => addr,
+                    None => free_local_addr()?,
+                };
                 self.spawn(
                     "mock-llm",
                     &[
