@@ -30,8 +30,9 @@
 //!   the provider's), [`sse`] (event streams held by one ingress), [`fleet`] (scaling workers
 //!   under a provider limit), [`spike`] (a burst against a limit), [`lanes`] (interactive jobs
 //!   beside a batch), [`fairness`] (one tenant's interactive jobs while another floods the
-//!   queue), [`cache`] (a workload half of repeated deterministic prompts), [`webhooks`]
-//!   (delivery latency after commit). Each renders its own part of the report.
+//!   queue), [`cache`] (a workload half of repeated deterministic prompts), [`history`] (one
+//!   conversation grown to thousands of messages), [`webhooks`] (delivery latency after
+//!   commit). Each renders its own part of the report.
 //! - [`report`]: the whole result, as text for people and as JSON (`--json`); and this file,
 //!   which reads the command line and runs the chosen scenarios.
 //!
@@ -47,6 +48,7 @@ mod fairness;
 mod figures;
 mod fixtures;
 mod fleet;
+mod history;
 mod lanes;
 mod ledger;
 mod limits;
@@ -106,6 +108,9 @@ pub enum Scenario {
     /// Half the requests repeat an earlier deterministic prompt: provider calls the reply cache
     /// saves, and the latency of a hit beside a miss.
     Cache,
+    /// One conversation grown turn by turn to 5,000 messages: a turn's latency and the rows it
+    /// reads, at the start and at the end.
+    History,
     /// How long after a result commits its webhook arrives, at a fixed arrival rate.
     Webhooks,
 }
@@ -137,6 +142,8 @@ pub struct BenchArgs {
     pub fairness: fairness::FairnessArgs,
     #[command(flatten, next_help_heading = "cache")]
     pub cache: cache::CacheArgs,
+    #[command(flatten, next_help_heading = "history")]
+    pub history: history::HistoryArgs,
     #[command(flatten, next_help_heading = "webhooks")]
     pub webhooks: webhooks::WebhooksArgs,
 }
@@ -165,6 +172,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         lanes: None,
         fairness: None,
         cache: None,
+        history: None,
         webhooks: None,
     };
     let wants = |scenario| args.scenario == Scenario::All || args.scenario == scenario;
@@ -205,6 +213,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wants(Scenario::Cache) {
         report.cache = Some(cache::run(general, &args.cache, &services).await?);
+    }
+    if wants(Scenario::History) {
+        report.history = Some(history::run(general, &args.history, &services).await?);
     }
     if wants(Scenario::Webhooks) {
         report.webhooks = Some(webhooks::run(general, &args.webhooks, &services).await?);

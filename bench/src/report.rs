@@ -16,6 +16,7 @@ use super::e2e::E2eResult;
 use super::enqueue::EnqueueResult;
 use super::fairness::FairnessResult;
 use super::fleet::FleetResult;
+use super::history::HistoryResult;
 use super::lanes::LanesResult;
 use super::limits::Limits;
 use super::machine::Machine;
@@ -42,6 +43,7 @@ pub struct Report {
     pub lanes: Option<LanesResult>,
     pub fairness: Option<FairnessResult>,
     pub cache: Option<CacheResult>,
+    pub history: Option<HistoryResult>,
     pub webhooks: Option<WebhooksResult>,
 }
 
@@ -93,6 +95,9 @@ impl Report {
         }
         if let Some(cache) = &self.cache {
             cache.render(&mut out);
+        }
+        if let Some(history) = &self.history {
+            history.render(&mut out);
         }
         out
     }
