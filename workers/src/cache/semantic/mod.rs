@@ -187,7 +187,7 @@ impl SemanticTier {
 
 /// Asks `provider` for an embedding, counted in `chatq_provider_calls_total` (`call="embedding"`)
 /// like any provider call. A call the lookup gives up on ([`LOOKUP_TIMEOUT`]) is dropped
-/// unfinished and counted as a `timeout`.
+/// unfinished and counted as a `timeout`, even one still waiting for its turn at the limits.
 async fn embed_counted(
     provider: &dyn Provider,
     request: &EmbeddingRequest<'_>,
