@@ -30,9 +30,10 @@
 //!   the provider's), [`sse`] (event streams held by one ingress), [`fleet`] (scaling workers
 //!   under a provider limit), [`spike`] (a burst against a limit), [`lanes`] (interactive jobs
 //!   beside a batch), [`fairness`] (one tenant's interactive jobs while another floods the
-//!   queue), [`cache`] (a workload half of repeated deterministic prompts), [`webhooks`]
-//!   (delivery latency after commit), [`completions`] (chat completions per second, closed loop,
-//!   beside other OpenAI-compatible servers). Each renders its own part of the report.
+//!   queue), [`cache`] (a workload half of repeated deterministic prompts), [`history`] (one
+//!   conversation grown to thousands of messages), [`webhooks`] (delivery latency after
+//!   commit), [`completions`] (chat completions per second, closed loop, beside other
+//!   OpenAI-compatible servers). Each renders its own part of the report.
 //! - [`report`]: the whole result, as text for people and as JSON (`--json`); and this file,
 //!   which reads the command line and runs the chosen scenarios.
 //! - The regression guard: [`guard`] (figures as ratios to the same run's limits, compared with
@@ -53,6 +54,7 @@ mod fixtures;
 mod fleet;
 mod guard;
 mod guard_run;
+mod history;
 mod lanes;
 mod ledger;
 mod limits;
@@ -112,6 +114,9 @@ pub enum Scenario {
     /// Half the requests repeat an earlier deterministic prompt: provider calls the reply cache
     /// saves, and the latency of a hit beside a miss.
     Cache,
+    /// One conversation grown turn by turn to 5,000 messages: a turn's latency and the rows it
+    /// reads, at the start and at the end.
+    History,
     /// How long after a result commits its webhook arrives, at a fixed arrival rate.
     Webhooks,
     /// Non-streaming chat completions per second, closed loop, through chatq, straight to the
@@ -155,6 +160,8 @@ pub struct BenchArgs {
     pub fairness: fairness::FairnessArgs,
     #[command(flatten, next_help_heading = "cache")]
     pub cache: cache::CacheArgs,
+    #[command(flatten, next_help_heading = "history")]
+    pub history: history::HistoryArgs,
     #[command(flatten, next_help_heading = "webhooks")]
     pub webhooks: webhooks::WebhooksArgs,
     #[command(flatten, next_help_heading = "completions")]
@@ -191,6 +198,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         lanes: None,
         fairness: None,
         cache: None,
+        history: None,
         webhooks: None,
         completions: None,
     };
@@ -232,6 +240,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wants(Scenario::Cache) {
         report.cache = Some(cache::run(general, &args.cache, &services).await?);
+    }
+    if wants(Scenario::History) {
+        report.history = Some(history::run(general, &args.history, &services).await?);
     }
     if wants(Scenario::Completions) {
         report.completions = Some(completions::run(general, &args.completions, &services).await?);

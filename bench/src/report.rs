@@ -17,6 +17,7 @@ use super::e2e::E2eResult;
 use super::enqueue::EnqueueResult;
 use super::fairness::FairnessResult;
 use super::fleet::FleetResult;
+use super::history::HistoryResult;
 use super::lanes::LanesResult;
 use super::limits::Limits;
 use super::machine::Machine;
@@ -43,6 +44,7 @@ pub struct Report {
     pub lanes: Option<LanesResult>,
     pub fairness: Option<FairnessResult>,
     pub cache: Option<CacheResult>,
+    pub history: Option<HistoryResult>,
     pub webhooks: Option<WebhooksResult>,
     pub completions: Option<CompletionsResult>,
 }
@@ -98,6 +100,9 @@ impl Report {
         }
         if let Some(cache) = &self.cache {
             cache.render(&mut out);
+        }
+        if let Some(history) = &self.history {
+            history.render(&mut out);
         }
         out
     }

@@ -21,7 +21,7 @@
 //! | `chatq_provider_ttft_seconds` | histogram | |
 //! | `chatq_provider_duration_seconds` | histogram | |
 //! | `chatq_provider_rate_limited_total` | counter | |
-//! | `chatq_provider_calls_total` | counter | `outcome` (`ok`, or the error: `rate_limited`, `server_error`, …) |
+//! | `chatq_provider_calls_total` | counter | `call` (`chat`; `embedding`: the semantic cache's), `outcome` (`ok`, or the error: `rate_limited`, `server_error`, …) |
 //! | `chatq_rate_limiter_wait_seconds` | histogram | |
 //! | `chatq_dead_letters_total` | counter | `lane` |
 //! | `chatq_reconciler_jobs_total` | counter | `step` (`published`, `abandoned`, `stream_lost`, `lost`) |
@@ -83,6 +83,10 @@ pub const WEBHOOK_LATENCY: &str = "chatq_webhook_delivery_latency_seconds";
 pub const REJECTED_REASONS: [&str; 2] = ["queue_full", "key_rate_limited"];
 /// The steps of [`RECONCILER_JOBS`], as the reconciler's pass reports them.
 pub const RECONCILER_STEPS: [&str; 4] = ["published", "abandoned", "stream_lost", "lost"];
+
+/// What a provider call was for, as the `call` label of [`PROVIDER_CALLS`] names it: a reply
+/// (`chat`), or the semantic cache's embedding of a request (`embedding`).
+pub const PROVIDER_CALL_KINDS: [&str; 2] = ["chat", "embedding"];
 
 /// The results of [`WEBHOOK_DELIVERIES`].
 pub const WEBHOOK_RESULTS: [&str; 2] = ["delivered", "failed"];
@@ -201,7 +205,7 @@ fn describe() {
     describe_counter!(PROVIDER_RATE_LIMITED, "Provider answers with HTTP 429.");
     describe_counter!(
         PROVIDER_CALLS,
-        "Provider calls, by outcome: ok, or the kind of error."
+        "Provider calls, by what they were for (chat, embedding) and outcome: ok, or the kind of error."
     );
     describe_histogram!(
         RATE_LIMITER_WAIT,

@@ -2,7 +2,9 @@
 //!
 //! The notes are batched: one `UPDATE … WHERE id = ANY($1)` every few milliseconds for all the
 //! jobs published meanwhile, instead of a write per request. A note lost in a crash only means the
-//! reconciler publishes that job again, and JetStream drops the duplicate.
+//! reconciler publishes that job again, and JetStream drops the duplicate; so does a note skipped
+//! because a worker held the job locked at that moment ([`jobs::mark_published`] never waits for a
+//! worker's claim, which it could otherwise deadlock with).
 
 use std::time::Duration;
 

@@ -31,6 +31,7 @@ mod lifecycle;
 mod listing;
 mod openapi;
 mod pooler;
+mod published_marks;
 mod rename;
 mod responses;
 mod retention;

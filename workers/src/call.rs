@@ -30,6 +30,32 @@ pub struct CallFailed {
     pub upstream_ms: i32,
 }
 
+/// What a provider call was for: the `call` label of `chatq_provider_calls_total` (see
+/// [`names::PROVIDER_CALL_KINDS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// A reply, streamed ([`stream_reply`]).
+    Chat,
+    /// The embedding of a request, for the semantic cache (`crate::cache::semantic`).
+    Embedding,
+}
+
+impl CallKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Chat => "chat",
+            CallKind::Embedding => "embedding",
+        }
+    }
+}
+
+/// Counts one provider call in `chatq_provider_calls_total`; `outcome` is `ok` or the error's
+/// [`ProviderError::kind`]. Every call to the provider is counted here, whatever it was for.
+pub fn count_call(kind: CallKind, outcome: &'static str) {
+    metrics::counter!(names::PROVIDER_CALLS, "call" => kind.as_str(), "outcome" => outcome)
+        .increment(1);
+}
+
 fn elapsed_ms(since: Instant) -> i32 {
     i32::try_from(since.elapsed().as_millis()).unwrap_or(i32::MAX)
 }
@@ -49,7 +75,7 @@ pub async fn stream_reply(
     let stream = match provider.complete_stream(request).await {
         Ok(stream) => stream,
         Err(error) => {
-            metrics::counter!(names::PROVIDER_CALLS, "outcome" => error.kind()).increment(1);
+            count_call(CallKind::Chat, error.kind());
             return Err(CallFailed {
                 error,
                 upstream_ms: elapsed_ms(started),
@@ -83,7 +109,7 @@ async fn relay(
 ) -> Result<Reply, CallFailed> {
     let failed = |error: ProviderError| {
         if from_provider {
-            metrics::counter!(names::PROVIDER_CALLS, "outcome" => error.kind()).increment(1);
+            count_call(CallKind::Chat, error.kind());
         }
         CallFailed {
             error,
@@ -125,7 +151,7 @@ async fn relay(
                 }
                 metrics::histogram!(names::PROVIDER_DURATION)
                     .record(f64::from(upstream_ms) / 1000.0);
-                metrics::counter!(names::PROVIDER_CALLS, "outcome" => "ok").increment(1);
+                count_call(CallKind::Chat, "ok");
             }
             return Ok(Reply {
                 choices,

@@ -112,6 +112,43 @@ async fn cache_semantic_a_paraphrase_above_the_threshold_is_served_the_earlier_r
 }
 
 #[tokio::test]
+async fn cache_semantic_embeddings_are_counted_as_provider_calls() {
+    let app = spawn_semantic_app().await;
+    let calls = |call: &'static str, outcome: &'static str| {
+        let series = format!("chatq_provider_calls_total{{call=\"{call}\",outcome=\"{outcome}\"}}");
+        let app = &app;
+        async move { metric(app, &series).await }
+    };
+    answer_with(&app, "Paris.");
+    complete(&app, &deterministic(QUESTION)).await;
+    assert_eq!(
+        complete(&app, &deterministic(PARAPHRASE)).await.tier,
+        "semantic"
+    );
+    app.mock.set_config(MockConfig {
+        embeddings_status: Some(500),
+        ..app.mock.config()
+    });
+    assert_eq!(
+        complete(&app, &deterministic(OTHER_QUESTION)).await.cache,
+        "miss"
+    );
+    assert_eq!((provider_calls(&app), embedding_calls(&app)), (2, 3));
+
+    // Counters are per process, and other tests may share it: at least this test's calls.
+    assert!(
+        calls("embedding", "ok").await >= 2.0,
+        "two embeddings answered"
+    );
+    assert!(
+        calls("embedding", "server_error").await >= 1.0,
+        "one refused"
+    );
+    assert!(calls("chat", "ok").await >= 2.0, "two replies");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn cache_semantic_a_paraphrase_below_the_threshold_or_in_another_context_misses() {
     let app = spawn_semantic_app().await;
     answer_with(&app, "Paris.");

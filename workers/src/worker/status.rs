@@ -57,8 +57,11 @@ impl Worker {
 /// Registers the worker's counters at zero (a worker may never see a dead letter or a provider
 /// error, and an alert on their rate needs a series), and notes the fleet-wide limits configured.
 pub(super) fn register_series(settings: &LimitSettings) {
-    for outcome in std::iter::once("ok").chain(ProviderError::KINDS) {
-        metrics::counter!(names::PROVIDER_CALLS, "outcome" => outcome).increment(0);
+    for call in names::PROVIDER_CALL_KINDS {
+        for outcome in std::iter::once("ok").chain(ProviderError::KINDS) {
+            metrics::counter!(names::PROVIDER_CALLS, "call" => call, "outcome" => outcome)
+                .increment(0);
+        }
     }
     metrics::counter!(names::PROVIDER_RATE_LIMITED).increment(0);
     for lane in Lane::ALL {

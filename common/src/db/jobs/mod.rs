@@ -52,6 +52,16 @@ pub use record::{
 /// Notes that JetStream acknowledged these jobs, so the reconciler leaves them alone. Batched:
 /// the ingress calls this for many jobs at once.
 ///
+/// A job another transaction holds locked right now (a worker claiming or finishing it) is
+/// skipped, never waited for: its rows would be locked in whatever order the plan reads them,
+/// and a claim locks its jobs in id order, so a note waiting for one job while holding another
+/// could deadlock with a claim, and Postgres breaks a deadlock only after `deadlock_timeout`
+/// (a second, by default), which the claimed jobs' clients then wait for too. A job left without
+/// its note is harmless: a running or finished one needs none, and a queued one is published
+/// again by the reconciler under the same `Nats-Msg-Id` (a duplicate JetStream drops, and a job
+/// published twice still runs once). A transaction that locked the jobs itself (the
+/// reconciler's) notes all of them.
+///
 /// # Errors
 /// Database errors.
 pub async fn mark_published(
@@ -59,7 +69,11 @@ pub async fn mark_published(
     ids: &[Uuid],
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "UPDATE jobs SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+        r#"WITH free AS (
+               SELECT id FROM jobs WHERE id = ANY($1) AND published_at IS NULL
+                  FOR UPDATE SKIP LOCKED
+           )
+           UPDATE jobs SET published_at = now() FROM free WHERE jobs.id = free.id"#,
         ids,
     )
     .execute(db)

@@ -7,8 +7,8 @@
 //!   [`Neighbourhood`] ([`super::key`]): the same scope (the tenant, unless widened), provider,
 //!   model, embedding model, and every other part of the request.
 //! - The embedding is the provider's (`/embeddings`, model `cache_semantic_model`), asked through
-//!   the provider limits like any call; the nearest neighbour is found in Postgres with pgvector
-//!   ([`store`]).
+//!   the provider limits and counted in `chatq_provider_calls_total` (`call="embedding"`) like any
+//!   call; the nearest neighbour is found in Postgres with pgvector ([`store`]).
 //! - After a miss, when the provider has answered, the reply is stored with the embedding (the
 //!   exact tiers store it too, as ever).
 //!
@@ -30,7 +30,8 @@ use sqlx::PgPool;
 use self::store::SemanticStore;
 use super::entry::CachedReply;
 use super::key::{CacheKey, Neighbourhood};
-use crate::provider::{EmbeddingRequest, Provider};
+use crate::call::{CallKind, count_call};
+use crate::provider::{EmbeddingRequest, Provider, ProviderError};
 
 /// Longest a semantic lookup (the embedding and the query) may take before the request goes on
 /// as a miss. It runs before the job's heartbeat starts, so it must stay well inside the job's
@@ -129,7 +130,7 @@ impl SemanticTier {
             input: &neighbourhood.question,
             lane,
         };
-        let embedding = match self.provider.embed(&request).await {
+        let embedding = match embed_counted(self.provider.as_ref(), &request).await {
             Ok(embedding) => embedding,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot embed a request for the semantic cache; taking it as a miss");
@@ -181,5 +182,32 @@ impl SemanticTier {
         if let Err(err) = self.store.delete(key).await {
             tracing::warn!(?key, error = %err, "cannot drop a reply from the semantic cache");
         }
+    }
+}
+
+/// Asks `provider` for an embedding, counted in `chatq_provider_calls_total` (`call="embedding"`)
+/// like any provider call. A call the lookup gives up on ([`LOOKUP_TIMEOUT`]) is dropped
+/// unfinished and counted as a `timeout`, even one still waiting for its turn at the limits.
+async fn embed_counted(
+    provider: &dyn Provider,
+    request: &EmbeddingRequest<'_>,
+) -> Result<Vec<f32>, ProviderError> {
+    let mut call = EmbeddingCall { outcome: "timeout" };
+    let result = provider.embed(request).await;
+    call.outcome = match &result {
+        Ok(_) => "ok",
+        Err(err) => err.kind(),
+    };
+    result
+}
+
+/// Counts an embedding call once it has ended, or been dropped.
+struct EmbeddingCall {
+    outcome: &'static str,
+}
+
+impl Drop for EmbeddingCall {
+    fn drop(&mut self) {
+        count_call(CallKind::Embedding, self.outcome);
     }
 }
