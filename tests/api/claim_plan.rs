@@ -37,15 +37,7 @@ async fn a_claim_reads_its_jobs_not_the_whole_queue_when_statistics_are_stale() 
         ..TestOptions::default()
     })
     .await;
-    let tenant = chatq_common::db::keys::create_key(
-        &app.pool,
-        "flood",
-        chatq_common::db::keys::KeyScope::Tenant,
-        None,
-    )
-    .await
-    .unwrap()
-    .tenant_id;
+    let tenant = app.tenant("flood").await;
     // Never analysed: the statistics say the table is as it was when it was created.
     sqlx::query("ALTER TABLE jobs SET (autovacuum_enabled = false)")
         .execute(&app.pool)

@@ -245,6 +245,20 @@ impl TestApp {
         .plaintext
     }
 
+    /// The id of the tenant `name` (the test's own is "tenant-a"), created if there is none: the
+    /// tenant of a new key by that name.
+    pub async fn tenant(&self, name: &str) -> chatq_common::ids::TenantId {
+        chatq_common::db::keys::create_key(
+            &self.pool,
+            name,
+            chatq_common::db::keys::KeyScope::Tenant,
+            None,
+        )
+        .await
+        .unwrap()
+        .tenant_id
+    }
+
     /// A key for another tenant.
     pub async fn other_tenant_key(&self, name: &str) -> String {
         chatq_common::db::keys::create_key(
@@ -482,4 +496,33 @@ pub async fn run_sdk_script(app: &TestApp, script: &str, extra: &[(&str, String)
         String::from_utf8_lossy(&output.stdout).contains(done),
         "{report}"
     );
+}
+
+/// A chat completion of one user message to `mock-model`, as an ingress would record it, for
+/// tests that record jobs straight through `chatq_common::db::jobs::record`.
+pub fn completion_job(
+    tenant: chatq_common::ids::TenantId,
+    prompt: &str,
+) -> chatq_common::db::jobs::NewJob {
+    use chatq_common::chat::{ChatMessage, GenerationParams, Role};
+    chatq_common::db::jobs::NewJob {
+        id: chatq_common::ids::JobId::new(),
+        tenant,
+        lane: chatq_common::job::Lane::Interactive,
+        request: chatq_common::job::JobRequest::ChatCompletion {
+            params: GenerationParams {
+                model: "mock-model".into(),
+                ..GenerationParams::default()
+            },
+            body: None,
+            messages: vec![ChatMessage::new(Role::User, prompt)],
+        },
+        model: Some("mock-model".into()),
+        default_model: None,
+        idempotency: None,
+        deadline_secs: 600.0,
+        max_queued: None,
+        turn: None,
+        trace: None,
+    }
 }

@@ -158,16 +158,7 @@ async fn history_pages_backwards_with_limit_and_before() {
 #[tokio::test]
 async fn conversations_created_in_bulk_are_the_tenants_own_empty_and_usable() {
     let app = spawn_app().await;
-    // Another key of the tenant the test's key belongs to, for its id.
-    let tenant = chatq_common::db::keys::create_key(
-        &app.pool,
-        "tenant-a",
-        chatq_common::db::keys::KeyScope::Tenant,
-        None,
-    )
-    .await
-    .unwrap()
-    .tenant_id;
+    let tenant = app.tenant("tenant-a").await;
     let created = conversations::create_many(&app.pool, tenant, Some("bulk"), 5)
         .await
         .unwrap();

@@ -2,36 +2,10 @@
 //! claims and commits of workers, which lock the same rows at the same moments: a fast job (a
 //! reply-cache hit) is often claimed, or even finished, before its note is written.
 
-use chatq_common::chat::{ChatMessage, GenerationParams, Role};
-use chatq_common::db::jobs::{self, NewJob, Recorded};
-use chatq_common::ids::{JobId, TenantId};
-use chatq_common::job::{JobRequest, Lane};
+use chatq_common::db::jobs::{self, Recorded};
 use uuid::Uuid;
 
-use crate::helpers::{TestOptions, spawn_app_with};
-
-fn completion(tenant: TenantId, prompt: &str) -> NewJob {
-    NewJob {
-        id: JobId::new(),
-        tenant,
-        lane: Lane::Interactive,
-        request: JobRequest::ChatCompletion {
-            params: GenerationParams {
-                model: "mock-model".into(),
-                ..GenerationParams::default()
-            },
-            body: None,
-            messages: vec![ChatMessage::new(Role::User, prompt)],
-        },
-        model: Some("mock-model".into()),
-        default_model: None,
-        idempotency: None,
-        deadline_secs: 600.0,
-        max_queued: None,
-        turn: None,
-        trace: None,
-    }
-}
+use crate::helpers::{TestOptions, completion_job, spawn_app_with};
 
 /// A claim locks its jobs in id order; the note used to lock its jobs in whatever order its plan
 /// read them, and to wait for each. A note holding the second job of a claim while waiting for
@@ -45,18 +19,10 @@ async fn the_publish_note_never_waits_for_a_job_a_worker_holds_locked() {
         ..TestOptions::default()
     })
     .await;
-    let tenant = chatq_common::db::keys::create_key(
-        &app.pool,
-        "notes",
-        chatq_common::db::keys::KeyScope::Tenant,
-        None,
-    )
-    .await
-    .unwrap()
-    .tenant_id;
+    let tenant = app.tenant("notes").await;
     let mut ids = Vec::new();
     for prompt in ["first", "second"] {
-        let job = completion(tenant, prompt);
+        let job = completion_job(tenant, prompt);
         ids.push(job.id.as_uuid());
         let recorded = jobs::record(&app.pool, &[job]).await.unwrap();
         assert!(matches!(recorded.as_slice(), [Recorded::Enqueued(_)]));

@@ -40,15 +40,7 @@ impl Fixture {
             ..TestOptions::default()
         })
         .await;
-        let tenant = chatq_common::db::keys::create_key(
-            &app.pool,
-            "batch",
-            chatq_common::db::keys::KeyScope::Tenant,
-            None,
-        )
-        .await
-        .unwrap()
-        .tenant_id;
+        let tenant = app.tenant("batch").await;
         Self {
             app,
             tenant,

@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::helpers::{TestApp, TestOptions, spawn_app_with};
+use crate::helpers::{TestApp, TestOptions, completion_job, spawn_app_with};
 
 /// A provider call takes this long (time to its only token).
 const PROVIDER_MS: u64 = 200;
@@ -243,31 +243,8 @@ async fn the_reconciler_queues_a_crowding_tenants_jobs_behind_others() {
         .unwrap();
     // Recorded, never published (as by an ingress that stopped in between): the reconciler
     // publishes them.
-    let jobs: Vec<chatq_common::db::jobs::NewJob> = (0..6)
-        .map(|_| chatq_common::db::jobs::NewJob {
-            id: chatq_common::ids::JobId::new(),
-            tenant: a,
-            lane: chatq_common::job::Lane::Interactive,
-            request: chatq_common::job::JobRequest::ChatCompletion {
-                params: chatq_common::chat::GenerationParams {
-                    model: "mock-model".into(),
-                    ..Default::default()
-                },
-                body: None,
-                messages: vec![chatq_common::chat::ChatMessage::new(
-                    chatq_common::chat::Role::User,
-                    "hello",
-                )],
-            },
-            model: Some("mock-model".into()),
-            default_model: None,
-            idempotency: None,
-            deadline_secs: 600.0,
-            max_queued: None,
-            turn: None,
-            trace: None,
-        })
-        .collect();
+    let jobs: Vec<chatq_common::db::jobs::NewJob> =
+        (0..6).map(|_| completion_job(a, "hello")).collect();
     chatq_common::db::jobs::record(&app.pool, &jobs)
         .await
         .unwrap();
