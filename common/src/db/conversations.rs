@@ -42,7 +42,7 @@ pub async fn create(
     max_conversations: Option<u32>,
 ) -> Result<Result<ConversationRow, OverQuota>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let usage = quotas::lock_usage(&mut tx, &[tenant]).await?;
+    let usage = quotas::lock_usage(&mut tx, &[tenant], Quota::Conversations).await?;
     if let Some(usage) = usage.get(&tenant)
         && let Some(limit) = usage
             .overrides

@@ -135,20 +135,23 @@ pub struct LockedUsage {
     pub overrides: Overrides,
 }
 
-/// Takes these tenants' quota locks until the transaction ends, then reads their usage (the sum
-/// of each tenant's usage rows, see the `tenant_usage_shards` migration) with their overrides.
+/// Takes these tenants' locks for checking `quota` until the transaction ends, then reads their
+/// usage (the sum of each tenant's usage rows, see the `tenant_usage_shards` migration) with
+/// their overrides.
 ///
-/// The lock is a transaction-scoped advisory lock per tenant, not a row lock: only other quota
-/// checks wait for it (two ingresses recording for one tenant take turns, and the second reads
-/// what the first wrote, because its read is a statement that starts after the first commits),
-/// while claims and finishes of the tenant's jobs, which change the usage through triggers, go on.
-/// Locks are taken in the order of their keys, so concurrent checks cannot deadlock.
+/// The lock is a transaction-scoped advisory lock per tenant and quota, not a row lock: only
+/// other checks of the same quota wait for it (two ingresses recording for one tenant take turns,
+/// and the second reads what the first wrote, because its read is a statement that starts after
+/// the first commits), while claims and finishes of the tenant's jobs, which change the usage
+/// through triggers, and checks of its other quotas go on. Locks are taken in the order of their
+/// keys, so concurrent checks cannot deadlock.
 ///
 /// # Errors
 /// Database errors.
 pub async fn lock_usage(
     tx: &mut sqlx::PgConnection,
     tenants: &[TenantId],
+    quota: Quota,
 ) -> Result<HashMap<TenantId, LockedUsage>, sqlx::Error> {
     let mut ids: Vec<Uuid> = tenants.iter().map(|t| t.as_uuid()).collect();
     ids.sort_unstable();
@@ -160,7 +163,7 @@ pub async fn lock_usage(
         r#"SELECT count(pg_advisory_xact_lock($2, k)) AS "locked!"
              FROM (SELECT DISTINCT hashtext(t::text) AS k FROM unnest($1::uuid[]) AS t ORDER BY k OFFSET 0) keys"#,
         &ids,
-        TENANT_LOCK_CLASS,
+        lock_class(quota),
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -215,19 +218,24 @@ pub async fn lock_in_flight(tx: &mut sqlx::PgConnection, jobs: &[Uuid]) -> Resul
                     WHERE k IS NOT NULL
                     ORDER BY k OFFSET 0) keys"#,
         jobs,
-        IN_FLIGHT_LOCK_CLASS,
+        lock_class(Quota::JobsInFlight),
     )
     .fetch_one(&mut *tx)
     .await?;
     Ok(())
 }
 
-/// The first key of a tenant's quota lock (the second is the tenant's id, hashed): "cqtn" in
-/// ASCII, so it is recognisable in `pg_locks`.
-const TENANT_LOCK_CLASS: i32 = 0x6371_746e;
-
-/// The first key of a tenant's in-flight lock, taken by claims: "cqif".
-const IN_FLIGHT_LOCK_CLASS: i32 = 0x6371_6966;
+/// The first key of the advisory lock that checks of `quota` take (the second is the tenant's
+/// id, hashed): "cq" and two letters of the quota in ASCII, so they are recognisable in
+/// `pg_locks`. (Event streams are counted per ingress, in memory, and never locked here.)
+fn lock_class(quota: Quota) -> i32 {
+    match quota {
+        Quota::QueuedJobs => 0x6371_716a,    // cqqj
+        Quota::JobsInFlight => 0x6371_6966,  // cqif
+        Quota::EventStreams => 0x6371_6573,  // cqes
+        Quota::Conversations => 0x6371_636f, // cqco
+    }
+}
 
 /// A tenant's overrides (all `None` when it has none).
 ///

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use chatq_common::chat::GenerationParams;
+use chatq_common::db::conversations::{self, NewConversation};
 use chatq_common::db::jobs::{ClaimRequest, NotClaimed, claim};
-use chatq_common::db::quotas::{lock_in_flight, lock_usage};
+use chatq_common::db::quotas::{Quota, lock_in_flight, lock_usage};
 use chatq_common::ids::{JobId, TenantId};
 use chatq_common::job::JobRequest;
 use uuid::Uuid;
@@ -140,12 +141,14 @@ async fn a_claim_does_not_wait_for_the_finish_of_another_job_of_its_tenant() {
 }
 
 #[tokio::test]
-async fn a_claim_does_not_wait_for_a_recording_but_recordings_take_turns() {
+async fn claims_and_other_quotas_do_not_wait_for_a_recording_but_recordings_take_turns() {
     let (app, tenant, first, _) = two_queued_jobs().await;
 
     // An ingress is recording for the tenant: it holds the tenant's quota lock.
     let mut recording = app.pool.begin().await.unwrap();
-    let seen = lock_usage(&mut recording, &[tenant]).await.unwrap();
+    let seen = lock_usage(&mut recording, &[tenant], Quota::QueuedJobs)
+        .await
+        .unwrap();
     assert_eq!(seen[&tenant].queued_jobs, 2);
     claim_one(&app, first).await;
 
@@ -154,11 +157,30 @@ async fn a_claim_does_not_wait_for_a_recording_but_recordings_take_turns() {
     let pool = app.pool.clone();
     let second_recording = tokio::spawn(async move {
         let mut tx = pool.begin().await.unwrap();
-        let seen = lock_usage(&mut tx, &[tenant]).await.unwrap();
+        let seen = lock_usage(&mut tx, &[tenant], Quota::QueuedJobs)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         seen[&tenant].queued_jobs
     });
     until_waiting_for_a_lock(&app, &second_recording).await;
+
+    // Checking another quota of the tenant does not wait for the recording.
+    let conversation = NewConversation {
+        title: None,
+        system_prompt: None,
+        model: None,
+        metadata: serde_json::json!({}),
+    };
+    let created = tokio::time::timeout(
+        NO_WAIT,
+        conversations::create(&app.pool, tenant, &conversation, Some(100)),
+    )
+    .await
+    .expect("creating a conversation waited for a recording of its tenant")
+    .unwrap();
+    assert!(created.is_ok(), "{created:?}");
+
     recording.commit().await.unwrap();
     assert_eq!(
         second_recording.await.unwrap(),

@@ -306,7 +306,7 @@ impl QueuedQuotas {
             .map(|job| job.tenant)
             .collect();
         Ok(Self {
-            usage: quotas::lock_usage(tx, &tenants).await?,
+            usage: quotas::lock_usage(tx, &tenants, Quota::QueuedJobs).await?,
         })
     }
 
