@@ -1,7 +1,8 @@
 //! What a tenant holds is counted in many rows, so that the writes of one busy tenant's jobs do
 //! not wait for each other: a worker's claim goes on while another job of the same tenant is
-//! being finished, or while an ingress records for that tenant. Recordings still take turns, and
-//! so do claims, so the queued-jobs and in-flight quotas hold exactly.
+//! being finished, or while an ingress records for that tenant. Recordings that hold the tenant's
+//! quota lock exclusively still take turns ([`super::shared_slots`]: those far below the quota
+//! share it), and so do claims, so the queued-jobs and in-flight quotas hold exactly.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use super::tenant_id;
 use crate::helpers::{TestApp, TestOptions, spawn_app_with};
 
 /// A claim that waits longer than this waits for a lock: unlocked, it takes milliseconds.
-const NO_WAIT: Duration = Duration::from_secs(10);
+pub(super) const NO_WAIT: Duration = Duration::from_secs(10);
 
 /// Records queued interactive jobs of `tenant` with these ids, straight in the database.
 async fn queue_jobs(app: &TestApp, tenant: TenantId, ids: &[Uuid]) {
@@ -56,14 +57,20 @@ async fn ids_in_two_rows(app: &TestApp) -> (Uuid, Uuid) {
     }
 }
 
-/// An app without workers, and two queued jobs of its tenant that count in different usage rows.
-async fn two_queued_jobs() -> (TestApp, TenantId, Uuid, Uuid) {
+/// An app without workers, and its tenant.
+pub(super) async fn app_without_workers() -> (TestApp, TenantId) {
     let app = spawn_app_with(TestOptions {
         workers: 0,
         ..TestOptions::default()
     })
     .await;
     let tenant = tenant_id(&app, "tenant-a").await;
+    (app, tenant)
+}
+
+/// An app without workers, and two queued jobs of its tenant that count in different usage rows.
+async fn two_queued_jobs() -> (TestApp, TenantId, Uuid, Uuid) {
+    let (app, tenant) = app_without_workers().await;
     let (first, second) = ids_in_two_rows(&app).await;
     queue_jobs(&app, tenant, &[first, second]).await;
     (app, tenant, first, second)
@@ -98,9 +105,28 @@ async fn claim_one(app: &TestApp, id: Uuid) {
     assert!(claimed[0].is_ok(), "{claimed:?}");
 }
 
+/// A claim of `job` under way, with an in-flight quota of `max_in_flight`: the tenant's in-flight
+/// lock held, the job running, nothing committed yet.
+async fn claim_under_way(
+    app: &TestApp,
+    job: Uuid,
+    max_in_flight: Option<u32>,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut claiming = app.pool.begin().await.unwrap();
+    lock_in_flight(&mut claiming, &[job], max_in_flight)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET status = 'running', attempts = 1 WHERE id = $1")
+        .bind(job)
+        .execute(&mut *claiming)
+        .await
+        .unwrap();
+    claiming
+}
+
 /// Waits until a session of this test's database waits for an advisory lock; fails if `task`
 /// ends first (it did not wait).
-async fn until_waiting_for_a_lock<T>(app: &TestApp, task: &tokio::task::JoinHandle<T>) {
+pub(super) async fn until_waiting_for_a_lock<T>(app: &TestApp, task: &tokio::task::JoinHandle<T>) {
     loop {
         let waiting: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -196,13 +222,7 @@ async fn claims_of_one_tenant_take_turns_so_the_in_flight_quota_holds() {
 
     // A claim of the tenant's first job is under way: the lock is held, the job is running, and
     // nothing is committed yet.
-    let mut claiming = app.pool.begin().await.unwrap();
-    lock_in_flight(&mut claiming, &[first]).await.unwrap();
-    sqlx::query("UPDATE jobs SET status = 'running', attempts = 1 WHERE id = $1")
-        .bind(first)
-        .execute(&mut *claiming)
-        .await
-        .unwrap();
+    let claiming = claim_under_way(&app, first, Some(1)).await;
 
     // Another worker claims the second with a quota of one job in flight: it waits for the first
     // claim, then counts its job.
@@ -220,5 +240,19 @@ async fn claims_of_one_tenant_take_turns_so_the_in_flight_quota_holds() {
         "{outcome:?}"
     );
     assert_eq!(usage(&app, tenant).await, (1, 1), "one queued, one running");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn claims_of_a_tenant_without_an_in_flight_quota_go_on_side_by_side() {
+    let (app, tenant, first, second) = two_queued_jobs().await;
+
+    // A claim of the tenant's first job is under way, with no in-flight quota to count.
+    let claiming = claim_under_way(&app, first, None).await;
+
+    // Another worker's claim of the second does not wait for it.
+    claim_one(&app, second).await;
+    claiming.commit().await.unwrap();
+    assert_eq!(usage(&app, tenant).await, (0, 2), "both running");
     app.stop().await;
 }

@@ -98,7 +98,7 @@ pub async fn claim(
     let tokens: Vec<Uuid> = claims.iter().map(|c| c.token).collect();
     let known: Vec<i64> = claims.iter().map(|c| c.known_seq).collect();
     let mut tx = pool.begin().await?;
-    quotas::lock_in_flight(&mut tx, &ids).await?;
+    quotas::lock_in_flight(&mut tx, &ids, max_in_flight).await?;
     // One row per job (the first token asked for it), so the winning token is known.
     let rows = sqlx::query!(
         r#"WITH wanted AS (

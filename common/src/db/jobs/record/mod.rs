@@ -15,7 +15,7 @@
 mod lookups;
 mod rows;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sqlx::PgPool;
@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use self::lookups::{already_recorded, lock_conversations, used_keys};
 use self::rows::Rows;
-use crate::db::quotas::{self, OverQuota, Quota};
+use crate::db::quotas::{self, Hold, OverQuota, Quota};
 
 use crate::ids::{ConversationId, JobId, MessageId, TenantId};
 use crate::job::{JobRequest, Lane};
@@ -168,6 +168,29 @@ async fn record_in(
     jobs: &[NewJob],
     look_for_recorded: bool,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
+    // Each new attempt holds more tenants' queued-jobs locks exclusively, so this ends.
+    let mut exclusive = HashSet::new();
+    loop {
+        match record_once(pool, jobs, look_for_recorded, &exclusive).await? {
+            Attempt::Recorded(outcomes) => return Ok(outcomes),
+            Attempt::NearQuota(tenants) => exclusive.extend(tenants),
+        }
+    }
+}
+
+/// What one attempt at recording a batch did.
+enum Attempt {
+    Recorded(Vec<Recorded>),
+    /// Nothing: these tenants, held shared, are too near their queued-jobs quota for that.
+    NearQuota(Vec<TenantId>),
+}
+
+async fn record_once(
+    pool: &PgPool,
+    jobs: &[NewJob],
+    look_for_recorded: bool,
+    exclusive: &HashSet<TenantId>,
+) -> Result<Attempt, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let recorded = if look_for_recorded {
         already_recorded(&mut tx, jobs).await?
@@ -176,7 +199,10 @@ async fn record_in(
     };
     let mut conversations = lock_conversations(&mut tx, jobs).await?;
     let mut used_keys = used_keys(&mut tx, jobs).await?;
-    let mut queued = QueuedQuotas::lock(&mut tx, jobs).await?;
+    let mut queued = match QueuedQuotas::lock(&mut tx, jobs, exclusive).await? {
+        Ok(queued) => queued,
+        Err(near) => return Ok(Attempt::NearQuota(near)),
+    };
 
     // Decide each job in order, as if the requests had come one after another.
     let mut decisions = Vec::with_capacity(jobs.len());
@@ -234,29 +260,31 @@ async fn record_in(
     };
     tx.commit().await?;
 
-    Ok(decisions
-        .into_iter()
-        .map(|decision| match (decision, now) {
-            (Decision::Done(outcome), _) => outcome,
-            (
-                Decision::Recorded {
+    Ok(Attempt::Recorded(
+        decisions
+            .into_iter()
+            .map(|decision| match (decision, now) {
+                (Decision::Done(outcome), _) => outcome,
+                (
+                    Decision::Recorded {
+                        seq,
+                        model,
+                        deadline_secs,
+                        queued_ahead,
+                    },
+                    Some(now),
+                ) => Recorded::Enqueued(RecordedJob {
                     seq,
+                    created_at: now,
+                    deadline_at: now + time::Duration::seconds_f64(deadline_secs),
                     model,
-                    deadline_secs,
                     queued_ahead,
-                },
-                Some(now),
-            ) => Recorded::Enqueued(RecordedJob {
-                seq,
-                created_at: now,
-                deadline_at: now + time::Duration::seconds_f64(deadline_secs),
-                model,
-                queued_ahead,
-            }),
-            // Recorded jobs always come with a timestamp; keep the types honest anyway.
-            (Decision::Recorded { .. }, None) => Recorded::NotFound,
-        })
-        .collect())
+                }),
+                // Recorded jobs always come with a timestamp; keep the types honest anyway.
+                (Decision::Recorded { .. }, None) => Recorded::NotFound,
+            })
+            .collect(),
+    ))
 }
 
 /// Decides a turn against its (locked) conversation; on success, the message's sequence number
@@ -291,22 +319,59 @@ fn decide_turn(
     Ok((Some(seq), model))
 }
 
-/// The queued-jobs quotas of the batch's tenants, with their usage rows locked until the batch
-/// commits, so that ingresses recording for one tenant at once take turns and the quota holds
-/// across all of them.
+/// The queued-jobs quotas of the batch's tenants, under their tenant locks until the batch
+/// commits, so that the quota holds across all ingresses (see [`quotas::lock_queued`]).
 struct QueuedQuotas {
     usage: HashMap<TenantId, quotas::LockedUsage>,
 }
 
 impl QueuedQuotas {
-    async fn lock(tx: &mut sqlx::PgConnection, jobs: &[NewJob]) -> Result<Self, sqlx::Error> {
-        let tenants: Vec<TenantId> = jobs
+    /// Takes the locks of the tenants of the batch's interactive jobs: exclusively for those in
+    /// `exclusive`, and for those too near their quota to share it; shared otherwise. Fails with
+    /// the tenants held shared that turn out to be too near their quota (the batch must start
+    /// again, holding them exclusively).
+    async fn lock(
+        tx: &mut sqlx::PgConnection,
+        jobs: &[NewJob],
+        exclusive: &HashSet<TenantId>,
+    ) -> Result<Result<Self, Vec<TenantId>>, sqlx::Error> {
+        // Per tenant: its jobs in the batch, and the quota the settings give it.
+        let mut tenants: HashMap<TenantId, (usize, Option<u32>)> = HashMap::new();
+        for job in jobs.iter().filter(|job| job.lane == Lane::Interactive) {
+            let (count, setting) = tenants.entry(job.tenant).or_insert((0, job.max_queued));
+            *count += 1;
+            *setting = match (*setting, job.max_queued) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let holds: Vec<(TenantId, Hold)> = tenants
             .iter()
-            .filter(|job| job.lane == Lane::Interactive)
-            .map(|job| job.tenant)
+            .map(|(tenant, (count, setting))| {
+                let hold = if exclusive.contains(tenant) {
+                    Hold::Exclusive
+                } else {
+                    Hold::to_add(*count, 0, *setting)
+                };
+                (*tenant, hold)
+            })
             .collect();
-        Ok(Self {
-            usage: quotas::lock_usage(tx, &tenants, Quota::QueuedJobs).await?,
+        let usage = quotas::lock_queued(tx, &holds).await?;
+        let near: Vec<TenantId> = holds
+            .iter()
+            .filter(|(_, hold)| *hold == Hold::Shared)
+            .filter_map(|(tenant, _)| {
+                let (count, setting) = tenants[tenant];
+                let usage = usage.get(tenant)?;
+                let limit = usage.overrides.limit(Quota::QueuedJobs, setting);
+                (Hold::to_add(count, usage.queued_jobs, limit) == Hold::Exclusive)
+                    .then_some(*tenant)
+            })
+            .collect();
+        Ok(if near.is_empty() {
+            Ok(Self { usage })
+        } else {
+            Err(near)
         })
     }
 

@@ -5,15 +5,15 @@
 //! A tenant's usage is spread over several rows (one per shard of job and conversation ids), so
 //! that writes of different jobs of one tenant do not wait for each other; a check adds them up.
 //! A check that must hold across ingress processes takes the tenant's quota lock for the
-//! transaction that writes ([`lock_usage`]): two ingresses recording for one tenant at once take
-//! turns, and the second sees what the first wrote.
+//! transaction that writes ([`locks`]).
 
-use std::collections::HashMap;
+mod locks;
 
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::ids::TenantId;
+
+pub use self::locks::{Hold, LockedUsage, lock_in_flight, lock_queued, lock_usage};
 
 /// A quota, as it is named in errors, in `tenant_quotas` and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,118 +122,6 @@ pub fn effective(stored: Option<i32>, setting: Option<u32>) -> Option<u32> {
         Some(i32::MAX) => None,
         Some(n) => Some(u32::try_from(n).unwrap_or(0)),
         None => setting,
-    }
-}
-
-/// A tenant's usage, read under its tenant lock (see [`lock_usage`]), with its overrides.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LockedUsage {
-    pub queued_jobs: i32,
-    pub jobs_in_flight: i32,
-    pub conversations: i32,
-    /// The overrides of the quotas checked while writing (queued jobs, conversations).
-    pub overrides: Overrides,
-}
-
-/// Takes these tenants' locks for checking `quota` until the transaction ends, then reads their
-/// usage (the sum of each tenant's usage rows, see the `tenant_usage_shards` migration) with
-/// their overrides.
-///
-/// The lock is a transaction-scoped advisory lock per tenant and quota, not a row lock: only
-/// other checks of the same quota wait for it (two ingresses recording for one tenant take turns,
-/// and the second reads what the first wrote, because its read is a statement that starts after
-/// the first commits), while claims and finishes of the tenant's jobs, which change the usage
-/// through triggers, and checks of its other quotas go on. Locks are taken in the order of their
-/// keys, so concurrent checks cannot deadlock.
-///
-/// # Errors
-/// Database errors.
-pub async fn lock_usage(
-    tx: &mut sqlx::PgConnection,
-    tenants: &[TenantId],
-    quota: Quota,
-) -> Result<HashMap<TenantId, LockedUsage>, sqlx::Error> {
-    let mut ids: Vec<Uuid> = tenants.iter().map(|t| t.as_uuid()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    sqlx::query!(
-        r#"SELECT count(pg_advisory_xact_lock($2, k)) AS "locked!"
-             FROM (SELECT DISTINCT hashtext(t::text) AS k FROM unnest($1::uuid[]) AS t ORDER BY k OFFSET 0) keys"#,
-        &ids,
-        lock_class(quota),
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let rows = sqlx::query!(
-        r#"SELECT t.id AS "tenant_id!",
-                  coalesce(sum(u.queued_jobs), 0)::int4 AS "queued_jobs!",
-                  coalesce(sum(u.jobs_in_flight), 0)::int4 AS "jobs_in_flight!",
-                  coalesce(sum(u.conversations), 0)::int4 AS "conversations!",
-                  q.queued_jobs AS "queued_jobs_quota?", q.conversations AS "conversations_quota?"
-             FROM unnest($1::uuid[]) AS t(id)
-             LEFT JOIN tenant_usage u ON u.tenant_id = t.id
-             LEFT JOIN tenant_quotas q ON q.tenant_id = t.id
-            GROUP BY t.id, q.queued_jobs, q.conversations"#,
-        &ids,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let usage = LockedUsage {
-                queued_jobs: row.queued_jobs,
-                jobs_in_flight: row.jobs_in_flight,
-                conversations: row.conversations,
-                overrides: Overrides {
-                    queued_jobs: row.queued_jobs_quota,
-                    conversations: row.conversations_quota,
-                    ..Overrides::default()
-                },
-            };
-            (TenantId::from_uuid(row.tenant_id), usage)
-        })
-        .collect())
-}
-
-/// Takes the in-flight lock of the tenants of these jobs that a claim would start (queued
-/// interactive jobs) until the transaction ends: claims of one tenant's jobs take turns, so each
-/// counts the jobs the one before it started, and the `jobs_in_flight` quota holds across workers.
-/// Nothing else takes this lock: recordings, finishes and claims of other tenants' jobs go on.
-///
-/// # Errors
-/// Database errors.
-pub async fn lock_in_flight(tx: &mut sqlx::PgConnection, jobs: &[Uuid]) -> Result<(), sqlx::Error> {
-    // The jobs are found by their key alone: a condition on the status could lead the planner
-    // to read every queued job through the partial indexes on it (see `jobs::claim`).
-    sqlx::query!(
-        r#"SELECT count(pg_advisory_xact_lock($2, k)) AS "locked!"
-             FROM (SELECT DISTINCT k
-                     FROM (SELECT CASE WHEN lane = 'interactive' AND status = 'queued'
-                                       THEN hashtext(tenant_id::text) END AS k
-                             FROM jobs WHERE id = ANY($1)) j
-                    WHERE k IS NOT NULL
-                    ORDER BY k OFFSET 0) keys"#,
-        jobs,
-        lock_class(Quota::JobsInFlight),
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// The first key of the advisory lock that checks of `quota` take (the second is the tenant's
-/// id, hashed): "cq" and two letters of the quota in ASCII, so they are recognisable in
-/// `pg_locks`. (Event streams are counted per ingress, in memory, and never locked here.)
-fn lock_class(quota: Quota) -> i32 {
-    match quota {
-        Quota::QueuedJobs => 0x6371_716a,    // cqqj
-        Quota::JobsInFlight => 0x6371_6966,  // cqif
-        Quota::EventStreams => 0x6371_6573,  // cqes
-        Quota::Conversations => 0x6371_636f, // cqco
     }
 }
 
