@@ -43,16 +43,11 @@ pub async fn create(
 ) -> Result<Result<ConversationRow, OverQuota>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let usage = quotas::lock_usage(&mut tx, &[tenant], Quota::Conversations).await?;
-    if let Some(usage) = usage.get(&tenant)
-        && let Some(limit) = usage
-            .overrides
-            .limit(Quota::Conversations, max_conversations)
-        && i64::from(usage.conversations) >= i64::from(limit)
+    if let Some(over) = usage
+        .get(&tenant)
+        .and_then(|usage| usage.full(Quota::Conversations, max_conversations))
     {
-        return Ok(Err(OverQuota {
-            quota: Quota::Conversations,
-            limit,
-        }));
+        return Ok(Err(over));
     }
     let row = sqlx::query_as!(
         ConversationRow,

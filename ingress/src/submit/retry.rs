@@ -18,14 +18,16 @@ use crate::views::JobView;
 ///
 /// # Errors
 /// 404 for no such job; 409 for a job that is not failed, or whose conversation has another
-/// reply in progress; database errors.
+/// reply in progress; 429 for an interactive job whose tenant is at its queued-jobs quota;
+/// database errors.
 pub async fn requeue_dead_letter(
     state: &AppState,
     tenant: Option<TenantId>,
     id: JobId,
 ) -> ApiResult<JobView> {
     let deadline_secs = state.limits.job_deadline_secs as f64;
-    let retried = dead_letters::retry(&state.pool, tenant, id, deadline_secs).await?;
+    let max_queued = state.limits.tenant_max_queued_jobs;
+    let retried = dead_letters::retry(&state.pool, tenant, id, deadline_secs, max_queued).await?;
     let (lane, publication, traceparent) = match retried {
         RetryOutcome::Requeued {
             lane,
@@ -33,6 +35,7 @@ pub async fn requeue_dead_letter(
             traceparent,
         } => (lane, publication, traceparent),
         RetryOutcome::NotFound => return Err(ApiError::not_found("job", id)),
+        RetryOutcome::OverQuota(over) => return Err(ApiError::over_quota(over)),
         RetryOutcome::NotFailed(status) => {
             return Err(ApiError::Conflict {
                 code: "job_not_failed",

@@ -1,12 +1,16 @@
 //! Per-tenant quotas: a tenant over one gets 429 with `Retry-After` naming it, and nothing is
-//! written; another tenant is not affected; `chatq tenants set-quota` raises and lowers them.
+//! written (a dead letter sent back to the queue counts as a new job); another tenant is not
+//! affected; `chatq tenants set-quota` raises and lowers them.
 
 use std::process::Stdio;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestOptions, assert_error, spawn_app_with};
+use chatq_common::db::jobs::record;
+use chatq_common::ids::JobId;
+
+use crate::helpers::{TestApp, TestOptions, assert_error, completion_job, spawn_app_with};
 
 /// Checks a 429 for `quota` and returns its error body.
 async fn assert_over_quota(response: reqwest::Response, quota: &str) -> Value {
@@ -334,5 +338,66 @@ async fn event_streams_over_the_quota_get_429_and_write_nothing() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_retried_at_the_queued_quota_gets_429_and_stays_failed() {
+    let app = spawn_app_with(TestOptions {
+        workers: 0,
+        settings: Box::new(|s| s.limits.tenant_max_queued_jobs = Some(1)),
+        ..TestOptions::default()
+    })
+    .await;
+    let admin = app.admin_key().await;
+    let tenant = app.tenant("tenant-a").await;
+
+    // A dead letter of the tenant, and a job of the tenant queued: the quota of one is used.
+    let dead = completion_job(tenant, "it failed");
+    record(&app.pool, std::slice::from_ref(&dead))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET status = 'failed', attempts = 1, finished_at = now(),
+                         error_type = 'provider_error', error_message = 'the provider refused'
+          WHERE id = $1",
+    )
+    .bind(dead.id.as_uuid())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let conversation = conversation_as(&app, &app.key).await;
+    let queued: Value = send_as(&app, &app.key, &conversation)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let retry = format!("/v1/admin/dead-letters/{}/retry", dead.id);
+    assert_over_quota(
+        app.request_as(&admin, Method::POST, &retry)
+            .send()
+            .await
+            .unwrap(),
+        "queued_jobs",
+    )
+    .await;
+    let job = app.wait_for_job(&dead.id.to_string()).await;
+    assert_eq!(job["status"], "failed", "the refused retry changed nothing");
+
+    // Once the queued job has left the queue, the retry goes through.
+    let queued: JobId = queued["job"]["id"].as_str().unwrap().parse().unwrap();
+    sqlx::query("UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = $1")
+        .bind(queued.as_uuid())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let retried = app
+        .request_as(&admin, Method::POST, &retry)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), StatusCode::OK);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["status"], "queued", "{retried}");
     app.stop().await;
 }

@@ -9,8 +9,9 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use super::ONE_ACTIVE_PER_CONVERSATION;
+use crate::db::quotas::{self, OverQuota, Quota};
 use crate::ids::{ConversationId, JobId, TenantId};
-use crate::job::JobStatus;
+use crate::job::{JobStatus, Lane};
 
 /// One failed job.
 #[derive(Debug, Clone)]
@@ -72,13 +73,18 @@ pub enum RetryOutcome {
     NotFailed(JobStatus),
     /// Its conversation has another reply in progress; retry once that one has finished.
     ConversationBusy,
+    /// An interactive job whose tenant has as many jobs queued as its quota allows.
+    OverQuota(OverQuota),
     NotFound,
 }
 
 /// Sends a failed job back to the queue: `queued`, attempts from 0 (the earlier ones are kept in
 /// `earlier_attempts`), a new deadline `deadline_secs` from now, a new publication (the old copy
 /// may still be in JetStream's duplicate window) not yet published. Only a job of `tenant`
-/// (any tenant's when `None`: an operator) is found.
+/// (any tenant's when `None`: an operator) is found. An interactive job counts in its tenant's
+/// queued-jobs quota again (`max_queued` from the settings, or the tenant's override), checked
+/// under the tenant's quota lock as a recording is: a tenant at its quota gets it back only when
+/// some of its jobs have left the queue, whoever retries it.
 ///
 /// # Errors
 /// Database errors.
@@ -87,7 +93,36 @@ pub async fn retry(
     tenant: Option<TenantId>,
     id: JobId,
     deadline_secs: f64,
+    max_queued: Option<u32>,
 ) -> Result<RetryOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let job = sqlx::query!(
+        r#"SELECT tenant_id AS "tenant_id: TenantId", lane, status
+             FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)"#,
+        id.as_uuid(),
+        tenant.map(|t| t.as_uuid()),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(job) = job else {
+        return Ok(RetryOutcome::NotFound);
+    };
+    if job.status != JobStatus::Failed.as_str() {
+        return Ok(RetryOutcome::NotFailed(
+            job.status.parse().unwrap_or(JobStatus::Failed),
+        ));
+    }
+    if job.lane == Lane::Interactive.as_str() {
+        let usage = quotas::lock_usage(&mut tx, &[job.tenant_id], Quota::QueuedJobs).await?;
+        if let Some(over) = usage
+            .get(&job.tenant_id)
+            .and_then(|usage| usage.full(Quota::QueuedJobs, max_queued))
+        {
+            return Ok(RetryOutcome::OverQuota(over));
+        }
+    }
+    // The status is checked again here, on the row as it is now (another retry may have come
+    // first).
     let requeued = sqlx::query!(
         r#"UPDATE jobs
               SET status = 'queued', earlier_attempts = earlier_attempts + attempts, attempts = 0,
@@ -95,38 +130,35 @@ pub async fn retry(
                   deadline_at = now() + make_interval(secs => $2),
                   finished_at = NULL, claim_token = NULL, claimed_by = NULL, lease_expires_at = NULL,
                   cancel_requested_at = NULL, error_type = NULL, error_message = NULL
-            WHERE id = $1 AND status = 'failed' AND ($3::uuid IS NULL OR tenant_id = $3)
+            WHERE id = $1 AND status = 'failed'
         RETURNING lane, publication, traceparent"#,
         id.as_uuid(),
         deadline_secs,
-        tenant.map(|t| t.as_uuid()),
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await;
-    match requeued {
-        Ok(Some(row)) => Ok(RetryOutcome::Requeued {
+    let outcome = match requeued {
+        Ok(Some(row)) => RetryOutcome::Requeued {
             lane: row.lane,
             publication: row.publication,
             traceparent: row.traceparent,
-        }),
+        },
         Ok(None) => {
-            let status = sqlx::query_scalar!(
-                "SELECT status FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",
-                id.as_uuid(),
-                tenant.map(|t| t.as_uuid()),
-            )
-            .fetch_optional(pool)
-            .await?;
-            Ok(match status {
+            let status = sqlx::query_scalar!("SELECT status FROM jobs WHERE id = $1", id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+            match status {
                 Some(status) => {
                     RetryOutcome::NotFailed(status.parse().unwrap_or(JobStatus::Failed))
                 }
                 None => RetryOutcome::NotFound,
-            })
+            }
         }
         Err(err) if crate::db::is_unique_violation(&err, ONE_ACTIVE_PER_CONVERSATION) => {
-            Ok(RetryOutcome::ConversationBusy)
+            return Ok(RetryOutcome::ConversationBusy);
         }
-        Err(err) => Err(err),
-    }
+        Err(err) => return Err(err),
+    };
+    tx.commit().await?;
+    Ok(outcome)
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use uuid::Uuid;
 
-use super::{Overrides, Quota};
+use super::{OverQuota, Overrides, Quota};
 use crate::ids::TenantId;
 
 /// Slots of a tenant's queued-jobs and in-flight locks (the `& 7` of `chatq_tenant_lock_key`).
@@ -67,6 +67,22 @@ pub struct LockedUsage {
     pub conversations: i32,
     /// The overrides of the quotas checked while writing (queued jobs, conversations).
     pub overrides: Overrides,
+}
+
+impl LockedUsage {
+    /// The quota the tenant is at (so one more would pass it), with `setting` from the settings
+    /// (`None`: unlimited) unless the tenant has an override; `None` while there is room.
+    pub fn full(&self, quota: Quota, setting: Option<u32>) -> Option<OverQuota> {
+        let held = match quota {
+            Quota::QueuedJobs => self.queued_jobs,
+            Quota::JobsInFlight => self.jobs_in_flight,
+            Quota::Conversations => self.conversations,
+            // Counted per ingress, in memory (`stream_slots`), never here.
+            Quota::EventStreams => return None,
+        };
+        let limit = self.overrides.limit(quota, setting)?;
+        (i64::from(held) >= i64::from(limit)).then_some(OverQuota { quota, limit })
+    }
 }
 
 /// Takes these tenants' locks for checking `quota`, exclusively, until the transaction ends,

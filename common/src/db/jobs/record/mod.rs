@@ -377,19 +377,10 @@ impl QueuedQuotas {
 
     /// Whether the job fits in its tenant's quota, counting the jobs of the batch decided before it.
     fn check(&self, job: &NewJob) -> Result<(), OverQuota> {
-        let Some(usage) = self
-            .usage
-            .get(&job.tenant)
-            .filter(|_| job.lane == Lane::Interactive)
-        else {
-            return Ok(());
-        };
-        let limit = usage.overrides.limit(Quota::QueuedJobs, job.max_queued);
-        match limit {
-            Some(limit) if i64::from(usage.queued_jobs) >= i64::from(limit) => Err(OverQuota {
-                quota: Quota::QueuedJobs,
-                limit,
-            }),
+        match self.usage.get(&job.tenant) {
+            Some(usage) if job.lane == Lane::Interactive => usage
+                .full(Quota::QueuedJobs, job.max_queued)
+                .map_or(Ok(()), Err),
             _ => Ok(()),
         }
     }
