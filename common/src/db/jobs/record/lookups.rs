@@ -54,14 +54,23 @@ pub(super) async fn lock_conversations(
     }
     ids.sort_unstable();
     ids.dedup();
+    // Each conversation, and its pending job, is looked up by its key, one at a time, and
+    // locked in the order of `ids`. Written as `c.id = ANY($1)` and a plain `EXISTS`, the plan
+    // depends on the tables' statistics: when they are stale (a table that grew since it was
+    // last analysed), the planner read every conversation, and every queued job to hash them
+    // for the `EXISTS`, for each batch (seen: 5 ms a batch, most of a recording's time, with
+    // 20,000 jobs queued). `OFFSET 0` keeps the `EXISTS` a lookup per conversation.
     let rows = sqlx::query!(
-        r#"SELECT c.id, c.tenant_id, c.model, c.message_count, c.next_seq,
+        r#"SELECT c.id AS "id!", c.tenant_id AS "tenant_id!", c.model AS "model?",
+                  c.message_count AS "message_count!", c.next_seq AS "next_seq!",
                   EXISTS (SELECT 1 FROM jobs j
-                           WHERE j.conversation_id = c.id AND j.status IN ('queued', 'running')) AS "busy!"
-             FROM conversations c
-            WHERE c.id = ANY($1)
-            ORDER BY c.id
-              FOR UPDATE OF c"#,
+                           WHERE j.conversation_id = c.id AND j.status IN ('queued', 'running')
+                          OFFSET 0) AS "busy!"
+             FROM unnest($1::uuid[]) AS wanted(id)
+            CROSS JOIN LATERAL (
+                  SELECT id, tenant_id, model, message_count, next_seq FROM conversations
+                   WHERE conversations.id = wanted.id
+                     FOR UPDATE) c"#,
         &ids,
     )
     .fetch_all(&mut *tx)
