@@ -39,22 +39,12 @@ async fn queue_jobs(app: &TestApp, tenant: TenantId, ids: &[Uuid]) {
     .unwrap();
 }
 
-/// Two job ids that count in different usage rows of their tenant.
-async fn ids_in_two_rows(app: &TestApp) -> (Uuid, Uuid) {
-    let first = Uuid::now_v7();
-    loop {
-        let second = Uuid::now_v7();
-        let apart: bool =
-            sqlx::query_scalar("SELECT chatq_usage_shard($1) <> chatq_usage_shard($2)")
-                .bind(first)
-                .bind(second)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        if apart {
-            return (first, second);
-        }
-    }
+/// A new job id that counts in usage row `row` of its tenant when a statement changes it alone
+/// (`chatq_usage_shard`: the low 6 bits of the id's last byte).
+fn id_in_row(row: u8) -> Uuid {
+    let mut bytes = *Uuid::now_v7().as_bytes();
+    bytes[15] = row;
+    Uuid::from_bytes(bytes)
 }
 
 /// An app without workers, and its tenant.
@@ -71,7 +61,7 @@ pub(super) async fn app_without_workers() -> (TestApp, TenantId) {
 /// An app without workers, and two queued jobs of its tenant that count in different usage rows.
 async fn two_queued_jobs() -> (TestApp, TenantId, Uuid, Uuid) {
     let (app, tenant) = app_without_workers().await;
-    let (first, second) = ids_in_two_rows(&app).await;
+    let (first, second) = (id_in_row(1), id_in_row(2));
     queue_jobs(&app, tenant, &[first, second]).await;
     (app, tenant, first, second)
 }
@@ -96,13 +86,18 @@ fn claim_request(id: Uuid) -> [ClaimRequest; 1] {
     }]
 }
 
-async fn claim_one(app: &TestApp, id: Uuid) {
-    let asked = claim_request(id);
+/// Claims these jobs in one claim, which must not wait for a lock.
+async fn claim_now(app: &TestApp, ids: &[Uuid]) {
+    let asked: Vec<ClaimRequest> = ids.iter().flat_map(|id| claim_request(*id)).collect();
     let claimed = tokio::time::timeout(NO_WAIT, claim(&app.pool, &asked, "w1", 30.0, 10, None))
         .await
         .expect("the claim waited for another write of the tenant's jobs")
         .unwrap();
-    assert!(claimed[0].is_ok(), "{claimed:?}");
+    assert!(claimed.iter().all(Result::is_ok), "{claimed:?}");
+}
+
+async fn claim_one(app: &TestApp, id: Uuid) {
+    claim_now(app, &[id]).await;
 }
 
 /// A claim of `job` under way, with an in-flight quota of `max_in_flight`: the tenant's in-flight
@@ -162,6 +157,33 @@ async fn a_claim_does_not_wait_for_the_finish_of_another_job_of_its_tenant() {
         usage(&app, tenant).await,
         (0, 1),
         "none queued, one running"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_of_several_jobs_does_not_wait_for_the_finish_of_a_job_counted_beside_one_of_them()
+{
+    let (app, tenant) = app_without_workers().await;
+    // Alone, the finished job and the first claimed one count in the same row (5); the claim of
+    // both counts in one row for the two (5 + 7).
+    let finishing = id_in_row(5);
+    let claimed = [id_in_row(5), id_in_row(7)];
+    queue_jobs(&app, tenant, &[finishing, claimed[0], claimed[1]]).await;
+
+    let mut finish = app.pool.begin().await.unwrap();
+    sqlx::query("UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = $1")
+        .bind(finishing)
+        .execute(&mut *finish)
+        .await
+        .unwrap();
+    claim_now(&app, &claimed).await;
+    finish.commit().await.unwrap();
+
+    assert_eq!(
+        usage(&app, tenant).await,
+        (0, 2),
+        "none queued, two running"
     );
     app.stop().await;
 }

@@ -2,8 +2,9 @@
 //! `conversations`, so a check reads one row instead of counting) and the overrides operators set
 //! (`tenant_quotas`, `chatq tenants set-quota`), which win over the `tenant_max_*` settings.
 //!
-//! A tenant's usage is spread over several rows (one per shard of job and conversation ids), so
-//! that writes of different jobs of one tenant do not wait for each other; a check adds them up.
+//! A tenant's usage is spread over 64 rows, so that writes of one tenant's jobs do not wait for
+//! each other: each statement's change goes to one row, chosen by the ids it changed (the
+//! `usage_row_per_statement` migration); a check adds them up.
 //! A check that must hold across ingress processes takes the tenant's quota lock for the
 //! transaction that writes ([`locks`]).
 
