@@ -146,9 +146,12 @@ pub async fn claim(
                       queued_ms = coalesce(queued_ms, (extract(epoch FROM now() - created_at) * 1000)::integer)
                  FROM wanted
                 -- `claimable` holds these rows locked, as they are now: nothing to check again
-                -- (and no status condition to lead the planner to the partial indexes).
+                -- (and no status condition to lead the planner to the partial indexes). The ids
+                -- are one array, so the rows are found by key: as `IN (SELECT …)`, the planner
+                -- hashed it and read the whole table when its statistics were stale (seen: every
+                -- one of 11,000 jobs read, 6 of a claim's 12 ms).
                 WHERE jobs.id = wanted.id
-                  AND jobs.id IN (SELECT id FROM claimable) AND jobs.id NOT IN (SELECT id FROM over_quota)
+                  AND jobs.id = ANY (ARRAY(SELECT id FROM claimable WHERE id NOT IN (SELECT id FROM over_quota)))
             RETURNING jobs.id, jobs.tenant_id, jobs.conversation_id, jobs.lane, jobs.request, jobs.model,
                       jobs.attempts, jobs.earlier_attempts, jobs.publication, jobs.deadline_at,
                       jobs.created_at, jobs.user_message_id, jobs.claim_token
