@@ -100,6 +100,17 @@ async fn claim_one(app: &TestApp, id: Uuid) {
     claim_now(app, &[id]).await;
 }
 
+/// The finish of `job` under way: the job cancelled, nothing committed yet.
+async fn finish_under_way(app: &TestApp, job: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut finish = app.pool.begin().await.unwrap();
+    sqlx::query("UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = $1")
+        .bind(job)
+        .execute(&mut *finish)
+        .await
+        .unwrap();
+    finish
+}
+
 /// A claim of `job` under way, with an in-flight quota of `max_in_flight`: the tenant's in-flight
 /// lock held, the job running, nothing committed yet.
 async fn claim_under_way(
@@ -144,12 +155,7 @@ async fn a_claim_does_not_wait_for_the_finish_of_another_job_of_its_tenant() {
     let (app, tenant, finishing, claimed) = two_queued_jobs().await;
 
     // A job of the tenant ends in a transaction that has not committed yet.
-    let mut finish = app.pool.begin().await.unwrap();
-    sqlx::query("UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = $1")
-        .bind(finishing)
-        .execute(&mut *finish)
-        .await
-        .unwrap();
+    let finish = finish_under_way(&app, finishing).await;
     claim_one(&app, claimed).await;
     finish.commit().await.unwrap();
 
@@ -171,12 +177,7 @@ async fn a_claim_of_several_jobs_does_not_wait_for_the_finish_of_a_job_counted_b
     let claimed = [id_in_row(5), id_in_row(7)];
     queue_jobs(&app, tenant, &[finishing, claimed[0], claimed[1]]).await;
 
-    let mut finish = app.pool.begin().await.unwrap();
-    sqlx::query("UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = $1")
-        .bind(finishing)
-        .execute(&mut *finish)
-        .await
-        .unwrap();
+    let finish = finish_under_way(&app, finishing).await;
     claim_now(&app, &claimed).await;
     finish.commit().await.unwrap();
 

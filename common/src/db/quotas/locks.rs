@@ -247,7 +247,7 @@ pub async fn lock_in_flight(
 /// The next shared slot this process takes.
 fn next_slot() -> i32 {
     static NEXT: LazyLock<AtomicI32> =
-        LazyLock::new(|| AtomicI32::new(i32::from(Uuid::new_v4().as_bytes()[0])));
+        LazyLock::new(|| AtomicI32::new(i32::from(rand::random::<u8>())));
     NEXT.fetch_add(1, Ordering::Relaxed) & i32::MAX
 }
 
