@@ -125,7 +125,7 @@ pub async fn claim(
                -- Read, not locked, after the tenant's in-flight lock: what earlier claims
                -- started is counted, and no writer of the usage rows is waited for.
                SELECT t.tenant_id, coalesce(sum(u.jobs_in_flight), 0) AS jobs_in_flight,
-                      coalesce(q.jobs_in_flight, $6, 2147483647) AS quota
+                      chatq_quota(q.jobs_in_flight, $6) AS quota
                  FROM (SELECT DISTINCT tenant_id FROM claimable WHERE lane = 'interactive' AND status = 'queued') t
                  LEFT JOIN tenant_usage u ON u.tenant_id = t.tenant_id
                  LEFT JOIN tenant_quotas q ON q.tenant_id = t.tenant_id
@@ -182,7 +182,7 @@ pub async fn claim(
         worker,
         lease_secs,
         history_max_messages,
-        max_in_flight.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+        quotas::stored_setting(max_in_flight),
         &known,
     )
     .fetch_all(&mut *tx)

@@ -224,7 +224,7 @@ pub async fn lock_in_flight(
         r#"SELECT count(pg_advisory_xact_lock($2, k)) AS "locked!"
              FROM (SELECT DISTINCT chatq_tenant_lock_key(t.tenant_id, s) AS k
                      FROM (SELECT DISTINCT j.tenant_id,
-                                  coalesce(q.jobs_in_flight, $3, 2147483647) = 2147483647 AS unlimited
+                                  chatq_quota(q.jobs_in_flight, $3) = 2147483647 AS unlimited
                              FROM (SELECT CASE WHEN lane = 'interactive' AND status = 'queued'
                                                THEN tenant_id END AS tenant_id
                                      FROM jobs WHERE id = ANY($1)) j
@@ -235,7 +235,7 @@ pub async fn lock_in_flight(
                     ORDER BY k OFFSET 0) keys"#,
         jobs,
         lock_class(Quota::JobsInFlight),
-        max_in_flight.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+        super::stored_setting(max_in_flight),
         next_slot() % SLOTS,
         SLOTS,
     )

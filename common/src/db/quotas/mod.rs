@@ -117,7 +117,15 @@ impl QuotaChange {
     }
 }
 
-/// The limit that applies: the tenant's override, else the setting; `None` is unlimited.
+/// A setting as the SQL rule `chatq_quota(override, setting)` takes it: `None` (unlimited) as
+/// SQL's `NULL`, a limit beyond `i32` as unlimited (`i32::MAX`, as stored).
+pub fn stored_setting(setting: Option<u32>) -> Option<i32> {
+    setting.map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+}
+
+/// The limit that applies: the tenant's override, else the setting; `None` is unlimited. (The
+/// same rule in SQL, for the statements that decide a quota there, is the function
+/// `chatq_quota`.)
 pub fn effective(stored: Option<i32>, setting: Option<u32>) -> Option<u32> {
     match stored {
         Some(i32::MAX) => None,
