@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::figures::thousands;
+use super::{fixtures, progress};
 
 /// One job, as recorded.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -87,6 +88,28 @@ pub async fn jobs_of_conversations_ended(
     }
 }
 
+/// Waits until no job is queued or running; `false` if that took longer than `timeout` from
+/// `started`.
+///
+/// # Errors
+/// Database errors.
+pub async fn drain(pool: &PgPool, started: Instant, timeout: Duration) -> anyhow::Result<bool> {
+    let spinner = progress::step("draining");
+    loop {
+        let active = fixtures::active_jobs(pool).await?;
+        if active == 0 {
+            spinner.finish_and_clear();
+            return Ok(true);
+        }
+        if started.elapsed() > timeout {
+            spinner.finish_and_clear();
+            return Ok(false);
+        }
+        spinner.set_message(format!("{active} jobs queued or running"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Jobs of a lane (or of both, for `None`) with a status.
 ///
 /// # Errors
@@ -113,6 +136,22 @@ pub async fn count_of_tenant(pool: &PgPool, tenant: Uuid, status: &str) -> anyho
         .fetch_one(pool)
         .await
         .context("cannot count a tenant's jobs")
+}
+
+/// Every job of the run, by status.
+///
+/// # Errors
+/// Database errors.
+pub async fn count_by_status(pool: &PgPool) -> anyhow::Result<BTreeMap<String, u64>> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status::text, count(*) FROM jobs GROUP BY status")
+            .fetch_all(pool)
+            .await
+            .context("cannot count the jobs by status")?;
+    Ok(rows
+        .into_iter()
+        .map(|(status, count)| (status, u64::try_from(count).unwrap_or(0)))
+        .collect())
 }
 
 /// `status × count`, for the report.

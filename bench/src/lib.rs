@@ -33,7 +33,8 @@
 //!   queue), [`cache`] (a workload half of repeated deterministic prompts), [`history`] (one
 //!   conversation grown to thousands of messages), [`webhooks`] (delivery latency after
 //!   commit), [`completions`] (chat completions per second, closed loop, beside other
-//!   OpenAI-compatible servers). Each renders its own part of the report.
+//!   OpenAI-compatible servers), [`soak`] (an hour of mixed traffic: answers and memory over
+//!   time). Each renders its own part of the report.
 //! - [`report`]: the whole result, as text for people and as JSON (`--json`); and this file,
 //!   which reads the command line and runs the chosen scenarios.
 //! - The regression guard: [`guard`] (figures as ratios to the same run's limits, compared with
@@ -69,6 +70,7 @@ mod progress;
 mod report;
 mod scratch;
 mod services;
+mod soak;
 mod spike;
 mod sse;
 mod sse_frames;
@@ -122,6 +124,9 @@ pub enum Scenario {
     /// Non-streaming chat completions per second, closed loop, through chatq, straight to the
     /// mock, and through any --completions-peer (another OpenAI-compatible server).
     Completions,
+    /// An hour (--soak-minutes) of mixed traffic at a steady rate: every request answered, and
+    /// the memory of the ingress and the worker flat after the warm-up. Not part of `all`.
+    Soak,
     /// Not a scenario: the short benchmark `scripts/test` runs, compared with a committed
     /// baseline (--guard-baseline); fails when a figure fell more than 30 %.
     Guard,
@@ -166,6 +171,8 @@ pub struct BenchArgs {
     pub webhooks: webhooks::WebhooksArgs,
     #[command(flatten, next_help_heading = "completions")]
     pub completions: completions::CompletionsArgs,
+    #[command(flatten, next_help_heading = "soak")]
+    pub soak: soak::SoakArgs,
     #[command(flatten, next_help_heading = "guard")]
     pub guard: guard_run::GuardArgs,
 }
@@ -201,6 +208,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         history: None,
         webhooks: None,
         completions: None,
+        soak: None,
     };
     let wants = |scenario| args.scenario == Scenario::All || args.scenario == scenario;
     if args.scenario == Scenario::Limits || !general.no_limits {
@@ -249,6 +257,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wants(Scenario::Webhooks) {
         report.webhooks = Some(webhooks::run(general, &args.webhooks, &services).await?);
+    }
+    // An hour long: only when asked for by name.
+    if args.scenario == Scenario::Soak {
+        report.soak = Some(soak::run(general, &args.soak, &services).await?);
     }
     let text = report.render();
     #[expect(clippy::print_stdout, reason = "the report is the command's output")]

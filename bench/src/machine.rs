@@ -1,5 +1,5 @@
 //! The machine a report was measured on, so figures from different machines are never compared
-//! without knowing it.
+//! without knowing it, and what one of its processes holds (memory, from `/proc`).
 
 use serde::Serialize;
 
@@ -63,4 +63,15 @@ pub fn describe(postgres_version: String, nats_version: String) -> Machine {
         postgres_version,
         nats_version,
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`); 0 when it cannot be read.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with(field))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }

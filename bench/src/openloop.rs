@@ -70,6 +70,9 @@ pub struct OpenLoop {
     pub capture_header: Option<&'static str>,
     /// Longest a request may take before it is recorded as unanswered.
     pub timeout: Duration,
+    /// Draw a progress bar for this load (off for loads that run side by side under a bar of
+    /// their own: bars drawn at once would overwrite each other).
+    pub progress: bool,
 }
 
 /// What happened to one request. Times are from the start of the clock.
@@ -218,7 +221,9 @@ pub async fn run(plan: OpenLoop) -> anyhow::Result<OpenLoopOutcome> {
     });
     let permits = Arc::new(Semaphore::new(plan.max_connections.max(1)));
     let tracker = TaskTracker::new();
-    let bar = progress::counted(&plan.label, total as u64);
+    let bar = plan
+        .progress
+        .then(|| progress::counted(&plan.label, total as u64));
     let interval = 1.0 / plan.rate.max(1e-3);
     let dispatch = async {
         for (index, planned) in plan.requests.into_iter().enumerate() {
@@ -248,13 +253,17 @@ pub async fn run(plan: OpenLoop) -> anyhow::Result<OpenLoopOutcome> {
         loop {
             tokio::select! {
                 () = tracker.wait() => break,
-                _ = ticks.tick() => bar.update(shared.done.load(Ordering::Relaxed), shared.start.elapsed()),
+                _ = ticks.tick() => if let Some(bar) = &bar {
+                    bar.update(shared.done.load(Ordering::Relaxed), shared.start.elapsed());
+                },
             }
         }
     };
     let (dispatched, ()) = tokio::join!(dispatch, watch);
     dispatched?;
-    bar.finish(shared.done.load(Ordering::Relaxed));
+    if let Some(bar) = &bar {
+        bar.finish(shared.done.load(Ordering::Relaxed));
+    }
     let mut sent = std::mem::take(
         &mut *shared
             .records
@@ -395,6 +404,7 @@ mod tests {
             read: Read::Whole,
             capture_header: None,
             timeout: Duration::from_secs(5),
+            progress: false,
         })
         .await
         .unwrap();

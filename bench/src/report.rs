@@ -22,6 +22,7 @@ use super::lanes::LanesResult;
 use super::limits::Limits;
 use super::machine::Machine;
 use super::overhead::OverheadResult;
+use super::soak::SoakResult;
 use super::spike::SpikeResult;
 use super::sse::SseResult;
 use super::ttft::TtftResult;
@@ -47,6 +48,7 @@ pub struct Report {
     pub history: Option<HistoryResult>,
     pub webhooks: Option<WebhooksResult>,
     pub completions: Option<CompletionsResult>,
+    pub soak: Option<SoakResult>,
 }
 
 impl Report {
@@ -103,6 +105,9 @@ impl Report {
         }
         if let Some(history) = &self.history {
             history.render(&mut out);
+        }
+        if let Some(soak) = &self.soak {
+            soak.render(&mut out);
         }
         out
     }

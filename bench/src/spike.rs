@@ -24,7 +24,7 @@ use super::phase::{self, PhaseSummary};
 use super::services::Services;
 use super::stack::{MockPlan, Stack, StackPlan, with_stack};
 use super::traffic::messages_load;
-use super::{fixtures, ledger, progress};
+use super::{fixtures, ledger};
 
 /// How far the drain rate may be from the limit.
 pub const TOLERANCE: f64 = 0.05;
@@ -151,7 +151,7 @@ async fn run_once(
             202,
         )
         .await?;
-        drain(stack, Instant::now(), Duration::from_secs(60)).await?;
+        ledger::drain(&stack.scratch.pool, Instant::now(), Duration::from_secs(60)).await?;
         mock::reset(mock).await?;
 
         let label = format!("spike, queue max {queue_max_jobs}");
@@ -164,7 +164,7 @@ async fn run_once(
         )
         .await?;
         let timeout = Duration::from_secs(spike.drain_timeout_secs);
-        let drained = drain(stack, started, timeout).await?;
+        let drained = ledger::drain(&stack.scratch.pool, started, timeout).await?;
         let seconds_to_drain = started.elapsed().as_secs_f64();
         stack.check_alive()?;
 
@@ -214,25 +214,6 @@ async fn run_once(
         })
     })
     .await
-}
-
-/// Waits until no job is queued or running; `false` if that took longer than `timeout` from
-/// `started`.
-async fn drain(stack: &Stack, started: Instant, timeout: Duration) -> anyhow::Result<bool> {
-    let spinner = progress::step("draining");
-    loop {
-        let active = fixtures::active_jobs(&stack.scratch.pool).await?;
-        if active == 0 {
-            spinner.finish_and_clear();
-            return Ok(true);
-        }
-        if started.elapsed() > timeout {
-            spinner.finish_and_clear();
-            return Ok(false);
-        }
-        spinner.set_message(format!("{active} jobs queued or running"));
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 impl SpikeResult {

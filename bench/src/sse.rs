@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::args::GeneralArgs;
 use super::cpu::{CpuUsage, CpuWatch};
 use super::figures::{cpu_line, thousands};
-use super::machine::LoadAverage;
+use super::machine::{LoadAverage, status_kib};
 use super::services::Services;
 use super::stack::{MockPlan, Stack, StackPlan, with_stack};
 use super::subscribers::{Received, Subscribers};
@@ -378,17 +378,6 @@ fn memory(pid: u32) -> IngressMemory {
         rss_mb: status_kib(pid, "VmRSS:") as f64 / 1024.0,
         open_fds,
     }
-}
-
-/// A `kB` field of `/proc/<pid>/status`; 0 when it cannot be read.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|line| line.starts_with(field))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(0)
 }
 
 impl SseResult {

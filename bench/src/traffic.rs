@@ -1,6 +1,6 @@
 //! The requests the scenarios send to chatq, built before the clock starts: a chat message to
-//! each of many conversations (closed loop for throughput, open loop at a rate), and chat
-//! completions, streamed or not, each with a prompt of its own.
+//! each of many conversations (closed loop for throughput, open loop at a rate), new
+//! conversations, and chat completions, streamed or not, each with a prompt of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +75,29 @@ pub fn messages_load(
         read: Read::Whole,
         capture_header: None,
         timeout: Duration::from_secs(120),
+        progress: true,
+    }
+}
+
+/// `count` new conversations (`POST /v1/conversations`), due at `rate` per second.
+pub fn conversations_load(label: &str, stack: &Stack, count: usize, rate: f64) -> OpenLoop {
+    let planned = Planned {
+        method: Method::POST,
+        path: Uri::from_static("/v1/conversations"),
+        body: Bytes::from_static(br#"{"title":"A new chat"}"#),
+    };
+    OpenLoop {
+        label: label.into(),
+        target: stack.ingress,
+        rate,
+        requests: vec![planned; count],
+        api_key: Some(stack.api_key.clone()),
+        warm_connections: (rate / 5.0).ceil().clamp(1.0, 256.0) as usize,
+        max_connections: 1_024,
+        read: Read::Whole,
+        capture_header: None,
+        timeout: Duration::from_secs(60),
+        progress: true,
     }
 }
 
@@ -145,6 +168,7 @@ pub fn completions_load(
         },
         capture_header: Some("x-chatq-job-id"),
         timeout: Duration::from_secs(60),
+        progress: true,
     }
 }
 
