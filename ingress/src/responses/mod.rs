@@ -7,6 +7,8 @@
 //!
 //! - [`request`]: the request, checked, and the chat completion it becomes (with the history of
 //!   `previous_response_id`).
+//! - [`input`]: the request's input as the message items a response keeps, and as the chat
+//!   messages the provider is sent.
 //! - [`create`]: recording and queueing a response, and answering at once, after the job, or
 //!   with its events.
 //! - [`stored`]: retrieve, stream from a sequence number, cancel, delete, input items.
@@ -16,6 +18,7 @@
 
 pub mod create;
 pub mod events;
+mod input;
 pub mod object;
 pub mod request;
 pub mod stored;

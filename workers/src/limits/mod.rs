@@ -5,7 +5,8 @@
 //! (`provider_max_concurrency`). A worker uses only the capacity it holds a lease on
 //! ([`crate::leases`]): a [`Grant`] of so many rate units (each `1/RATE_UNITS` of the rates) and
 //! so many requests in flight, valid until a deadline. A call starts only under a valid grant;
-//! one whose grant lapsed (the worker was paused, or could not renew) waits for a new one.
+//! one whose grant lapsed (the worker was paused, or could not renew) waits for a new one
+//! ([`admission`]).
 //!
 //! - Requests: a GCRA limiter (`governor`) at the granted share of `rpm / 60` per second. A
 //!   request may start up to half an interval after its turn without losing it: a timer that
@@ -30,6 +31,7 @@
 //! and a burst of 429s that stops costs seconds, not minutes.
 
 mod adaptive;
+mod admission;
 mod limited;
 mod priority;
 mod rate;
@@ -38,9 +40,8 @@ mod tokens;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use chatq_common::job::Lane;
 use chatq_common::settings::LimitSettings;
 use tokio::sync::watch;
 
@@ -48,7 +49,7 @@ use self::adaptive::Adaptive;
 pub use self::limited::LimitedProvider;
 use self::priority::LanePriority;
 pub use self::rate::REQUESTS_AHEAD;
-use self::rate::{SharedLimiter, current, replace, request_limiter, wait_turn};
+use self::rate::{SharedLimiter, current, replace, request_limiter};
 use self::tokens::TokenBudget;
 use crate::leases::{Grant, RATE_UNITS};
 use crate::slots::Slots;
@@ -175,70 +176,14 @@ impl ProviderLimits {
     fn lock_adaptive(&self) -> std::sync::MutexGuard<'_, Adaptive> {
         self.adaptive.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// Waits until a call estimated at `tokens` may start: under a valid grant, at its turn of
-    /// the request rate, once its tokens (and the debt of earlier calls) are taken, and for a
-    /// batch line, once no interactive call is waiting ([`priority`]). Returns how long it waited.
-    pub async fn admit(&self, tokens: u32, lane: Lane) -> Duration {
-        let started = Instant::now();
-        self.maybe_raise();
-        let _in_line = self.priority.wait_in_line(lane).await;
-        loop {
-            self.until_granted().await;
-            wait_turn(&self.requests).await;
-            wait_turn(&self.adaptive_pace).await;
-            self.take_tokens(tokens).await;
-            // A grant that lapsed while this call waited (the worker was paused, or could not
-            // renew its leases) does not cover it: wait for the next one, and take a turn there.
-            if self.grant().is_valid(Instant::now()) {
-                break;
-            }
-        }
-        let mut adaptive = self.lock_adaptive();
-        let now = Instant::now();
-        adaptive.starts.push_back(now);
-        // Keeps both windows to their last two seconds.
-        Self::achieved_rates(&mut adaptive, now);
-        drop(adaptive);
-        let waited = started.elapsed();
-        metrics::histogram!(chatq_common::metrics::RATE_LIMITER_WAIT).record(waited.as_secs_f64());
-        waited
-    }
-
-    /// Waits for a grant that is valid and allows requests.
-    async fn until_granted(&self) {
-        let mut grants = self.grant.subscribe();
-        loop {
-            let grant = *grants.borrow_and_update();
-            if grant.is_valid(Instant::now()) && grant.rate_units > 0 {
-                return;
-            }
-            // Nothing held, or a lapsed grant: wait for the next lease round's.
-            if grants.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// Pays `tokens` from the token budget, if tokens are limited.
-    async fn take_tokens(&self, tokens: u32) {
-        if let Some(budget) = &self.tokens {
-            budget.pay(tokens.max(1)).await;
-        }
-    }
-
-    /// Takes tokens the provider reported beyond the estimate from later calls.
-    pub fn settle_tokens(&self, estimated: u32, used: u32) {
-        if let Some(budget) = &self.tokens
-            && used > estimated
-        {
-            budget.owe(used - estimated);
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use chatq_common::job::Lane;
+
     use super::*;
     use crate::limits::adaptive::DECREASE;
 
