@@ -16,7 +16,7 @@ use crate::helpers::{TestOptions, spawn_app_with};
 
 /// Queues `n` batch jobs the way a batch submission does: recorded, then published on the batch
 /// lane.
-async fn queue_batch_jobs(app: &crate::helpers::TestApp, tenant: TenantId, n: usize) {
+pub(crate) async fn queue_batch_jobs(app: &crate::helpers::TestApp, tenant: TenantId, n: usize) {
     let jetstream = async_nats::jetstream::new(app.nats.clone());
     futures::stream::iter(0..n)
         .map(|i| {

@@ -1,8 +1,10 @@
 //! Fair sharing between tenants: a tenant that floods the queue delays its own jobs, not
-//! another's ([`in_flight`]: a tenant at its in-flight quota waits without spending attempts;
+//! another's ([`front_slots`]: a job at the front finds a slot kept for it; [`in_flight`]: a
+//! tenant at its in-flight quota waits without spending attempts;
 //! [`usage_rows`]: the writes of one tenant's jobs do not wait for each other; [`shared_slots`]:
 //! nor do its recordings far below its quota); the queued quota holds across ingress processes.
 
+mod front_slots;
 mod in_flight;
 mod shared_slots;
 mod usage_rows;

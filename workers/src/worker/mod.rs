@@ -3,8 +3,9 @@
 //! message's `traceparent` header), and settle its message by outcome.
 //!
 //! The loop only pulls as many jobs as it has free slots, so nothing waits in a local buffer while
-//! its ack deadline runs: an interactive job that arrives while batch jobs are queued is pulled at
-//! the next free slot, before any batch job that was not already running.
+//! its ack deadline runs: an interactive job that arrives while batch jobs are queued is pulled
+//! before any batch job that was not already running, into one of the slots kept for the front
+//! of the interactive lane (an eighth) if the others are busy.
 //!
 //! - this module: building a worker, and its run with the drain phases of a shutdown;
 //! - [`pull`]: pulling into free slots and settling each job's message;
@@ -38,7 +39,7 @@ use crate::retention::Sweeper;
 use crate::webhooks::Dispatcher;
 use crate::writes::JobWrites;
 
-use self::pull::{MAX_PULL, acquire};
+use self::pull::{MAX_PULL, acquire, reserved_for_front};
 use self::status::{follow_fleet, hostname, register_series, serve_metrics};
 
 /// A worker process's job runner.
@@ -270,8 +271,9 @@ impl Worker {
                     None => break,
                 }
             }
+            let reserved = reserved_for_front(slots.limit());
             if let Err(err) = self
-                .pull_into(&mut free, &jobs, &hand_back, &shutdown)
+                .pull_into(&mut free, reserved, &jobs, &hand_back, &shutdown)
                 .await
             {
                 tracing::warn!(error = %err, "cannot pull jobs from NATS; retrying in a second");

@@ -34,23 +34,48 @@ pub(super) const MAX_PULL: usize = 256;
 /// gave up is redelivered after its ack wait.
 const PULL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a worker whose only free slots are those kept for the front waits on the front
+/// before it looks again: a slot that frees meanwhile waits at most this long for a job from
+/// the overflow or the batch lane.
+const RESERVED_POLL: Duration = Duration::from_millis(20);
+/// Index in `Worker::consumers` of the interactive lane's front (`Topology::lane_consumer_names`
+/// lists it first).
+const FRONT: usize = 0;
+
+/// Of a worker's `limit` slots, how many only the front of the interactive lane may fill: an
+/// eighth (none below eight slots). A tenant over its fair share waits in the overflow, and a
+/// batch in its lane; either could otherwise take every slot, and a job at the front would wait
+/// for one of them to finish. With these kept, it starts at once (README "Fair sharing").
+pub(super) fn reserved_for_front(limit: usize) -> usize {
+    limit / 8
+}
+
 impl Worker {
     /// Fills free slots: interactive jobs first (the front, then the overflow of tenants over
-    /// their fair share), then batch; if every consumer is empty, waits a little on both of the
-    /// interactive lane's.
+    /// their fair share), then batch, leaving `reserved` slots to the front; if nothing came,
+    /// waits a little on the interactive lane's consumers that have room.
     pub(super) async fn pull_into(
         &self,
         free: &mut Vec<Slot>,
+        reserved: usize,
         jobs: &TaskTracker,
         hand_back: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut started = 0;
-        for (_, consumer) in &self.consumers {
-            if free.is_empty() {
-                break;
+        let room = |index: usize, free: usize| {
+            if index == FRONT {
+                free
+            } else {
+                free.saturating_sub(reserved)
             }
-            let messages = consumer.fetch().max_messages(free.len()).messages().await?;
+        };
+        let mut started = 0;
+        for (index, (_, consumer)) in self.consumers.iter().enumerate() {
+            let room = room(index, free.len());
+            if room == 0 {
+                continue;
+            }
+            let messages = consumer.fetch().max_messages(room).messages().await?;
             started += self
                 .dispatch(messages, None, free, jobs, hand_back, shutdown)
                 .await;
@@ -58,18 +83,27 @@ impl Worker {
         if started == 0 && !free.is_empty() {
             // Both of the interactive lane's consumers, so a job queued behind other tenants'
             // does not wait out the poll while slots are free. Together they may deliver more
-            // than there are free slots; the rest is handed back at once (see `dispatch`).
-            let expired = tokio::time::Instant::now() + IDLE_POLL + LONG_POLL_GRACE;
+            // than there are free slots; the rest is handed back at once (see `dispatch`). When
+            // only the front may fill the free slots, the poll is short: slots that free
+            // meanwhile are for the overflow and the batch lane too.
+            let only_front = room(FRONT + 1, free.len()) == 0;
+            let wait = if only_front { RESERVED_POLL } else { IDLE_POLL };
+            let expired = tokio::time::Instant::now() + wait + LONG_POLL_GRACE;
             let mut polls = Vec::new();
-            for (_, consumer) in self
+            for (index, (_, consumer)) in self
                 .consumers
                 .iter()
-                .filter(|(lane, _)| *lane == Lane::Interactive)
+                .enumerate()
+                .filter(|(_, (lane, _))| *lane == Lane::Interactive)
             {
+                let room = room(index, free.len());
+                if room == 0 {
+                    continue;
+                }
                 let messages = consumer
                     .batch()
-                    .max_messages(free.len())
-                    .expires(IDLE_POLL)
+                    .max_messages(room)
+                    .expires(wait)
                     .messages()
                     .await?;
                 polls.push(messages);
