@@ -24,8 +24,12 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// timeout status when it expires, but not always: one that delivered a message just before
 /// expiring may end without a word (seen with nats-server 2.9), and waiting for that word held
 /// every job published meanwhile for [`PULL_ANSWER_TIMEOUT`]. Nothing is delivered on an expired
-/// request, so after this grace the loop pulls again.
-const LONG_POLL_GRACE: Duration = Duration::from_millis(250);
+/// request, so after this grace the loop pulls again. The grace only has to cover the request's
+/// way to the server (its expiry runs from when the server has it); every job published during
+/// the grace waits for it, so it is short: at 250 ms, the slowest 1 % of interactive jobs on an
+/// idle queue waited 150–250 ms in `chatq-bench fairness` (BENCHMARKS.md, "A slot kept for the
+/// front").
+const LONG_POLL_GRACE: Duration = Duration::from_millis(50);
 /// Most jobs asked for in one pull request.
 pub(super) const MAX_PULL: usize = 256;
 /// Longest wait for the next answer to a pull request. The server answers a fetch at once and a
