@@ -88,8 +88,11 @@ impl Worker {
             // Both of the interactive lane's consumers, so a job queued behind other tenants'
             // does not wait out the poll while slots are free. Together they may deliver more
             // than there are free slots; the rest is handed back at once (see `dispatch`). When
-            // only the front may fill the free slots, the poll is short: slots that free
-            // meanwhile are for the overflow and the batch lane too.
+            // only the front may fill the free slots, the poll is short, so slots that free
+            // meanwhile go to the overflow and the batch lane soon, and asks for one job: it
+            // ends as that job comes, never in the silence a poll that delivered just before its
+            // expiry may end in (see `LONG_POLL_GRACE`), which is common at fifty polls a
+            // second; the loop then pulls again at once.
             let only_front = room(FRONT + 1, free.len()) == 0;
             let wait = if only_front { RESERVED_POLL } else { IDLE_POLL };
             let expired = tokio::time::Instant::now() + wait + LONG_POLL_GRACE;
@@ -100,10 +103,11 @@ impl Worker {
                 .enumerate()
                 .filter(|(_, (lane, _))| *lane == Lane::Interactive)
             {
-                let room = room(index, free.len());
-                if room == 0 {
-                    continue;
-                }
+                let room = match room(index, free.len()) {
+                    0 => continue,
+                    _ if only_front => 1,
+                    room => room,
+                };
                 let messages = consumer
                     .batch()
                     .max_messages(room)
