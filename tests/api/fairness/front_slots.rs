@@ -7,10 +7,8 @@
 use std::time::{Duration, Instant};
 
 use chatq_mock_llm::MockConfig;
-use reqwest::Method;
-use serde_json::json;
 
-use super::{conversations_of, tenant_id};
+use super::{conversations_of, send_turn, tenant_id};
 use crate::helpers::{TestApp, TestOptions, spawn_app_with};
 use crate::lanes::queue_batch_jobs;
 
@@ -60,20 +58,7 @@ async fn a_job_at_the_front_starts_while_a_batch_holds_every_other_slot() {
     }
 
     // B's job starts while all of A's are still in their provider calls.
-    let accepted: serde_json::Value = app
-        .request_as(
-            &other,
-            Method::POST,
-            &format!("/v1/conversations/{b_conversation}/messages"),
-        )
-        .json(&json!({ "content": "quick question" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let b_job = accepted["job"]["id"].as_str().unwrap().to_owned();
+    let b_job = send_turn(&app, &other, &b_conversation).await;
     loop {
         let running_a = count(&app, "tenant-a", "running").await;
         let finished_a = count(&app, "tenant-a", "succeeded").await;

@@ -85,24 +85,29 @@ pub(super) async fn now(app: &TestApp) -> OffsetDateTime {
         .unwrap()
 }
 
+/// Sends one turn on `conversation` with `key`; returns its job's id.
+pub(super) async fn send_turn(app: &TestApp, key: &str, conversation: &str) -> String {
+    let accepted: serde_json::Value = app
+        .request_as(
+            key,
+            Method::POST,
+            &format!("/v1/conversations/{conversation}/messages"),
+        )
+        .json(&json!({ "content": "quick question" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    accepted["job"]["id"].as_str().unwrap().to_owned()
+}
+
 /// Sends one turn on each conversation with `key` at once and waits for all of them.
 pub(super) async fn run_turns(app: &TestApp, key: &str, conversations: &[String]) {
     let mut jobs = Vec::new();
     for conversation in conversations {
-        let accepted: serde_json::Value = app
-            .request_as(
-                key,
-                Method::POST,
-                &format!("/v1/conversations/{conversation}/messages"),
-            )
-            .json(&json!({ "content": "quick question" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        jobs.push(accepted["job"]["id"].as_str().unwrap().to_owned());
+        jobs.push(send_turn(app, key, conversation).await);
     }
     for job in jobs {
         assert_eq!(app.wait_for_job_as(key, &job).await["status"], "succeeded");
