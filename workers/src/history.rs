@@ -20,6 +20,8 @@ use chatq_common::db::jobs::ClaimedJob;
 use chatq_common::ids::ConversationId;
 use chatq_common::metrics as names;
 
+use crate::memory;
+
 /// A window: the newest messages of a conversation up to `last_seq`, oldest first, with their
 /// sequence numbers, without gaps.
 pub type Window = Arc<[(i64, ChatMessage)]>;
@@ -31,21 +33,26 @@ pub struct HistoryWindows {
 }
 
 impl HistoryWindows {
-    /// Keeps up to `max_bytes` of message text (`0`: keeps nothing, every turn reads its whole
-    /// window), and windows of `max_messages`.
+    /// Keeps windows of `max_messages` in up to `max_bytes` of memory (`0`: keeps nothing, every
+    /// turn reads its whole window).
     pub fn new(max_bytes: u64, max_messages: usize) -> Self {
         let windows = (max_bytes > 0).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|_: &ConversationId, window: &Window| {
-                    let bytes: usize = window.iter().map(|(_, m)| m.content.len() + 64).sum();
-                    u32::try_from(bytes).unwrap_or(u32::MAX)
-                })
+                .weigher(|_: &ConversationId, window: &Window| memory::weight(held_bytes(window)))
                 .build()
         });
         Self {
             windows,
             max_messages,
+        }
+    }
+
+    /// Applies the evictions the cache keeps pending (moka applies them a few at a time, as it is
+    /// used), so that what it holds is within its bound.
+    pub async fn settle(&self) {
+        if let Some(windows) = &self.windows {
+            windows.run_pending_tasks().await;
         }
     }
 
@@ -105,6 +112,17 @@ impl HistoryWindows {
         }
         job.history = window;
     }
+}
+
+/// The memory a window kept takes: its messages behind the `Arc`, their text and the cache's
+/// entry.
+fn held_bytes(window: &Window) -> usize {
+    memory::CACHE_ENTRY
+        + memory::arc_slice::<(i64, ChatMessage)>(window.len())
+        + window
+            .iter()
+            .map(|(_, message)| memory::string(&message.content))
+            .sum::<usize>()
 }
 
 #[cfg(test)]

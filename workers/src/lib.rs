@@ -17,6 +17,7 @@
 //! - [`cancel`]: cancelling a running job at its worker.
 //! - [`prompt`]: the system prompt and a bounded history window.
 //! - [`history`]: conversations' windows kept between turns, so a turn reads only new messages.
+//! - [`memory`]: what an entry of an in-memory cache really takes, for the caches' bounds.
 //! - [`events`]: publishing a job's events while it runs.
 //! - [`reconciler`]: rebuilding the JetStream queue from Postgres (unpublished jobs, a lost
 //!   stream, jobs of dead workers, copies lost while the stream survived).
@@ -45,6 +46,7 @@ pub mod fleet;
 pub mod history;
 pub mod leases;
 pub mod limits;
+pub mod memory;
 pub mod process;
 pub mod prompt;
 pub mod provider;

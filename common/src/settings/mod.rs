@@ -206,7 +206,7 @@ settings! {
         enabled / cache_enabled: bool = "true";
         /// Seconds a cached reply is served, in both tiers (a worker's memory and the shared NATS KV bucket).
         ttl_secs / cache_ttl_secs: u64 = "3600";
-        /// Most bytes of replies one worker keeps in memory; the least used go first beyond it.
+        /// Most bytes of memory one worker's kept replies take (their text, structure and the cache's own entry, as the allocator counts them); the least used go first beyond it.
         memory_bytes / cache_memory_bytes: u64 = "67108864";
         /// Whose requests share a cached reply: `tenant` (only the tenant's own) or `global` (every tenant's: for deployments whose tenants may see each other's replies).
         scope / cache_scope: CacheScope = "tenant";
@@ -216,7 +216,7 @@ settings! {
         semantic_threshold / cache_semantic_threshold: f64 = "0.95";
         /// The embedding model the semantic tier asks the provider's `/embeddings` for.
         semantic_model / cache_semantic_model: String = "text-embedding-3-small";
-        /// Most bytes of conversation history one worker keeps between turns, so that a conversation's next turn reads only its new messages from Postgres; `0` reads the whole window every turn.
+        /// Most bytes of memory one worker's kept conversation windows take (their text, structure and the cache's own entry), so that a conversation's next turn reads only its new messages from Postgres; `0` reads the whole window every turn.
         history_bytes / cache_history_bytes: u64 = "33554432";
     }
     /// How long finished work is kept in Postgres; a background sweep in every worker deletes the rest, in small batches.

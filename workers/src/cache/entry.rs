@@ -2,17 +2,23 @@
 //! deltas and terminal event as a reply read from the provider.
 
 use chatq_common::chat::Usage;
-use chatq_common::choices::{Choice, ChoiceDelta, FunctionCallDelta, ToolCallDelta};
+use std::mem::size_of;
+
+use chatq_common::choices::{Choice, ChoiceDelta, FunctionCallDelta, ToolCall, ToolCallDelta};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::call::Reply;
+use crate::memory;
 use crate::provider::{ReplyStream, StreamItem};
 
 /// Most delta events one choice's content is played back in.
 const MAX_PIECES: usize = 64;
 /// Fewest characters in a played-back piece (a word, at least).
 const MIN_PIECE_CHARS: usize = 16;
+/// How many times the length of its JSON text a `logprobs` value takes in memory (measured by
+/// `workers/tests/cache_memory.rs`, rounded up).
+const LOGPROBS_FACTOR: usize = 20;
 
 /// What the cache keeps of a reply: every choice, the usage and the model that answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,25 +37,17 @@ impl CachedReply {
         }
     }
 
-    /// Bytes the entry holds, as the memory tier weighs it (its JSON form, as stored).
+    /// The memory the entry takes in the memory tier: the reply behind its `Arc`, its choices
+    /// with their text, and the cache's own entry.
     pub fn weight(&self) -> u32 {
-        let bytes: usize = self
-            .choices
-            .iter()
-            .map(|c| {
-                let m = &c.message;
-                m.content.as_ref().map_or(0, String::len)
-                    + m.refusal.as_ref().map_or(0, String::len)
-                    + m.reasoning_content.as_ref().map_or(0, String::len)
-                    + m.tool_calls
-                        .iter()
-                        .map(|t| t.id.len() + t.function.name.len() + t.function.arguments.len())
-                        .sum::<usize>()
-                    + c.logprobs.as_ref().map_or(0, |l| l.to_string().len())
-                    + 64
-            })
-            .sum();
-        u32::try_from(bytes + self.model.len() + 64).unwrap_or(u32::MAX)
+        let choices: usize = self.choices.iter().map(choice_bytes).sum();
+        memory::weight(
+            memory::CACHE_ENTRY
+                + memory::allocation(2 * size_of::<usize>() + size_of::<Self>())
+                + memory::allocation(self.choices.capacity() * size_of::<Choice>())
+                + choices
+                + memory::string(&self.model),
+        )
     }
 
     /// The reply as the stream a provider would have sent: each choice's reasoning, content (in
@@ -133,6 +131,34 @@ fn pieces(text: &str) -> Vec<String> {
         out.push(current);
     }
     out
+}
+
+/// The heap memory of one choice of a kept reply.
+fn choice_bytes(choice: &Choice) -> usize {
+    let text = |text: &Option<String>| text.as_ref().map_or(0, memory::string);
+    let message = &choice.message;
+    let tool_calls: usize = message
+        .tool_calls
+        .iter()
+        .map(|call| {
+            memory::string(&call.id)
+                + memory::string(&call.kind)
+                + memory::string(&call.function.name)
+                + memory::string(&call.function.arguments)
+        })
+        .sum();
+    text(&message.content)
+        + text(&message.refusal)
+        + text(&message.reasoning_content)
+        + memory::allocation(message.tool_calls.capacity() * size_of::<ToolCall>())
+        + tool_calls
+        + memory::string(&choice.finish_reason)
+        // A JSON value in memory (a map per token, its strings and numbers) takes several
+        // times its text: `LOGPROBS_FACTOR` times.
+        + choice
+            .logprobs
+            .as_ref()
+            .map_or(0, |logprobs| LOGPROBS_FACTOR * logprobs.to_string().len())
 }
 
 #[cfg(test)]

@@ -115,20 +115,7 @@ impl ReplyCache {
             .get_key_value(topology.cache_flights_bucket())
             .await
             .context("cannot open the reply cache's flights bucket")?;
-        let memory = moka::future::Cache::builder()
-            .max_capacity(settings.memory_bytes)
-            .weigher(|_key, reply: &Arc<CachedReply>| reply.weight())
-            .time_to_live(ttl)
-            .eviction_listener(|_key, _reply, cause| {
-                let reason = match cause {
-                    RemovalCause::Size => "size",
-                    RemovalCause::Expired => "expired",
-                    RemovalCause::Explicit => "feedback",
-                    RemovalCause::Replaced => return,
-                };
-                metrics::counter!(names::CACHE_EVICTIONS, "reason" => reason).increment(1);
-            })
-            .build();
+        let memory = memory_tier(settings.memory_bytes, ttl);
         for reason in ["feedback", "size", "expired"] {
             metrics::counter!(names::CACHE_EVICTIONS, "reason" => reason).absolute(0);
         }
@@ -287,6 +274,28 @@ impl ReplyCache {
         self.memory.run_pending_tasks().await;
         metrics::gauge!(names::CACHE_MEMORY_BYTES).set(self.memory.weighted_size() as f64);
     }
+}
+
+/// The memory tier: replies kept up to `max_bytes` of memory for `ttl`, their evictions
+/// counted by reason.
+pub fn memory_tier(
+    max_bytes: u64,
+    ttl: Duration,
+) -> moka::future::Cache<CacheKey, Arc<CachedReply>> {
+    moka::future::Cache::builder()
+        .max_capacity(max_bytes)
+        .weigher(|_key, reply: &Arc<CachedReply>| reply.weight())
+        .time_to_live(ttl)
+        .eviction_listener(|_key, _reply, cause| {
+            let reason = match cause {
+                RemovalCause::Size => "size",
+                RemovalCause::Expired => "expired",
+                RemovalCause::Explicit => "feedback",
+                RemovalCause::Replaced => return,
+            };
+            metrics::counter!(names::CACHE_EVICTIONS, "reason" => reason).increment(1);
+        })
+        .build()
 }
 
 /// Drops replies from the memory tier as eviction notices arrive on `subscriber` (the ingress
