@@ -7,27 +7,29 @@
 //! beforehand (`POST /v1/conversations/{id}/messages`). The run is cut into windows (a minute by
 //! default): a window's loads start together and it ends once every request of it has been
 //! answered; then the resident memory (`VmRSS` in `/proc/<pid>/status`) of the ingress and of
-//! the worker is read. At the end the bench waits for every job to end and counts them by
+//! the worker is read, and the cores the machine was busy over the window, with how many of them
+//! went to no process the bench accounts for. At the end the bench waits for every job to end and counts them by
 //! status.
 //!
 //! The targets: every request answered as expected (200, 201, 202), every job succeeded, and
 //! each process's memory flat after the warm-up, growing by less than [`TARGET_GROWTH_MB`] over
 //! the second half of the run (its last 30 minutes by default).
 
-use std::fmt::Write as _;
+mod render;
+
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::args::GeneralArgs;
-use super::cpu::{CpuUsage, CpuWatch};
-use super::figures::{Percentiles, cpu_cost_line, cpu_line, latency_histogram, thousands};
-use super::machine::status_kib;
-use super::openloop::{self, OpenLoop, OpenLoopOutcome};
-use super::services::Services;
-use super::stack::{MockPlan, Stack, StackPlan, with_stack};
-use super::traffic::{Answer, completions_load, conversations_load, messages_load};
-use super::{fixtures, ledger, progress};
+use crate::args::GeneralArgs;
+use crate::cpu::{CpuUsage, CpuWatch};
+use crate::figures::{Percentiles, latency_histogram};
+use crate::machine::status_kib;
+use crate::openloop::{self, OpenLoop, OpenLoopOutcome};
+use crate::services::Services;
+use crate::stack::{MockPlan, Stack, StackPlan, with_stack};
+use crate::traffic::{Answer, completions_load, conversations_load, messages_load};
+use crate::{fixtures, ledger, progress};
 
 /// How much each process's resident memory may grow over the second half of the run.
 pub const TARGET_GROWTH_MB: f64 = 2.0;
@@ -81,6 +83,11 @@ pub struct SoakWindow {
     pub late: usize,
     pub ingress_rss_mb: f64,
     pub worker_rss_mb: f64,
+    /// Cores busy on the machine over the window, and how many of them outside every process
+    /// the bench accounts for (chatq, Postgres, NATS, the mock, the bench): a window slowed by
+    /// something else on the machine shows here.
+    pub busy_cores: f64,
+    pub other_cores: f64,
 }
 
 /// The requests of one load in one window, and how many were answered as expected.
@@ -143,11 +150,16 @@ pub async fn run(
         let mut whole_run = latency_histogram()?;
         let mut results = Vec::with_capacity(windows);
         for index in 0..windows {
+            let window_start = watch.sample();
             let window = run_window(stack, soak, window_secs, index, &mut whole_run).await?;
+            let cpu = watch.usage_since(&window_start);
+            let accounted: f64 = cpu.by_process.iter().map(|p| p.cores).sum();
             let window = SoakWindow {
                 minutes: started.elapsed().as_secs_f64() / 60.0,
                 ingress_rss_mb: resident_mb(stack, "ingress"),
                 worker_rss_mb: resident_mb(stack, "worker"),
+                busy_cores: cpu.machine_busy_cores,
+                other_cores: (cpu.machine_busy_cores - accounted).max(0.0),
                 ..window
             };
             stack.check_alive()?;
@@ -263,6 +275,8 @@ async fn run_window(
         messages: LoadCount::of(&messages, 202),
         ingress_rss_mb: 0.0,
         worker_rss_mb: 0.0,
+        busy_cores: 0.0,
+        other_cores: 0.0,
     })
 }
 
@@ -302,106 +316,5 @@ impl SoakWindow {
             .iter()
             .map(|load| load.answered_as_expected)
             .sum()
-    }
-
-    fn render(&self, out: &mut String) {
-        let count = |load: &LoadCount| {
-            format!(
-                "{} / {}",
-                thousands(load.answered_as_expected as f64),
-                thousands(load.sent as f64)
-            )
-        };
-        let _ = writeln!(
-            out,
-            "  {:>6.1}  {:>15}  {:>8.2} / {:>7.2}  {:>13}  {:>13}  {:>5}  {:>10.1}  {:>9.1}",
-            self.minutes,
-            count(&self.completions),
-            self.completion_ms.p50,
-            self.completion_ms.p99,
-            count(&self.conversations),
-            count(&self.messages),
-            self.late,
-            self.ingress_rss_mb,
-            self.worker_rss_mb,
-        );
-        for (name, load) in [
-            ("completions", &self.completions),
-            ("conversations", &self.conversations),
-            ("messages", &self.messages),
-        ] {
-            if let Some(answers) = &load.unexpected {
-                let _ = writeln!(out, "          {name}: {answers}");
-            }
-        }
-    }
-}
-
-impl SoakResult {
-    pub fn render(&self, out: &mut String) {
-        let verdict = |met: bool| if met { "met" } else { "MISSED" };
-        let _ = writeln!(
-            out,
-            "\nSOAK: {} min of mixed traffic on one ingress and one worker, mock latency {} ms; each second (open loop): {} non-streaming chat completions, {} new conversations, {} first messages",
-            self.minutes,
-            self.mock_ms,
-            thousands(self.completions_rate),
-            thousands(self.conversations_rate),
-            thousands(self.conversations_rate),
-        );
-        let _ = writeln!(
-            out,
-            "  {:>6}  {:>15}  {:>18}  {:>13}  {:>13}  {:>5}  {:>10}  {:>9}",
-            "minute",
-            "completions 200",
-            "p50 / p99 ms",
-            "convers. 201",
-            "messages 202",
-            "late",
-            "ingress MB",
-            "worker MB",
-        );
-        for window in &self.windows {
-            window.render(out);
-        }
-        let _ = writeln!(
-            out,
-            "  completions, whole run, ms: {} (the provider's own: {} ms)",
-            self.completion_ms, self.mock_ms
-        );
-        let _ = writeln!(
-            out,
-            "  requests answered as expected: {} of {} (target: all): {}",
-            thousands(self.answered_as_expected as f64),
-            thousands(self.sent as f64),
-            verdict(self.answered_as_expected == self.sent),
-        );
-        let _ = writeln!(
-            out,
-            "  jobs after the run{}: {}; succeeded {} of the {} the answers promise (target: all): {}",
-            if self.drained { "" } else { " (NOT all ended)" },
-            self.jobs,
-            thousands(self.jobs_succeeded as f64),
-            thousands(self.jobs_expected as f64),
-            verdict(self.drained && self.jobs_succeeded >= self.jobs_expected),
-        );
-        let flat =
-            self.ingress_growth_mb < TARGET_GROWTH_MB && self.worker_growth_mb < TARGET_GROWTH_MB;
-        let _ = writeln!(
-            out,
-            "  resident memory over the second half: ingress {:+.1} MB, worker {:+.1} MB (target < {TARGET_GROWTH_MB} MB each): {}",
-            self.ingress_growth_mb,
-            self.worker_growth_mb,
-            verdict(flat),
-        );
-        let _ = writeln!(out, "  CPU: {}", cpu_line(&self.cpu));
-        let _ = writeln!(
-            out,
-            "  CPU per request, ms: {}",
-            cpu_cost_line(
-                &self.cpu,
-                self.answered_as_expected as f64 / self.cpu.seconds.max(1e-3)
-            )
-        );
     }
 }
