@@ -75,6 +75,7 @@ mod spike;
 mod sse;
 mod sse_frames;
 mod stack;
+mod stages;
 mod subscribers;
 mod traffic;
 mod ttft;

@@ -122,6 +122,9 @@ pub struct OpenLoopOutcome {
     pub sent: Vec<Sent>,
     /// From the start of the clock to the last answer.
     pub elapsed: Duration,
+    /// The start of the clock on the wall, to place `sent` and `answered` beside the times
+    /// Postgres records (same machine, same clock).
+    pub started_wall: std::time::SystemTime,
 }
 
 impl OpenLoopOutcome {
@@ -185,6 +188,7 @@ struct Shared {
     capture_header: Option<&'static str>,
     timeout: Duration,
     start: Instant,
+    started_wall: std::time::SystemTime,
     idle: Mutex<Vec<Connection>>,
     records: Mutex<Vec<Sent>>,
     done: AtomicU64,
@@ -215,6 +219,7 @@ pub async fn run(plan: OpenLoop) -> anyhow::Result<OpenLoopOutcome> {
         capture_header: plan.capture_header,
         timeout: plan.timeout,
         start: Instant::now(),
+        started_wall: std::time::SystemTime::now(),
         idle: Mutex::new(warm),
         records: Mutex::new(Vec::with_capacity(total)),
         done: AtomicU64::new(0),
@@ -276,7 +281,11 @@ pub async fn run(plan: OpenLoop) -> anyhow::Result<OpenLoopOutcome> {
         .map(|record| record.answered)
         .max()
         .unwrap_or_default();
-    Ok(OpenLoopOutcome { sent, elapsed })
+    Ok(OpenLoopOutcome {
+        sent,
+        elapsed,
+        started_wall: shared.started_wall,
+    })
 }
 
 /// Sends one request and reads its answer, within the timeout.

@@ -20,6 +20,7 @@ use super::figures::Percentiles;
 use super::phase::{self, PhaseSummary};
 use super::services::Services;
 use super::stack::{MockPlan, Stack, StackPlan, with_stack};
+use super::stages::Stages;
 use super::traffic::{Answer, completions_load, job_ids};
 use super::{ledger, openloop};
 
@@ -66,6 +67,8 @@ pub struct OverheadResult {
     pub job_wait_ms: Percentiles,
     /// Per job, the provider call as the worker timed it.
     pub job_upstream_ms: Percentiles,
+    /// Where each request's time went.
+    pub stages: Stages,
 }
 
 /// Runs the scenario on a stack of its own (mock, ingress, workers).
@@ -143,6 +146,7 @@ pub async fn run(
             .collect();
         let waits: Vec<f64> = jobs.iter().filter_map(|job| job.wait_ms).collect();
         let upstreams: Vec<f64> = upstream.values().copied().collect();
+        let stages = Stages::of(&stack.scratch.pool, &outcome).await?;
         Ok(OverheadResult {
             mock_ms: overhead.mock_ms,
             workers: args.workers,
@@ -154,6 +158,7 @@ pub async fn run(
             per_request_added_ms: Percentiles::of_millis(&per_request)?,
             job_wait_ms: Percentiles::of_millis(&waits)?,
             job_upstream_ms: Percentiles::of_millis(&upstreams)?,
+            stages,
         })
     })
     .await
@@ -182,16 +187,7 @@ impl OverheadResult {
             "  added by chatq, per request (latency − its job's provider call): {}",
             self.per_request_added_ms
         );
-        let _ = writeln!(
-            out,
-            "  the jobs, as recorded: queue wait (created → started) {}",
-            self.job_wait_ms
-        );
-        let _ = writeln!(
-            out,
-            "                         provider call seen by the worker {}",
-            self.job_upstream_ms
-        );
+        self.stages.render(out);
         let _ = writeln!(
             out,
             "  CPU per request through chatq, ms: {}",

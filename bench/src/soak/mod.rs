@@ -28,6 +28,7 @@ use crate::machine::status_kib;
 use crate::openloop::{self, OpenLoop, OpenLoopOutcome};
 use crate::services::Services;
 use crate::stack::{MockPlan, Stack, StackPlan, with_stack};
+use crate::stages::Stages;
 use crate::traffic::{Answer, completions_load, conversations_load, messages_load};
 use crate::{fixtures, ledger, progress};
 
@@ -88,6 +89,8 @@ pub struct SoakWindow {
     /// something else on the machine shows here.
     pub busy_cores: f64,
     pub other_cores: f64,
+    /// Where each completion's time went.
+    pub completion_stages: Stages,
 }
 
 /// The requests of one load in one window, and how many were answered as expected.
@@ -257,6 +260,7 @@ async fn run_window(
         openloop::run(conversations),
         openloop::run(messages),
     )?;
+    let completion_stages = Stages::of(&stack.scratch.pool, &completions).await?;
     let answered: Vec<Duration> = completions
         .with_status(200)
         .filter(|sent| sent.error.is_none())
@@ -277,6 +281,7 @@ async fn run_window(
         worker_rss_mb: 0.0,
         busy_cores: 0.0,
         other_cores: 0.0,
+        completion_stages,
     })
 }
 

@@ -74,6 +74,10 @@ impl SoakResult {
             "  completions, whole run, ms: {} (the provider's own: {} ms)",
             self.completion_ms, self.mock_ms
         );
+        if let Some(last) = self.windows.last() {
+            let _ = writeln!(out, "  completions of the last window:");
+            last.completion_stages.render(out);
+        }
         let _ = writeln!(
             out,
             "  requests answered as expected: {} of {} (target: all): {}",
