@@ -1,6 +1,12 @@
 //! The in-memory caches stay within their byte bounds in the process's memory, as the allocator
 //! counts it, not only in the text they hold: a worker's memory is what an operator sizes.
 
+#![expect(
+    clippy::expect_used,
+    clippy::print_stderr,
+    reason = "in tests, a step that fails is the test failing, and the figures measured are shown"
+)]
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
