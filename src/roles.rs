@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chatq_common::settings::{DatabasePooler, ProviderKind};
+use chatq_common::db::Db;
+use chatq_common::settings::ProviderKind;
 use chatq_common::topology::Topology;
 use chatq_common::{Settings, db, nats};
 use chatq_ingress::Application;
@@ -36,13 +37,6 @@ pub async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = %settings.nats.namespace, "chatq {} starting", roles.name());
     #[cfg(feature = "fault-injection")]
     chatq_common::fault::arm(&settings.faults);
-    anyhow::ensure!(
-        settings.database.pooler == DatabasePooler::None,
-        "CHATQ_DATABASE_POOLER=transaction is for `chatq migrate` and `chatq keys` only: the \
-         ingress and workers need whole Postgres sessions. Point them at Postgres directly or at \
-         a pooler in session mode (PgBouncer pool_mode = session)."
-    );
-
     let pool = db::connect(&settings.database).await?;
     db::migrate(&pool).await?;
     tracing::info!(database = %settings.database.url_for_logs(), "Postgres connected, schema up to date");
@@ -88,7 +82,7 @@ pub async fn serve(settings: Settings, roles: Roles) -> anyhow::Result<()> {
 
 async fn run_ingress(
     settings: Arc<Settings>,
-    pool: sqlx::PgPool,
+    pool: Db,
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -100,7 +94,7 @@ async fn run_ingress(
 
 async fn run_worker(
     settings: Arc<Settings>,
-    pool: sqlx::PgPool,
+    pool: Db,
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -111,7 +105,7 @@ async fn run_worker(
 }
 
 /// On an empty database, creates a development key and shows it once, with a command to try.
-async fn bootstrap_development_key(pool: &sqlx::PgPool, addr: SocketAddr) -> anyhow::Result<()> {
+async fn bootstrap_development_key(pool: &Db, addr: SocketAddr) -> anyhow::Result<()> {
     if db::keys::any_key_exists(pool).await? {
         return Ok(());
     }

@@ -17,9 +17,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use chatq_common::db::Db;
 use chatq_common::job::Lane;
 use serde::Serialize;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::args::GeneralArgs;
@@ -207,7 +207,7 @@ pub async fn run(
 
 /// Waits for the probe's jobs to end and reads their queue waits.
 async fn probe_waits(
-    pool: &PgPool,
+    pool: &Db,
     phase: PhaseSummary,
     conversations: &[Uuid],
 ) -> anyhow::Result<Probe> {
@@ -223,7 +223,7 @@ async fn probe_waits(
 
 /// Counts the tenant's queued jobs until a count fails, keeping the fewest in `least`; runs
 /// until the caller stops polling it, and returns only the error that stopped it.
-async fn watch_backlog(pool: &PgPool, tenant: Uuid, least: &mut i64) -> anyhow::Error {
+async fn watch_backlog(pool: &Db, tenant: Uuid, least: &mut i64) -> anyhow::Error {
     loop {
         match ledger::count_of_tenant(pool, tenant, "queued").await {
             Ok(queued) => *least = (*least).min(queued),

@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use chatq_common::chat::{ChatMessage, GenerationParams, Role};
+use chatq_common::db::Db;
 use chatq_common::db::conversations;
 use chatq_common::db::jobs::{self, NewJob};
 use chatq_common::ids::{JobId, TenantId};
 use chatq_common::job::{JobRequest, Lane};
 use chatq_common::queue::publish_job;
 use futures::{StreamExt as _, TryStreamExt as _};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::progress;
@@ -32,7 +32,7 @@ const INSERT_CHUNK: usize = 50_000;
 /// # Errors
 /// Database errors.
 pub async fn create_conversations(
-    pool: &PgPool,
+    pool: &Db,
     tenant: Uuid,
     count: usize,
 ) -> anyhow::Result<Vec<Uuid>> {
@@ -116,7 +116,7 @@ pub async fn queue_completions(
 ///
 /// # Errors
 /// Database errors.
-pub async fn active_jobs(pool: &PgPool) -> anyhow::Result<i64> {
+pub async fn active_jobs(pool: &Db) -> anyhow::Result<i64> {
     let count = sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM jobs WHERE status IN ('queued', 'running')"#
     )
@@ -143,7 +143,7 @@ pub struct JobOutcomes {
 ///
 /// # Errors
 /// Database errors.
-pub async fn job_outcomes(pool: &PgPool, conversations: &[Uuid]) -> anyhow::Result<JobOutcomes> {
+pub async fn job_outcomes(pool: &Db, conversations: &[Uuid]) -> anyhow::Result<JobOutcomes> {
     let rows = sqlx::query!(
         r#"SELECT status,
                   extract(epoch FROM created_at)::float8 AS "created_s!",

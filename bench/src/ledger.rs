@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sqlx::PgPool;
+use chatq_common::db::Db;
 use uuid::Uuid;
 
 use super::figures::thousands;
@@ -35,7 +35,7 @@ pub struct JobRecord {
 ///
 /// # Errors
 /// Database errors.
-pub async fn jobs_by_id(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec<JobRecord>> {
+pub async fn jobs_by_id(pool: &Db, ids: &[Uuid]) -> anyhow::Result<Vec<JobRecord>> {
     sqlx::query_as(
         "SELECT id, conversation_id, status,
                 extract(epoch FROM started_at - created_at)::float8 * 1000 AS wait_ms,
@@ -53,7 +53,7 @@ pub async fn jobs_by_id(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec<JobRe
 /// # Errors
 /// Database errors.
 pub async fn jobs_of_conversations(
-    pool: &PgPool,
+    pool: &Db,
     conversations: &[Uuid],
 ) -> anyhow::Result<Vec<JobRecord>> {
     sqlx::query_as(
@@ -73,7 +73,7 @@ pub async fn jobs_of_conversations(
 /// # Errors
 /// Database errors.
 pub async fn jobs_of_conversations_ended(
-    pool: &PgPool,
+    pool: &Db,
     conversations: &[Uuid],
     timeout: Duration,
 ) -> anyhow::Result<Vec<JobRecord>> {
@@ -93,7 +93,7 @@ pub async fn jobs_of_conversations_ended(
 ///
 /// # Errors
 /// Database errors.
-pub async fn drain(pool: &PgPool, started: Instant, timeout: Duration) -> anyhow::Result<bool> {
+pub async fn drain(pool: &Db, started: Instant, timeout: Duration) -> anyhow::Result<bool> {
     let spinner = progress::step("draining");
     loop {
         let active = fixtures::active_jobs(pool).await?;
@@ -114,7 +114,7 @@ pub async fn drain(pool: &PgPool, started: Instant, timeout: Duration) -> anyhow
 ///
 /// # Errors
 /// Database errors.
-pub async fn count(pool: &PgPool, lane: Option<&str>, status: &str) -> anyhow::Result<i64> {
+pub async fn count(pool: &Db, lane: Option<&str>, status: &str) -> anyhow::Result<i64> {
     sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE status = $1 AND ($2::text IS NULL OR lane = $2)",
     )
@@ -129,7 +129,7 @@ pub async fn count(pool: &PgPool, lane: Option<&str>, status: &str) -> anyhow::R
 ///
 /// # Errors
 /// Database errors.
-pub async fn count_of_tenant(pool: &PgPool, tenant: Uuid, status: &str) -> anyhow::Result<i64> {
+pub async fn count_of_tenant(pool: &Db, tenant: Uuid, status: &str) -> anyhow::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = $1 AND tenant_id = $2")
         .bind(status)
         .bind(tenant)
@@ -142,7 +142,7 @@ pub async fn count_of_tenant(pool: &PgPool, tenant: Uuid, status: &str) -> anyho
 ///
 /// # Errors
 /// Database errors.
-pub async fn count_by_status(pool: &PgPool) -> anyhow::Result<BTreeMap<String, u64>> {
+pub async fn count_by_status(pool: &Db) -> anyhow::Result<BTreeMap<String, u64>> {
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT status::text, count(*) FROM jobs GROUP BY status")
             .fetch_all(pool)

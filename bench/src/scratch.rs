@@ -7,12 +7,12 @@
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use chatq_common::db::Db;
 use chatq_common::settings::{DatabasePooler, DatabaseSettings};
 use chatq_common::settings::{Namespace, SettingValue as _};
 use chatq_common::topology::Topology;
 use futures::TryStreamExt as _;
 use secrecy::SecretString;
-use sqlx::PgPool;
 use sqlx::migrate::MigrateDatabase as _;
 
 use super::services::Services;
@@ -26,7 +26,7 @@ pub struct Scratch {
     /// The scratch database's URL, for the chatq processes.
     pub database_url: String,
     /// The bench's own connections to it.
-    pub pool: PgPool,
+    pub pool: Db,
     pub namespace: Namespace,
     pub topology: Topology,
     pub nats: async_nats::Client,

@@ -14,8 +14,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use chatq_common::db::Db;
 use chatq_common::job::Lane;
-use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -497,7 +497,7 @@ pub async fn with_stack<T>(
 ///
 /// # Errors
 /// No such tenant, or a database error.
-async fn tenant_id(pool: &PgPool, name: &str) -> anyhow::Result<Uuid> {
+async fn tenant_id(pool: &Db, name: &str) -> anyhow::Result<Uuid> {
     sqlx::query_scalar!("SELECT id FROM tenants WHERE name = $1", name)
         .fetch_optional(pool)
         .await?

@@ -20,8 +20,8 @@ use std::fmt::Write as _;
 use std::time::UNIX_EPOCH;
 
 use anyhow::Context as _;
+use chatq_common::db::Db;
 use serde::Serialize;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::figures::Percentiles;
@@ -53,7 +53,7 @@ impl Stages {
     ///
     /// # Errors
     /// Database errors; no request was answered with a finished job.
-    pub async fn of(pool: &PgPool, outcome: &OpenLoopOutcome) -> anyhow::Result<Self> {
+    pub async fn of(pool: &Db, outcome: &OpenLoopOutcome) -> anyhow::Result<Self> {
         let answered: Vec<_> = outcome
             .with_status(200)
             .filter(|sent| sent.error.is_none())

@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatq_common::api_key::hash_key;
+use chatq_common::db::Db;
 use chatq_common::db::keys::{self, KeyOwner};
 use chatq_common::settings::LimitSettings;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
@@ -42,7 +42,7 @@ const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 /// The key caches, the lookup bound and the per-peer failure budget of one ingress.
 #[derive(Clone)]
 pub struct KeyDirectory {
-    pool: PgPool,
+    pool: Db,
     known: moka::future::Cache<[u8; 32], KeyOwner>,
     unknown: moka::future::Cache<[u8; 32], ()>,
     lookups: Arc<Semaphore>,
@@ -59,7 +59,7 @@ enum Missing {
 }
 
 impl KeyDirectory {
-    pub fn new(pool: PgPool, limits: &LimitSettings) -> Self {
+    pub fn new(pool: Db, limits: &LimitSettings) -> Self {
         let failures = limits
             .auth_failures_per_min
             .and_then(NonZeroU32::new)

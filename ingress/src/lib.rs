@@ -76,6 +76,7 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::http::HeaderName;
 use chatq_common::Settings;
+use chatq_common::db::Db;
 use chatq_common::settings::ProviderKind;
 use chatq_common::topology::Topology;
 use tokio::net::TcpListener;
@@ -112,7 +113,7 @@ impl Application {
     /// The address cannot be bound.
     pub async fn build(
         settings: &Settings,
-        pool: sqlx::PgPool,
+        pool: Db,
         nats: async_nats::Client,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.ingress.http_addr)

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use chatq_common::db::Db;
 use chatq_common::db::jobs;
 use chatq_common::ids::JobId;
 use tokio::sync::mpsc;
@@ -29,7 +30,7 @@ impl PublishedMarks {
     /// Starts the batching task; it flushes and ends when `shutdown` is cancelled and every
     /// sender is gone.
     pub fn start(
-        pool: sqlx::PgPool,
+        pool: Db,
         tracker: &tokio_util::task::TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -47,7 +48,7 @@ impl PublishedMarks {
     }
 }
 
-async fn run(pool: sqlx::PgPool, mut receiver: mpsc::Receiver<Uuid>, shutdown: CancellationToken) {
+async fn run(pool: Db, mut receiver: mpsc::Receiver<Uuid>, shutdown: CancellationToken) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = tokio::select! {

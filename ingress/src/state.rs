@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use chatq_common::batch::Batcher;
+use chatq_common::db::Db;
 use chatq_common::db::jobs::{NewJob, Recorded};
 use chatq_common::settings::LimitSettings;
 use chatq_common::topology::Topology;
-use sqlx::PgPool;
 
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +35,7 @@ pub struct AppState {
     /// Short background tasks a request leaves behind (a cancel after its client went away);
     /// shutdown waits for them.
     pub tasks: tokio_util::task::TaskTracker,
-    pub pool: PgPool,
+    pub pool: Db,
     pub nats: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,
     pub topology: Topology,

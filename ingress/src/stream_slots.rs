@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use chatq_common::db::Db;
 use chatq_common::db::quotas::{self, OverQuota, Quota};
 use chatq_common::ids::TenantId;
-use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
@@ -34,7 +34,7 @@ pub struct StreamSlots {
     open: Arc<Mutex<HashMap<TenantId, u32>>>,
     /// Each tenant's override as last read, and when.
     overrides: Arc<Mutex<HashMap<TenantId, ReadOverride>>>,
-    pool: PgPool,
+    pool: Db,
 }
 
 /// One open stream: gives its slot back when dropped.
@@ -57,7 +57,7 @@ impl Drop for StreamSlot {
 }
 
 impl StreamSlots {
-    pub fn new(max_total: usize, per_tenant: Option<u32>, pool: PgPool) -> Self {
+    pub fn new(max_total: usize, per_tenant: Option<u32>, pool: Db) -> Self {
         Self {
             total: Arc::new(Semaphore::new(max_total)),
             max_total,

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use axum::http::HeaderMap;
+use chatq_common::db::Db;
 use chatq_common::db::jobs;
 use chatq_common::events::JobView;
 use chatq_common::ids::JobId;
@@ -22,7 +23,7 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 /// A wait for one job's end, begun before the job could end.
 pub struct JobWait {
     job: JobId,
-    pool: sqlx::PgPool,
+    pool: Db,
     /// `None` when NATS cannot be reached: the wait polls Postgres instead.
     cursor: Option<HubCursor>,
 }

@@ -3,14 +3,14 @@
 //! each job up by its key. Counted in the rows Postgres reports reading, not in time.
 
 use chatq_common::chat::GenerationParams;
+use chatq_common::db::Db;
 use chatq_common::db::jobs::{ClaimRequest, claim};
 use chatq_common::ids::JobId;
 use chatq_common::job::JobRequest;
-use secrecy::ExposeSecret as _;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-use crate::helpers::{TestOptions, spawn_app_with};
+use crate::helpers::{TestOptions, database_url, spawn_app_with};
 
 const QUEUED: i64 = 3_000;
 
@@ -65,7 +65,7 @@ async fn a_claim_reads_its_jobs_not_the_whole_queue_when_statistics_are_stale() 
     // One connection, so the statistics read are those of the claim's statements.
     let connection = PgPoolOptions::new()
         .max_connections(1)
-        .connect(app.settings.database.url.expose_secret())
+        .connect(&database_url(&app.database))
         .await
         .unwrap();
     // A worker's connection runs the claim over and over, so Postgres soon plans it once for
@@ -80,9 +80,16 @@ async fn a_claim_reads_its_jobs_not_the_whole_queue_when_statistics_are_stale() 
                 known_seq: 0,
             })
             .collect();
-        let claimed = claim(&connection, &asked, "w1", 30.0, 10, None)
-            .await
-            .unwrap();
+        let claimed = claim(
+            &Db::direct(connection.clone()),
+            &asked,
+            "w1",
+            30.0,
+            10,
+            None,
+        )
+        .await
+        .unwrap();
         assert!(claimed.iter().all(Result::is_ok), "{claimed:?}");
         let read = jobs_rows_read(&connection).await - before;
         assert!(

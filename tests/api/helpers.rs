@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatq_common::Settings;
-use chatq_common::settings::{ProviderKind, SettingValue};
+use chatq_common::db::Db;
+use chatq_common::settings::{DatabasePooler, ProviderKind, SettingValue};
 use chatq_common::topology::Topology;
 use chatq_ingress::Application;
 use chatq_mock_llm::{MockConfig, MockLlm};
@@ -30,7 +31,7 @@ pub use pgbouncer::{PgBouncer, host_and_port};
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -59,9 +60,25 @@ fn database_url_on(admin: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
+/// Whether every test's chatq reaches Postgres through a PgBouncer of its own in transaction
+/// mode (`CQTEST_THROUGH_POOLER=1`; `scripts/test` runs part of the suite so).
+pub fn through_pgbouncer() -> bool {
+    std::env::var("CQTEST_THROUGH_POOLER").is_ok_and(|value| value == "1")
+}
+
+/// Server sessions the PgBouncer in front of a test's chatq lends out: fewer than chatq's 10
+/// connections, so that one statement after another reaches another session, and enough for the
+/// tests that hold three transactions open while a fourth session watches their locks.
+const PGBOUNCER_SESSIONS: usize = 4;
+
 /// Creates the database `name` on the test server.
 pub async fn create_database(name: &str) {
-    let mut admin = PgConnection::connect(&admin_database_url())
+    create_database_on(&admin_database_url(), name).await;
+}
+
+/// Creates the database `name` on the server of the admin URL `admin`.
+async fn create_database_on(admin: &str, name: &str) {
+    let mut admin = PgConnection::connect(admin)
         .await
         .expect("the test Postgres is reachable");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
@@ -104,7 +121,7 @@ impl Default for TestOptions {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
-    pub pool: PgPool,
+    pub pool: Db,
     pub nats: async_nats::Client,
     pub settings: Arc<Settings>,
     pub topology: Topology,
@@ -114,6 +131,8 @@ pub struct TestApp {
     pub database: String,
     /// The admin URL of the server `database` is on, to drop it.
     admin_url: String,
+    /// The PgBouncer chatq reaches Postgres through, when the run asks for one.
+    pooler: Option<PgBouncer>,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -140,7 +159,20 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     };
     let mut settings = Settings::default();
     settings.ingress.http_addr = "127.0.0.1:0".parse().unwrap();
-    settings.database.url = SecretString::from(database_url_on(&admin_url, &database));
+    let direct_url = database_url_on(&admin_url, &database);
+    // Through a pooler in transaction mode, chatq cannot create its database: it is made here.
+    let pooler = if through_pgbouncer() {
+        create_database_on(&admin_url, &database).await;
+        let (host, port) = host_and_port(&admin_url);
+        let pooler =
+            PgBouncer::start_with_sessions((host.as_str(), port), PGBOUNCER_SESSIONS).await;
+        settings.database.pooler = DatabasePooler::Transaction;
+        settings.database.url = SecretString::from(pooler.url_for(&direct_url));
+        Some(pooler)
+    } else {
+        settings.database.url = SecretString::from(direct_url);
+        None
+    };
     settings.database.max_connections = 10;
     settings.nats.url = nats_url().parse().expect("CQTEST_NATS_URL is a NATS URL");
     settings.nats.namespace = SettingValue::parse_setting(&unique("cqt")).unwrap();
@@ -210,6 +242,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         mock,
         database,
         admin_url,
+        pooler,
         settings,
         shutdown,
         tasks,
@@ -404,6 +437,7 @@ impl TestApp {
         }
         self.delete_streams().await;
         self.pool.close().await;
+        drop(self.pooler.take());
         if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
             let drop_sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database);
             drop(

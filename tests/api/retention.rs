@@ -9,8 +9,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use chatq_common::db::Db;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, TestOptions, id_of, spawn_app_with};
@@ -24,7 +24,7 @@ fn uuid_of(id: &str) -> Uuid {
 }
 
 /// Moves a job's end `hours` into the past, with the status it ends up in.
-async fn age_job(pool: &PgPool, job: Uuid, status: &str, hours: f64) {
+async fn age_job(pool: &Db, job: Uuid, status: &str, hours: f64) {
     sqlx::query(
         "UPDATE jobs SET status = $2, finished_at = now() - make_interval(secs => $3)
           WHERE id = $1",
@@ -38,7 +38,7 @@ async fn age_job(pool: &PgPool, job: Uuid, status: &str, hours: f64) {
 }
 
 /// Moves a conversation's last activity `hours` into the past.
-async fn idle_conversation(pool: &PgPool, conversation: Uuid, hours: f64) {
+async fn idle_conversation(pool: &Db, conversation: Uuid, hours: f64) {
     sqlx::query(
         "UPDATE conversations SET last_activity_at = now() - make_interval(secs => $2)
           WHERE id = $1",
@@ -50,7 +50,7 @@ async fn idle_conversation(pool: &PgPool, conversation: Uuid, hours: f64) {
     .unwrap();
 }
 
-async fn ids(pool: &PgPool, sql: &'static str) -> BTreeSet<Uuid> {
+async fn ids(pool: &Db, sql: &'static str) -> BTreeSet<Uuid> {
     sqlx::query_scalar::<_, Uuid>(sql)
         .fetch_all(pool)
         .await
@@ -203,7 +203,7 @@ async fn the_sweep_deletes_exactly_what_has_expired_while_traffic_runs() {
 }
 
 /// Moves a batch's end (`completed_at`) `hours` into the past.
-async fn age_batch(pool: &PgPool, batch: Uuid, hours: f64) {
+async fn age_batch(pool: &Db, batch: Uuid, hours: f64) {
     sqlx::query(
         "UPDATE batches SET completed_at = now() - make_interval(secs => $2) WHERE id = $1",
     )

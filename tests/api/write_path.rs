@@ -97,7 +97,10 @@ impl Fixture {
 }
 
 /// A conversation's messages, in order: sequence number, role, content.
-async fn messages(pool: &sqlx::PgPool, conversation: ConversationId) -> Vec<(i64, String, String)> {
+async fn messages(
+    pool: &chatq_common::db::Db,
+    conversation: ConversationId,
+) -> Vec<(i64, String, String)> {
     sqlx::query_as(
         "SELECT seq, role, content FROM messages WHERE conversation_id = $1 ORDER BY seq",
     )

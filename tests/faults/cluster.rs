@@ -63,6 +63,7 @@ async fn a_node_killed_mid_run_loses_nothing(name: &str, victim: Victim) {
                 ("CHATQ_STREAM_REPLICAS", NODES.to_string()),
                 ("CHATQ_PROVIDER_RPM", (RATE * 60).to_string()),
             ],
+            ..StackOptions::default()
         },
     )
     .await;

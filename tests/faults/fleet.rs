@@ -88,6 +88,7 @@ async fn a_fleet_of_one_two_and_four_workers_holds_the_provider_rate() {
                 ("CHATQ_PROVIDER_RPM", (RATE * 60).to_string()),
                 ("CHATQ_WORKER_HEARTBEAT_SECS", "1".into()),
             ],
+            ..StackOptions::default()
         },
     )
     .await;
@@ -139,6 +140,7 @@ async fn when_one_of_three_workers_dies_the_others_take_over_its_share() {
             ("CHATQ_PROVIDER_RPM", (RATE * 60).to_string()),
             ("CHATQ_WORKER_HEARTBEAT_SECS", "1".into()),
         ],
+        ..StackOptions::default()
     };
     let mut stack = Stack::start("fleet_death", stack_options).await;
     let conversations = stack.client.create_conversations(1200).await;
@@ -208,6 +210,7 @@ async fn pausing_one_worker_keeps_the_fleet_within_its_limit(name: &str, workers
                 // Leases last three heartbeats: 3 s.
                 ("CHATQ_WORKER_HEARTBEAT_SECS", "1".into()),
             ],
+            ..StackOptions::default()
         },
     )
     .await;
@@ -283,6 +286,7 @@ async fn the_fleet_never_has_more_requests_in_flight_than_the_limit() {
                 ("CHATQ_PROVIDER_MAX_CONCURRENCY", LIMIT.to_string()),
                 ("CHATQ_WORKER_HEARTBEAT_SECS", "1".into()),
             ],
+            ..StackOptions::default()
         },
     )
     .await;
@@ -341,6 +345,7 @@ async fn large_prompts_stay_within_the_fleets_tokens_per_minute() {
                 ("CHATQ_PROVIDER_TPM", TPM.to_string()),
                 ("CHATQ_WORKER_HEARTBEAT_SECS", "1".into()),
             ],
+            ..StackOptions::default()
         },
     )
     .await;
@@ -406,6 +411,7 @@ async fn a_limit_nobody_configured_is_found_without_failing_jobs() {
                 ..quick_provider()
             },
             settings: Vec::new(),
+            ..StackOptions::default()
         },
     )
     .await;

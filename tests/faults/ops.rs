@@ -124,6 +124,7 @@ async fn prometheus_fires_the_queue_wait_alert_under_load() {
                 ..MockConfig::default()
             },
             settings: limit_settings(),
+            ..StackOptions::default()
         },
     )
     .await;

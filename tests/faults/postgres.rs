@@ -10,10 +10,24 @@ use crate::ledger::settle;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_loses_nothing() {
+    restart_while_jobs_run("postgres_restart", false).await;
+}
+
+/// The same behind PgBouncer in transaction mode: the pooler loses its server sessions in the
+/// crash, and every chatq connection's transaction in flight with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_behind_pgbouncer_loses_nothing() {
+    restart_while_jobs_run("postgres_restart_pooled", true).await;
+}
+
+/// Crashes Postgres while 300 messages are sent and answered, and checks the ledger once it is
+/// back: every accepted job ran once and succeeded.
+async fn restart_while_jobs_run(name: &str, through_pgbouncer: bool) {
     const JOBS: usize = 300;
     let stack = Stack::start(
-        "postgres_restart",
+        name,
         StackOptions {
+            through_pgbouncer,
             workers: 2,
             worker_concurrency: 16,
             mock: MockConfig {

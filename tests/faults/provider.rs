@@ -30,6 +30,7 @@ async fn provider_error_storms_back_off_and_recover() {
                 ..healthy.clone()
             },
             settings: vec![("CHATQ_JOB_MAX_ATTEMPTS", "20".into())],
+            ..StackOptions::default()
         },
     )
     .await;

@@ -92,6 +92,7 @@ async fn a_stopped_worker_hands_back_what_it_cannot_finish() {
                 ..MockConfig::default()
             },
             settings: vec![("CHATQ_SHUTDOWN_GRACE_SECS", grace.as_secs().to_string())],
+            ..StackOptions::default()
         },
     )
     .await;
@@ -147,6 +148,7 @@ async fn a_stopped_worker_finishes_what_it_holds_within_its_grace_period() {
                 ..MockConfig::default()
             },
             settings: vec![("CHATQ_SHUTDOWN_GRACE_SECS", "10".into())],
+            ..StackOptions::default()
         },
     )
     .await;
@@ -250,6 +252,7 @@ async fn in_progress_acks_keep_a_long_call_on_one_worker() {
                 ..MockConfig::default()
             },
             settings: vec![("CHATQ_JOB_ACK_WAIT_SECS", ack_wait.as_secs().to_string())],
+            ..StackOptions::default()
         },
     )
     .await;

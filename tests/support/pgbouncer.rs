@@ -25,8 +25,15 @@ pub struct PgBouncer {
 
 impl PgBouncer {
     /// Starts a PgBouncer in transaction mode that sends every database to the Postgres server
-    /// at `upstream` (`host:port`) as the `postgres` user.
+    /// at `upstream` (`host:port`) as the `postgres` user, with up to 20 server sessions per
+    /// database.
     pub async fn start(upstream: (&str, u16)) -> Self {
+        Self::start_with_sessions(upstream, 20).await
+    }
+
+    /// As [`Self::start`], with up to `sessions` server sessions per database: fewer than its
+    /// clients make it lend each session to one client after another.
+    pub async fn start_with_sessions(upstream: (&str, u16), sessions: usize) -> Self {
         let binary = std::env::var_os("CQTEST_PGBOUNCER").unwrap_or_else(|| {
             panic!(
                 "CQTEST_PGBOUNCER is not set. The pooler tests start their own pgbouncer; run \
@@ -56,7 +63,7 @@ impl PgBouncer {
              auth_file = {dir}/userlist.txt\n\
              pool_mode = transaction\n\
              max_client_conn = 2000\n\
-             default_pool_size = 20\n\
+             default_pool_size = {sessions}\n\
              ignore_startup_parameters = extra_float_digits,options\n\
              logfile = {dir}/pgbouncer.log\n\
              pidfile = {dir}/pgbouncer.pid\n",

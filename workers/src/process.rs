@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::Acker;
+use chatq_common::db::Db;
 use chatq_common::db::jobs::{self, NotClaimed};
 use chatq_common::events::{self, JobEvent};
 use chatq_common::ids::JobId;
@@ -36,7 +37,6 @@ use chatq_common::metrics as names;
 use chatq_common::settings::{LimitSettings, WorkerSettings};
 use chatq_common::topology::Topology;
 use chatq_common::trace::{TRACEPARENT, TraceContext};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -52,7 +52,7 @@ use crate::writes::JobWrites;
 pub struct JobContext {
     /// Names this process in claims, logs and heartbeats.
     pub worker_id: String,
-    pub pool: PgPool,
+    pub pool: Db,
     pub nats: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,
     pub topology: Topology,

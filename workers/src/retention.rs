@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
+use chatq_common::db::Db;
 use chatq_common::db::retention;
 use chatq_common::settings::RetentionSettings;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// What one sweep deleted.
@@ -37,12 +37,12 @@ pub struct SweepReport {
 /// Deletes expired rows, in batches.
 #[derive(Clone)]
 pub struct Sweeper {
-    pool: PgPool,
+    pool: Db,
     settings: RetentionSettings,
 }
 
 impl Sweeper {
-    pub fn new(pool: PgPool, settings: RetentionSettings) -> Self {
+    pub fn new(pool: Db, settings: RetentionSettings) -> Self {
         Self { pool, settings }
     }
 
@@ -145,7 +145,7 @@ impl Sweeper {
     /// Runs `delete` until it deletes fewer than `batch` rows; returns the total.
     async fn in_batches<F, Fut>(&self, batch: i64, delete: F) -> Result<u64, sqlx::Error>
     where
-        F: Fn(PgPool) -> Fut,
+        F: Fn(Db) -> Fut,
         Fut: Future<Output = Result<u64, sqlx::Error>>,
     {
         let full = u64::try_from(batch).unwrap_or(u64::MAX);

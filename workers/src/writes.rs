@@ -7,9 +7,9 @@
 //! job by job, through the same statements, so each job gets its own outcome.
 
 use chatq_common::batch::{Batcher, Unanswered};
+use chatq_common::db::Db;
 use chatq_common::db::jobs::{self, ClaimRequest, ClaimedJob, Completion, JobRow, NotClaimed};
 use chatq_common::ids::{ConversationId, JobId};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -28,7 +28,7 @@ pub type ReplyResult = Result<Option<JobRow>, sqlx::Error>;
 /// How this worker claims: its name and the lease and window every claim takes.
 #[derive(Debug, Clone)]
 struct Claimer {
-    pool: PgPool,
+    pool: Db,
     worker: String,
     lease_secs: f64,
     history_max_messages: i64,
@@ -72,14 +72,14 @@ impl Claimer {
     }
 }
 
-async fn complete_one(pool: &PgPool, reply: Completion) -> ReplyResult {
+async fn complete_one(pool: &Db, reply: Completion) -> ReplyResult {
     Ok(jobs::complete(pool, std::slice::from_ref(&reply))
         .await?
         .pop()
         .flatten())
 }
 
-async fn complete_gathered(pool: &PgPool, items: Vec<Completion>) -> Vec<ReplyResult> {
+async fn complete_gathered(pool: &Db, items: Vec<Completion>) -> Vec<ReplyResult> {
     match jobs::complete(pool, &items).await {
         Ok(written) => written.into_iter().map(Ok).collect(),
         Err(err) => {
@@ -96,7 +96,7 @@ async fn complete_gathered(pool: &PgPool, items: Vec<Completion>) -> Vec<ReplyRe
 /// Claims and replies of this worker's jobs, gathered into batches.
 #[derive(Clone)]
 pub struct JobWrites {
-    pool: PgPool,
+    pool: Db,
     claimer: Claimer,
     claims: Batcher<ClaimRequest, ClaimResult>,
     windows: HistoryWindows,
@@ -105,7 +105,7 @@ pub struct JobWrites {
 
 impl JobWrites {
     pub fn start(
-        pool: PgPool,
+        pool: Db,
         worker: String,
         lease_secs: f64,
         windows: HistoryWindows,

@@ -1,6 +1,6 @@
 //! Conversations. Every query is scoped by tenant: another tenant's conversation does not exist.
 
-use sqlx::PgPool;
+use crate::db::Db;
 use time::OffsetDateTime;
 
 use crate::db::quotas::{self, OverQuota, Quota};
@@ -36,7 +36,7 @@ pub struct NewConversation {
 /// # Errors
 /// Database errors.
 pub async fn create(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     new: &NewConversation,
     max_conversations: Option<u32>,
@@ -76,7 +76,7 @@ pub async fn create(
 /// # Errors
 /// Database errors.
 pub async fn create_many(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     title: Option<&str>,
     count: usize,
@@ -98,7 +98,7 @@ pub async fn create_many(
 /// # Errors
 /// Database errors.
 pub async fn get(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: ConversationId,
 ) -> Result<Option<ConversationRow>, sqlx::Error> {
@@ -119,7 +119,7 @@ pub async fn get(
 /// # Errors
 /// Database errors.
 pub async fn list(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     limit: i64,
     after: Option<ConversationId>,
@@ -146,7 +146,7 @@ pub async fn list(
 /// # Errors
 /// Database errors.
 pub async fn rename(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: ConversationId,
     title: Option<&str>,
@@ -168,11 +168,7 @@ pub async fn rename(
 ///
 /// # Errors
 /// Database errors.
-pub async fn delete(
-    pool: &PgPool,
-    tenant: TenantId,
-    id: ConversationId,
-) -> Result<bool, sqlx::Error> {
+pub async fn delete(pool: &Db, tenant: TenantId, id: ConversationId) -> Result<bool, sqlx::Error> {
     let result = sqlx::query!(
         "DELETE FROM conversations WHERE id = $1 AND tenant_id = $2",
         id.as_uuid(),
@@ -197,7 +193,7 @@ pub enum ClearOutcome {
 /// # Errors
 /// Database errors.
 pub async fn clear_history(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: ConversationId,
 ) -> Result<ClearOutcome, sqlx::Error> {

@@ -1,6 +1,6 @@
 //! Feedback on assistant messages: one rating per message, replaced when given again.
 
-use sqlx::PgPool;
+use crate::db::Db;
 use time::OffsetDateTime;
 
 use crate::ids::{MessageId, TenantId};
@@ -30,7 +30,7 @@ pub enum FeedbackOutcome {
 /// # Errors
 /// Database errors.
 pub async fn upsert(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     message: MessageId,
     rating: i16,
@@ -69,7 +69,7 @@ pub async fn upsert(
 /// # Errors
 /// Database errors.
 pub async fn get(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     message: MessageId,
 ) -> Result<Option<FeedbackRow>, sqlx::Error> {

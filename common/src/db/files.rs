@@ -3,7 +3,9 @@
 //! tenant's file does not exist; nor does a file past its `expires_at` (a batch's
 //! `output_expires_after`), from that instant, before the retention sweep deletes it.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
+
+use crate::db::Db;
 use time::OffsetDateTime;
 
 use crate::ids::{BatchId, FileId, TenantId};
@@ -200,7 +202,7 @@ pub async fn get(
 /// # Errors
 /// Database errors.
 pub async fn list(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     purpose: Option<&str>,
     after: Option<FileId>,
@@ -229,7 +231,7 @@ pub async fn list(
 ///
 /// # Errors
 /// Database errors.
-pub async fn delete(pool: &PgPool, tenant: TenantId, id: FileId) -> Result<bool, sqlx::Error> {
+pub async fn delete(pool: &Db, tenant: TenantId, id: FileId) -> Result<bool, sqlx::Error> {
     let deleted = sqlx::query!(
         "DELETE FROM files WHERE id = $1 AND tenant_id = $2",
         id.as_uuid(),
@@ -263,7 +265,7 @@ pub async fn chunk(
 ///
 /// # Errors
 /// Database errors.
-pub async fn note_size(pool: &PgPool, id: FileId, bytes: i64) -> Result<(), sqlx::Error> {
+pub async fn note_size(pool: &Db, id: FileId, bytes: i64) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE files SET bytes = $2 WHERE id = $1",
         id.as_uuid(),

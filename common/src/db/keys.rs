@@ -1,6 +1,6 @@
 //! Tenants and their API keys.
 
-use sqlx::PgPool;
+use crate::db::Db;
 use time::OffsetDateTime;
 
 use crate::api_key::NewApiKey;
@@ -65,7 +65,7 @@ pub struct CreatedKey {
 /// # Errors
 /// Database errors.
 pub async fn create_key(
-    pool: &PgPool,
+    pool: &Db,
     tenant_name: &str,
     scope: KeyScope,
     expires_at: Option<OffsetDateTime>,
@@ -107,10 +107,7 @@ pub async fn create_key(
 ///
 /// # Errors
 /// Database errors.
-pub async fn find_key_owner(
-    pool: &PgPool,
-    hash: &[u8; 32],
-) -> Result<Option<KeyOwner>, sqlx::Error> {
+pub async fn find_key_owner(pool: &Db, hash: &[u8; 32]) -> Result<Option<KeyOwner>, sqlx::Error> {
     sqlx::query_as!(
         KeyOwner,
         r#"SELECT id AS "key_id: ApiKeyId", tenant_id AS "tenant_id: TenantId", is_admin,
@@ -129,7 +126,7 @@ pub async fn find_key_owner(
 /// # Errors
 /// Database errors.
 pub async fn list_keys(
-    pool: &PgPool,
+    pool: &Db,
     tenant_name: Option<&str>,
 ) -> Result<Vec<KeyListing>, sqlx::Error> {
     sqlx::query_as!(
@@ -149,7 +146,7 @@ pub async fn list_keys(
 ///
 /// # Errors
 /// Database errors.
-pub async fn revoke_key(pool: &PgPool, key_id: ApiKeyId) -> Result<bool, sqlx::Error> {
+pub async fn revoke_key(pool: &Db, key_id: ApiKeyId) -> Result<bool, sqlx::Error> {
     let revoked = sqlx::query!(
         "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
         key_id.as_uuid(),
@@ -163,7 +160,7 @@ pub async fn revoke_key(pool: &PgPool, key_id: ApiKeyId) -> Result<bool, sqlx::E
 ///
 /// # Errors
 /// Database errors.
-pub async fn any_key_exists(pool: &PgPool) -> Result<bool, sqlx::Error> {
+pub async fn any_key_exists(pool: &Db) -> Result<bool, sqlx::Error> {
     let exists = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM api_keys) AS "exists!""#)
         .fetch_one(pool)
         .await?;

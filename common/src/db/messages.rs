@@ -1,6 +1,6 @@
 //! Messages of a conversation, in sequence order.
 
-use sqlx::PgPool;
+use crate::db::Db;
 use time::OffsetDateTime;
 
 use crate::ids::{ConversationId, JobId, MessageId, TenantId};
@@ -23,7 +23,7 @@ pub struct MessageRow {
 /// # Errors
 /// Database errors.
 pub async fn history(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     conversation: ConversationId,
     limit: i64,
@@ -55,7 +55,7 @@ pub async fn history(
 /// # Errors
 /// Database errors.
 pub async fn get(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: MessageId,
 ) -> Result<Option<MessageRow>, sqlx::Error> {

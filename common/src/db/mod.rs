@@ -13,19 +13,21 @@ pub mod jobs;
 pub mod keys;
 pub mod messages;
 pub mod operators;
-mod pooled;
+mod pool;
 pub mod quotas;
 pub mod responses;
 pub mod retention;
 pub mod webhooks;
 
+pub use self::pool::Db;
+
 use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
+use sqlx::Postgres;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
 
 use crate::settings::{DatabasePooler, DatabaseSettings};
 
@@ -58,27 +60,30 @@ pub enum DbError {
 ///
 /// # Errors
 /// The URL is invalid, the server is unreachable, or the database cannot be created.
-pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbError> {
     let url = settings.url.expose_secret();
     let shown = settings.url_for_logs();
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::InvalidUrl)?
         .application_name("chatq");
-    let pool = PgPoolOptions::new()
+    let pool_options = PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(10));
-    let pool = match settings.pooler {
+    let connected = match settings.pooler {
         DatabasePooler::None => {
             create_if_missing(url, &shown).await?;
-            pool.min_connections(1).connect_with(options).await
-        }
-        DatabasePooler::Transaction => {
-            pooled::options(pool)
-                .connect_with(pooled::connect_options(options))
+            pool_options
+                .min_connections(1)
+                .connect_with(options)
                 .await
+                .map(Db::direct)
         }
+        DatabasePooler::Transaction => pool_options
+            .connect_with(pool::through_pooler_options(options))
+            .await
+            .map(Db::through_pooler),
     };
-    pool.map_err(|source| DbError::Connect { url: shown, source })
+    connected.map_err(|source| DbError::Connect { url: shown, source })
 }
 
 async fn create_if_missing(url: &str, shown: &str) -> Result<(), DbError> {
@@ -113,7 +118,7 @@ async fn create_if_missing(url: &str, shown: &str) -> Result<(), DbError> {
 ///
 /// # Errors
 /// A migration fails, or an applied migration was edited after it was released.
-pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+pub async fn migrate(pool: &Db) -> Result<(), DbError> {
     let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
     migrator.set_locking(false);
     let mut tx = pool

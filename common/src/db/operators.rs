@@ -1,6 +1,6 @@
 //! What operators see about the queue from Postgres: how old the oldest waiting job is per lane.
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 /// One lane's queued jobs, as Postgres has them.
 #[derive(Debug, Clone)]
@@ -15,7 +15,7 @@ pub struct QueuedLane {
 ///
 /// # Errors
 /// Database errors.
-pub async fn queued_by_lane(pool: &PgPool) -> Result<Vec<QueuedLane>, sqlx::Error> {
+pub async fn queued_by_lane(pool: &Db) -> Result<Vec<QueuedLane>, sqlx::Error> {
     sqlx::query_as!(
         QueuedLane,
         r#"SELECT lane, count(*) AS "queued!",

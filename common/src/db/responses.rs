@@ -4,8 +4,8 @@
 //! has its job (deleting the job deletes it), and marks the job `response`, which keeps it as
 //! long as conversation data is kept rather than as long as other finished jobs.
 
+use crate::db::Db;
 use serde_json::Value;
-use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::ids::{JobId, ResponseId, TenantId};
@@ -60,7 +60,7 @@ pub struct Continued {
 ///
 /// # Errors
 /// Database errors.
-pub async fn insert(pool: &PgPool, response: &NewResponse) -> Result<bool, sqlx::Error> {
+pub async fn insert(pool: &Db, response: &NewResponse) -> Result<bool, sqlx::Error> {
     let marked = sqlx::query_scalar!(
         r#"WITH job AS (
                UPDATE jobs SET response = true WHERE id = $1 AND tenant_id = $2 RETURNING id
@@ -94,7 +94,7 @@ pub async fn insert(pool: &PgPool, response: &NewResponse) -> Result<bool, sqlx:
 /// # Errors
 /// Database errors.
 pub async fn get(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: ResponseId,
 ) -> Result<Option<ResponseRow>, sqlx::Error> {
@@ -116,7 +116,7 @@ pub async fn get(
 /// # Errors
 /// Database errors.
 pub async fn continued(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: ResponseId,
 ) -> Result<Option<Continued>, sqlx::Error> {
@@ -137,7 +137,7 @@ pub async fn continued(
 ///
 /// # Errors
 /// Database errors.
-pub async fn delete(pool: &PgPool, tenant: TenantId, id: ResponseId) -> Result<bool, sqlx::Error> {
+pub async fn delete(pool: &Db, tenant: TenantId, id: ResponseId) -> Result<bool, sqlx::Error> {
     let deleted = sqlx::query!(
         "DELETE FROM jobs WHERE id = $1 AND tenant_id = $2 AND response",
         id.as_uuid(),

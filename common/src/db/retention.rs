@@ -9,7 +9,7 @@
 //! A batch's jobs are its output: they are kept with their batch, whatever their age, and go with
 //! it once it has ended and its own period has passed.
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 /// Deletes up to `batch` jobs that ended `succeeded`, `cancelled` or `expired` more than
 /// `older_than_secs` ago. Their messages stay in their conversation.
@@ -17,7 +17,7 @@ use sqlx::PgPool;
 /// # Errors
 /// Database errors.
 pub async fn delete_finished_jobs(
-    pool: &PgPool,
+    pool: &Db,
     older_than_secs: f64,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
@@ -45,7 +45,7 @@ pub async fn delete_finished_jobs(
 /// # Errors
 /// Database errors.
 pub async fn delete_dead_letters(
-    pool: &PgPool,
+    pool: &Db,
     older_than_secs: f64,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
@@ -74,7 +74,7 @@ pub async fn delete_dead_letters(
 /// # Errors
 /// Database errors.
 pub async fn delete_idle_responses(
-    pool: &PgPool,
+    pool: &Db,
     idle_secs: f64,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
@@ -104,7 +104,7 @@ pub async fn delete_idle_responses(
 /// # Errors
 /// Database errors.
 pub async fn delete_idle_conversations(
-    pool: &PgPool,
+    pool: &Db,
     idle_secs: f64,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
@@ -135,7 +135,7 @@ pub async fn delete_idle_conversations(
 /// # Errors
 /// Database errors.
 pub async fn delete_ended_batch_lines(
-    pool: &PgPool,
+    pool: &Db,
     older_than_secs: f64,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
@@ -161,7 +161,7 @@ pub async fn delete_ended_batch_lines(
 /// # Errors
 /// Database errors.
 pub async fn delete_ended_batches(
-    pool: &PgPool,
+    pool: &Db,
     older_than_secs: f64,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
@@ -195,7 +195,7 @@ pub async fn delete_ended_batches(
 /// # Errors
 /// Database errors.
 pub async fn delete_expired_files(
-    pool: &PgPool,
+    pool: &Db,
     uploads_older_than_secs: Option<f64>,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
@@ -221,7 +221,7 @@ pub async fn delete_expired_files(
 /// # Errors
 /// Database errors.
 pub async fn delete_finished_deliveries(
-    pool: &PgPool,
+    pool: &Db,
     older_than_secs: f64,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {

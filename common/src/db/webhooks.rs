@@ -7,7 +7,7 @@
 //! wait on each other), and [`settle`] records how the attempt went. A deliverer that dies holding
 //! a lease leaves its rows to be claimed again once the lease runs out: at least once.
 
-use sqlx::PgPool;
+use crate::db::Db;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -40,7 +40,7 @@ pub struct EndpointRow {
 /// # Errors
 /// Database errors.
 pub async fn create(
-    pool: &PgPool,
+    pool: &Db,
     new: &NewEndpoint,
     max_per_tenant: i64,
 ) -> Result<Option<EndpointRow>, sqlx::Error> {
@@ -83,7 +83,7 @@ pub async fn create(
 /// # Errors
 /// Database errors.
 pub async fn list(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     after: Option<WebhookId>,
     limit: i64,
@@ -107,7 +107,7 @@ pub async fn list(
 /// # Errors
 /// Database errors.
 pub async fn get(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: WebhookId,
 ) -> Result<Option<EndpointRow>, sqlx::Error> {
@@ -127,7 +127,7 @@ pub async fn get(
 ///
 /// # Errors
 /// Database errors.
-pub async fn delete(pool: &PgPool, tenant: TenantId, id: WebhookId) -> Result<bool, sqlx::Error> {
+pub async fn delete(pool: &Db, tenant: TenantId, id: WebhookId) -> Result<bool, sqlx::Error> {
     let deleted = sqlx::query!(
         "DELETE FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2",
         id.as_uuid(),
@@ -159,7 +159,7 @@ pub struct DueDelivery {
 /// # Errors
 /// Database errors.
 pub async fn claim_due(
-    pool: &PgPool,
+    pool: &Db,
     limit: i64,
     lease_secs: f64,
 ) -> Result<Vec<DueDelivery>, sqlx::Error> {
@@ -226,7 +226,7 @@ pub enum Settled {
 /// # Errors
 /// Database errors.
 pub async fn settle(
-    pool: &PgPool,
+    pool: &Db,
     id: EventId,
     attempt: i32,
     outcome: &Attempted,
@@ -273,7 +273,7 @@ pub async fn settle(
 ///
 /// # Errors
 /// Database errors.
-pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn pending(pool: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM webhook_outbox WHERE status = 'pending'"#
     )

@@ -72,7 +72,7 @@ settings! {
         url / database_url: SecretString = "postgres://postgres@127.0.0.1:5432/chatq";
         /// Most Postgres connections one process opens.
         max_connections / database_max_connections: u32 = "32";
-        /// What sits between chatq and Postgres: `none` (or a pooler in session mode), or `transaction` for a pooler in transaction mode (PgBouncer's `pool_mode = transaction`), which only `chatq migrate` and `chatq keys` support; the database must then exist already.
+        /// What sits between chatq and Postgres: `none` (or a pooler in session mode), or `transaction` for a pooler in transaction mode (PgBouncer's `pool_mode = transaction`): every statement then runs in a transaction that starts in a session cleared of prepared statements; the database must exist already.
         pooler / database_pooler: DatabasePooler = "none";
     }
     /// NATS and the JetStream topology: streams, consumers, how jobs are delivered.

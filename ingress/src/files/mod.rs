@@ -9,6 +9,7 @@
 pub mod upload;
 
 use axum::body::{Body, Bytes};
+use chatq_common::db::Db;
 use chatq_common::db::files::{self, FileContents, FileRow};
 use chatq_common::ids::{FileId, TenantId};
 use serde::Serialize;
@@ -88,10 +89,7 @@ pub async fn content(state: &AppState, tenant: TenantId, id: FileId) -> ApiResul
 }
 
 /// An upload's chunks, read one at a time.
-fn upload_bytes(
-    pool: sqlx::PgPool,
-    id: FileId,
-) -> impl futures::Stream<Item = Result<Bytes, sqlx::Error>> {
+fn upload_bytes(pool: Db, id: FileId) -> impl futures::Stream<Item = Result<Bytes, sqlx::Error>> {
     futures::stream::try_unfold(0, move |seq| {
         let pool = pool.clone();
         async move {

@@ -7,6 +7,7 @@
 
 use axum::extract::Multipart;
 use axum::extract::multipart::{Field, MultipartError};
+use chatq_common::db::Db;
 use chatq_common::db::files::{self, FileRow};
 use chatq_common::ids::{FileId, TenantId};
 use chatq_common::settings::LimitSettings;
@@ -56,7 +57,7 @@ const MAX_FILENAME_CHARS: usize = 255;
 /// 400 for a body that is not multipart, a missing or unknown purpose, a missing file part or too
 /// many lines; 413 for a file over `max_file_bytes`.
 pub async fn store(
-    pool: &sqlx::PgPool,
+    pool: &Db,
     limits: &LimitSettings,
     tenant: TenantId,
     mut form: Multipart,

@@ -18,6 +18,7 @@ mod recheck;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
+use chatq_common::db::Db;
 use chatq_common::ids::JobId;
 use chatq_common::topology::Topology;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -61,7 +62,7 @@ pub struct EventHubs {
     nats: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
     topology: Topology,
-    pool: sqlx::PgPool,
+    pool: Db,
     pumps: TaskTracker,
     rechecks: Arc<Rechecks>,
 }
@@ -71,7 +72,7 @@ impl EventHubs {
     pub fn new(
         nats: async_nats::Client,
         topology: Topology,
-        pool: sqlx::PgPool,
+        pool: Db,
         pumps: TaskTracker,
         stop: CancellationToken,
     ) -> Self {

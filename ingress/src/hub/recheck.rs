@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chatq_common::db::Db;
 use chatq_common::db::jobs;
 use chatq_common::ids::JobId;
 use tokio::sync::Notify;
@@ -78,11 +79,7 @@ impl Rechecks {
 
     /// Every [`RECHECK_EVERY`], nudges the pumps of jobs that ended or are gone, until `stop`.
     /// Postgres unreachable: nobody is nudged, and the next round asks again.
-    pub(super) async fn run_until_stopped(
-        self: Arc<Self>,
-        pool: sqlx::PgPool,
-        stop: CancellationToken,
-    ) {
+    pub(super) async fn run_until_stopped(self: Arc<Self>, pool: Db, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(RECHECK_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;

@@ -7,6 +7,8 @@
 //! doing at the time.
 
 pub mod client;
+#[path = "../../support/pgbouncer.rs"]
+mod pgbouncer;
 pub mod processes;
 
 use std::path::PathBuf;
@@ -17,6 +19,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub use self::client::Client;
+use self::pgbouncer::PgBouncer;
 pub use self::processes::{ChatqProcess, NatsServer, PgCluster, meta_leader, spare_port};
 
 /// Settings every scenario shares: short timings, so faults heal in seconds.
@@ -36,6 +39,9 @@ pub struct StackOptions {
     pub mock: MockConfig,
     /// `CHATQ_*` settings for every chatq process, applied over the fast defaults.
     pub settings: Vec<(&'static str, String)>,
+    /// The ingress and workers reach Postgres through a PgBouncer in transaction mode with
+    /// fewer server sessions than they have connections (`chatq migrate` goes straight there).
+    pub through_pgbouncer: bool,
 }
 
 impl Default for StackOptions {
@@ -45,6 +51,7 @@ impl Default for StackOptions {
             worker_concurrency: 16,
             mock: MockConfig::default(),
             settings: Vec::new(),
+            through_pgbouncer: false,
         }
     }
 }
@@ -59,6 +66,8 @@ pub struct Stack {
     /// The other nodes of the cluster (none for a single server).
     pub nats_peers: Vec<NatsServer>,
     pub postgres: PgCluster,
+    /// The PgBouncer between chatq and `postgres`, when the scenario asked for one.
+    pooler: Option<PgBouncer>,
     /// This stack's database, for checking the ledger.
     pub pool: PgPool,
     pub jetstream: async_nats::jetstream::Context,
@@ -146,8 +155,9 @@ impl Stack {
             .connect(&database_url)
             .await
             .expect("the test database is reachable");
+        let db = chatq_common::db::Db::direct(pool.clone());
         let key = chatq_common::db::keys::create_key(
-            &pool,
+            &db,
             "fault-tenant",
             chatq_common::db::keys::KeyScope::Tenant,
             None,
@@ -156,7 +166,7 @@ impl Stack {
         .unwrap()
         .plaintext;
         let admin_key = chatq_common::db::keys::create_key(
-            &pool,
+            &db,
             "operators",
             chatq_common::db::keys::KeyScope::Operator,
             None,
@@ -164,6 +174,15 @@ impl Stack {
         .await
         .unwrap()
         .plaintext;
+        let pooler = if options.through_pgbouncer {
+            let pooler = PgBouncer::start_with_sessions(("127.0.0.1", postgres.port), 8).await;
+            env.retain(|(k, _)| k != "CHATQ_DATABASE_URL");
+            env.push(("CHATQ_DATABASE_URL".into(), pooler.url_for(&database_url)));
+            env.push(("CHATQ_DATABASE_POOLER".into(), "transaction".into()));
+            Some(pooler)
+        } else {
+            None
+        };
         let nats_client = async_nats::connect(nats_urls.as_slice())
             .await
             .expect("the test connects to its nats-server");
@@ -174,6 +193,7 @@ impl Stack {
             nats,
             nats_peers,
             postgres,
+            pooler,
             pool,
             jetstream: async_nats::jetstream::new(nats_client),
             namespace,
@@ -366,6 +386,7 @@ impl Stack {
             node.kill().await;
         }
         self.pool.close().await;
+        drop(self.pooler.take());
         // Dropping the cluster stops it and removes its files.
         drop(self.postgres);
         // CQTEST_KEEP_LOGS=1 keeps the processes' logs of a stack that passed, to read them

@@ -32,13 +32,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chatq_common::db::Db;
 use chatq_common::ids::{MessageId, TenantId};
 use chatq_common::metrics as names;
 use chatq_common::settings::{CacheScope, CacheSettings};
 use chatq_common::topology::Topology;
 use futures::StreamExt as _;
 use moka::notification::RemovalCause;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use self::entry::CachedReply;
@@ -96,7 +96,7 @@ impl ReplyCache {
         jetstream: &async_nats::jetstream::Context,
         topology: &Topology,
         provider: Arc<dyn Provider>,
-        pool: PgPool,
+        pool: Db,
         holder: &str,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         if !settings.enabled {

@@ -22,11 +22,11 @@ pub mod send;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatq_common::db::Db;
 use chatq_common::db::webhooks::{self as outbox, Attempted, DueDelivery, Settled};
 use chatq_common::metrics as names;
 use chatq_common::settings::WebhookSettings;
 use rand::Rng as _;
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +53,7 @@ pub fn backoff(attempt: i32, base: Duration, max: Duration) -> Duration {
 /// Sends the deliveries due, on every worker.
 #[derive(Clone)]
 pub struct Dispatcher {
-    pool: PgPool,
+    pool: Db,
     settings: WebhookSettings,
     sender: Sender,
 }
@@ -61,7 +61,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// # Errors
     /// The HTTP client cannot be built.
-    pub fn new(pool: PgPool, settings: WebhookSettings) -> anyhow::Result<Self> {
+    pub fn new(pool: Db, settings: WebhookSettings) -> anyhow::Result<Self> {
         let sender = Sender::new(&settings)?;
         Ok(Self {
             pool,

@@ -21,9 +21,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::PullConsumer;
 use chatq_common::Settings;
+use chatq_common::db::Db;
 use chatq_common::job::Lane;
 use chatq_common::topology::Topology;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,7 +69,7 @@ impl Worker {
     /// The provider settings are unusable or the consumers cannot be found.
     pub async fn build(
         settings: &Settings,
-        pool: PgPool,
+        pool: Db,
         nats: async_nats::Client,
     ) -> anyhow::Result<Self> {
         let provider: Arc<dyn Provider> = provider::from_settings(
@@ -86,7 +86,7 @@ impl Worker {
     /// The consumers cannot be found.
     pub async fn with_provider(
         settings: &Settings,
-        pool: PgPool,
+        pool: Db,
         nats: async_nats::Client,
         provider: Arc<dyn Provider>,
     ) -> anyhow::Result<Self> {

@@ -2,7 +2,9 @@
 //! output and error files and for publishing.
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
+
+use crate::db::Db;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -109,7 +111,7 @@ impl LineRows {
 /// # Errors
 /// Database errors.
 pub async fn unpublished(
-    pool: &PgPool,
+    pool: &Db,
     batch: BatchId,
     after: Option<JobId>,
     limit: i64,
@@ -140,7 +142,7 @@ pub struct LineJob {
 /// # Errors
 /// Database errors.
 pub async fn ended(
-    pool: &PgPool,
+    pool: &Db,
     batch: BatchId,
     answered: bool,
     after: Option<JobId>,
@@ -194,7 +196,7 @@ pub struct Refusal {
 /// # Errors
 /// Database errors.
 pub async fn refusals(
-    pool: &PgPool,
+    pool: &Db,
     batch: BatchId,
     after: i32,
     limit: i64,

@@ -14,7 +14,9 @@
 
 pub mod lines;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
+
+use crate::db::Db;
 use time::OffsetDateTime;
 
 use crate::ids::{BatchId, FileId, TenantId};
@@ -81,7 +83,7 @@ pub struct NewBatch {
 ///
 /// # Errors
 /// Database errors.
-pub async fn insert_validating(pool: &PgPool, batch: &NewBatch) -> Result<BatchRow, sqlx::Error> {
+pub async fn insert_validating(pool: &Db, batch: &NewBatch) -> Result<BatchRow, sqlx::Error> {
     select_batch_rows!(
         r#"WITH created AS (
                INSERT INTO batches (id, tenant_id, input_file_id, endpoint, completion_window,
@@ -146,7 +148,7 @@ pub async fn lock_validating(
 /// # Errors
 /// Database errors.
 pub async fn stale_validating(
-    pool: &PgPool,
+    pool: &Db,
     older_than_secs: f64,
     limit: i64,
 ) -> Result<Vec<BatchId>, sqlx::Error> {
@@ -220,7 +222,7 @@ pub async fn fail_validation(
 /// # Errors
 /// Database errors.
 pub async fn get(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: BatchId,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
@@ -239,7 +241,7 @@ pub async fn get(
 /// # Errors
 /// Database errors.
 pub async fn list(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     after: Option<BatchId>,
     limit: i64,
@@ -262,7 +264,7 @@ pub async fn list(
 /// # Errors
 /// Database errors.
 pub async fn cancel(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: BatchId,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
@@ -302,7 +304,7 @@ pub async fn cancel(
 /// # Errors
 /// Database errors.
 pub async fn settle(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: BatchId,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
@@ -370,7 +372,7 @@ pub struct LineCounts {
 ///
 /// # Errors
 /// Database errors.
-pub async fn counts(pool: &PgPool, id: BatchId) -> Result<LineCounts, sqlx::Error> {
+pub async fn counts(pool: &Db, id: BatchId) -> Result<LineCounts, sqlx::Error> {
     let row = sqlx::query!(
         r#"SELECT count(*) FILTER (WHERE status = 'queued') AS "queued!",
                   count(*) FILTER (WHERE status = 'running') AS "running!",

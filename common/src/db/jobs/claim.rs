@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::db::Db;
 use serde_json::Value;
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -87,7 +87,7 @@ pub enum NotClaimed {
 /// # Errors
 /// Database errors.
 pub async fn claim(
-    pool: &PgPool,
+    pool: &Db,
     claims: &[ClaimRequest],
     worker: &str,
     lease_secs: f64,
@@ -235,7 +235,7 @@ pub async fn claim(
 
 /// Why each of these jobs was not claimed, read after the claim.
 async fn why_not_claimed(
-    pool: &PgPool,
+    pool: &Db,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, NotClaimed>, sqlx::Error> {
     let rows = sqlx::query!(
@@ -300,7 +300,7 @@ pub struct Renewal {
 /// # Errors
 /// Database errors.
 pub async fn renew_leases(
-    pool: &PgPool,
+    pool: &Db,
     ids: &[Uuid],
     tokens: &[Uuid],
     lease_secs: f64,

@@ -5,7 +5,7 @@
 //! The dead-letter stream in JetStream keeps a copy of each for inspection; this table is the
 //! record the admin endpoints read and change.
 
-use sqlx::PgPool;
+use crate::db::Db;
 use time::OffsetDateTime;
 
 use super::ONE_ACTIVE_PER_CONVERSATION;
@@ -34,7 +34,7 @@ pub struct DeadLetterRow {
 /// # Errors
 /// Database errors.
 pub async fn list(
-    pool: &PgPool,
+    pool: &Db,
     tenant: Option<TenantId>,
     limit: i64,
     after: Option<JobId>,
@@ -89,7 +89,7 @@ pub enum RetryOutcome {
 /// # Errors
 /// Database errors.
 pub async fn retry(
-    pool: &PgPool,
+    pool: &Db,
     tenant: Option<TenantId>,
     id: JobId,
     deadline_secs: f64,

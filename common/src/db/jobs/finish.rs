@@ -2,7 +2,7 @@
 //! a reply; and cancelling. Every write by a worker is fenced by its claim token, and every write
 //! that ends a job returns the job as committed, for its terminal event.
 
-use sqlx::PgPool;
+use crate::db::Db;
 use uuid::Uuid;
 
 use super::read::{JobRow, select_job_rows};
@@ -46,10 +46,7 @@ pub struct Completion {
 ///
 /// # Errors
 /// Database errors.
-pub async fn complete(
-    pool: &PgPool,
-    done: &[Completion],
-) -> Result<Vec<Option<JobRow>>, sqlx::Error> {
+pub async fn complete(pool: &Db, done: &[Completion]) -> Result<Vec<Option<JobRow>>, sqlx::Error> {
     let ids: Vec<Uuid> = done.iter().map(|d| d.id.as_uuid()).collect();
     let tokens: Vec<Uuid> = done.iter().map(|d| d.token).collect();
     let reply_ids: Vec<Uuid> = done.iter().map(|d| d.reply_message_id.as_uuid()).collect();
@@ -146,7 +143,7 @@ pub async fn complete(
 /// # Errors
 /// Database errors.
 pub async fn release(
-    pool: &PgPool,
+    pool: &Db,
     id: JobId,
     token: Uuid,
     refund_attempt: bool,
@@ -175,7 +172,7 @@ pub async fn release(
 /// # Errors
 /// Database errors.
 pub async fn finish_unsuccessfully(
-    pool: &PgPool,
+    pool: &Db,
     id: JobId,
     token: Uuid,
     status: JobStatus,
@@ -222,7 +219,7 @@ pub enum CancelOutcome {
 /// # Errors
 /// Database errors.
 pub async fn request_cancel(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: JobId,
 ) -> Result<CancelOutcome, sqlx::Error> {
@@ -265,7 +262,7 @@ pub async fn request_cancel(
 /// # Errors
 /// Database errors.
 pub async fn cancel_queued(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     id: JobId,
 ) -> Result<Option<JobRow>, sqlx::Error> {
@@ -293,7 +290,7 @@ pub async fn cancel_queued(
 ///
 /// # Errors
 /// Database errors.
-pub async fn finish_cancelled(pool: &PgPool, id: JobId) -> Result<Option<JobRow>, sqlx::Error> {
+pub async fn finish_cancelled(pool: &Db, id: JobId) -> Result<Option<JobRow>, sqlx::Error> {
     select_job_rows!(
         r#"WITH ended AS (
                UPDATE jobs SET status = 'cancelled', finished_at = now(), claim_token = NULL,

@@ -1,7 +1,7 @@
 //! Reading jobs: as clients see them, by id or by idempotency key.
 
+use crate::db::Db;
 use serde_json::Value;
-use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::ids::{ConversationId, JobId, MessageId, TenantId};
@@ -86,11 +86,7 @@ pub(crate) use select_job_rows;
 ///
 /// # Errors
 /// Database errors.
-pub async fn get(
-    pool: &PgPool,
-    tenant: TenantId,
-    id: JobId,
-) -> Result<Option<JobRow>, sqlx::Error> {
+pub async fn get(pool: &Db, tenant: TenantId, id: JobId) -> Result<Option<JobRow>, sqlx::Error> {
     select_job_rows!(
         "",
         "jobs WHERE id = $1 AND tenant_id = $2",
@@ -106,7 +102,7 @@ pub async fn get(
 ///
 /// # Errors
 /// Database errors.
-pub async fn get_any(pool: &PgPool, id: JobId) -> Result<Option<JobRow>, sqlx::Error> {
+pub async fn get_any(pool: &Db, id: JobId) -> Result<Option<JobRow>, sqlx::Error> {
     select_job_rows!("", "jobs WHERE id = $1", id.as_uuid())
         .fetch_optional(pool)
         .await
@@ -117,7 +113,7 @@ pub async fn get_any(pool: &PgPool, id: JobId) -> Result<Option<JobRow>, sqlx::E
 ///
 /// # Errors
 /// Database errors.
-pub async fn ended_or_gone(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<JobId>, sqlx::Error> {
+pub async fn ended_or_gone(pool: &Db, ids: &[uuid::Uuid]) -> Result<Vec<JobId>, sqlx::Error> {
     let ended = sqlx::query_scalar!(
         r#"SELECT followed.id AS "id!"
              FROM unnest($1::uuid[]) AS followed (id)
@@ -135,7 +131,7 @@ pub async fn ended_or_gone(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<JobI
 /// # Errors
 /// Database errors.
 pub async fn find_by_idempotency_key(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     key: &str,
 ) -> Result<Option<JobRow>, sqlx::Error> {

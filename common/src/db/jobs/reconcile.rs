@@ -5,7 +5,7 @@
 //! bump `publication` (which names the copy, see [`crate::queue::message_id`]) when the old copy may
 //! still be remembered by JetStream's duplicate window, so the new one is not dropped.
 
-use sqlx::PgPool;
+use crate::db::Db;
 use time::OffsetDateTime;
 
 use crate::ids::JobId;
@@ -86,7 +86,7 @@ pub async fn forget_publications(conn: &mut sqlx::PgConnection) -> Result<u64, s
 ///
 /// # Errors
 /// Database errors.
-pub async fn requeue_abandoned(pool: &PgPool, after_secs: f64) -> Result<u64, sqlx::Error> {
+pub async fn requeue_abandoned(pool: &Db, after_secs: f64) -> Result<u64, sqlx::Error> {
     let result = sqlx::query!(
         r#"UPDATE jobs
               SET status = 'queued', claim_token = NULL, claimed_by = NULL, lease_expires_at = NULL,
@@ -107,7 +107,7 @@ pub async fn requeue_abandoned(pool: &PgPool, after_secs: f64) -> Result<u64, sq
 ///
 /// # Errors
 /// Database errors.
-pub async fn requeue_undeliverable(pool: &PgPool, id: JobId) -> Result<bool, sqlx::Error> {
+pub async fn requeue_undeliverable(pool: &Db, id: JobId) -> Result<bool, sqlx::Error> {
     let result = sqlx::query!(
         r#"UPDATE jobs SET published_at = NULL, publication = publication + 1
             WHERE id = $1 AND status IN ('queued', 'running')"#,
@@ -123,7 +123,7 @@ pub async fn requeue_undeliverable(pool: &PgPool, id: JobId) -> Result<bool, sql
 ///
 /// # Errors
 /// Database errors.
-pub async fn expected_copies(pool: &PgPool, before: OffsetDateTime) -> Result<i64, sqlx::Error> {
+pub async fn expected_copies(pool: &Db, before: OffsetDateTime) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM jobs
             WHERE status IN ('queued', 'running') AND published_at < $1"#,
@@ -138,11 +138,7 @@ pub async fn expected_copies(pool: &PgPool, before: OffsetDateTime) -> Result<i6
 ///
 /// # Errors
 /// Database errors.
-pub async fn claim_audit(
-    pool: &PgPool,
-    stream: &str,
-    every_secs: f64,
-) -> Result<bool, sqlx::Error> {
+pub async fn claim_audit(pool: &Db, stream: &str, every_secs: f64) -> Result<bool, sqlx::Error> {
     let claimed = sqlx::query_scalar!(
         r#"UPDATE jetstream_streams SET audited_at = now()
             WHERE name = $1
@@ -161,7 +157,7 @@ pub async fn claim_audit(
 /// # Errors
 /// Database errors.
 pub async fn published_queued(
-    pool: &PgPool,
+    pool: &Db,
     before: OffsetDateTime,
     after: Option<uuid::Uuid>,
     limit: i64,
@@ -186,7 +182,7 @@ pub async fn published_queued(
 /// # Errors
 /// Database errors.
 pub async fn forget_lost_copies(
-    pool: &PgPool,
+    pool: &Db,
     ids: &[uuid::Uuid],
     before: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
@@ -205,7 +201,7 @@ pub async fn forget_lost_copies(
 ///
 /// # Errors
 /// Database errors.
-pub async fn now(pool: &PgPool) -> Result<OffsetDateTime, sqlx::Error> {
+pub async fn now(pool: &Db) -> Result<OffsetDateTime, sqlx::Error> {
     sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
         .fetch_one(pool)
         .await

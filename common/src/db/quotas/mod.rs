@@ -10,7 +10,7 @@
 
 mod locks;
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 use crate::ids::TenantId;
 
@@ -138,7 +138,7 @@ pub fn effective(stored: Option<i32>, setting: Option<u32>) -> Option<u32> {
 ///
 /// # Errors
 /// Database errors.
-pub async fn overrides(pool: &PgPool, tenant: TenantId) -> Result<Overrides, sqlx::Error> {
+pub async fn overrides(pool: &Db, tenant: TenantId) -> Result<Overrides, sqlx::Error> {
     let row = sqlx::query!(
         "SELECT queued_jobs, jobs_in_flight, event_streams, conversations
            FROM tenant_quotas WHERE tenant_id = $1",
@@ -169,7 +169,7 @@ pub struct QuotaChanges {
 /// # Errors
 /// Database errors.
 pub async fn set_overrides(
-    pool: &PgPool,
+    pool: &Db,
     tenant: &str,
     changes: QuotaChanges,
 ) -> Result<Option<(TenantId, Overrides)>, sqlx::Error> {

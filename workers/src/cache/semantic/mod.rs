@@ -22,10 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chatq_common::db::Db;
 use chatq_common::job::Lane;
 use chatq_common::metrics as names;
 use chatq_common::settings::CacheSettings;
-use sqlx::PgPool;
 
 use self::store::SemanticStore;
 use super::entry::CachedReply;
@@ -71,7 +71,7 @@ impl SemanticTier {
     /// [`SemanticStore::open`]).
     pub async fn open(
         settings: &CacheSettings,
-        pool: PgPool,
+        pool: Db,
         provider: Arc<dyn Provider>,
         ttl: Duration,
     ) -> anyhow::Result<Option<Self>> {

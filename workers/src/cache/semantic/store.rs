@@ -24,7 +24,9 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::{PgPool, Row as _};
+use sqlx::Row as _;
+
+use chatq_common::db::Db;
 
 use super::super::entry::CachedReply;
 use super::super::key::CacheKey;
@@ -40,7 +42,7 @@ const PURGE_BATCH: i64 = 100;
 /// The table, in the database of `pool`.
 #[derive(Debug, Clone)]
 pub struct SemanticStore {
-    pool: PgPool,
+    pool: Db,
     ttl: Duration,
 }
 
@@ -60,7 +62,7 @@ impl SemanticStore {
     /// # Errors
     /// The extension cannot be created (pgvector is not installed on the server, or the role may
     /// not create it), or the table cannot.
-    pub async fn open(pool: PgPool, ttl: Duration) -> anyhow::Result<Self> {
+    pub async fn open(pool: Db, ttl: Duration) -> anyhow::Result<Self> {
         let mut tx = pool
             .begin()
             .await

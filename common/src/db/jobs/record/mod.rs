@@ -19,7 +19,7 @@ mod rows;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -108,10 +108,7 @@ pub enum Recorded {
 
 /// Records a batch gathered from concurrent requests: one transaction for all of them, or, when
 /// that fails as a whole, one by one (each first checking whether the failed batch recorded it).
-pub async fn record_gathered(
-    pool: &PgPool,
-    jobs: Vec<NewJob>,
-) -> Vec<Result<Recorded, sqlx::Error>> {
+pub async fn record_gathered(pool: &Db, jobs: Vec<NewJob>) -> Vec<Result<Recorded, sqlx::Error>> {
     let recorded = record_in(pool, &jobs, false).await;
     #[cfg(feature = "fault-injection")]
     let recorded = recorded.and_then(|outcomes| {
@@ -142,7 +139,7 @@ pub async fn record_gathered(
 ///
 /// # Errors
 /// Database errors.
-pub async fn record_again(pool: &PgPool, job: &NewJob) -> Result<Recorded, sqlx::Error> {
+pub async fn record_again(pool: &Db, job: &NewJob) -> Result<Recorded, sqlx::Error> {
     let mut outcome = record_in(pool, std::slice::from_ref(job), true).await?;
     Ok(outcome.pop().unwrap_or(Recorded::NotFound))
 }
@@ -151,7 +148,7 @@ pub async fn record_again(pool: &PgPool, job: &NewJob) -> Result<Recorded, sqlx:
 ///
 /// # Errors
 /// Database errors, including conflicts with writers outside the batch.
-pub async fn record(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Recorded>, sqlx::Error> {
+pub async fn record(pool: &Db, jobs: &[NewJob]) -> Result<Vec<Recorded>, sqlx::Error> {
     record_in(pool, jobs, false).await
 }
 
@@ -166,7 +163,7 @@ pub(super) struct Conversation {
 }
 
 async fn record_in(
-    pool: &PgPool,
+    pool: &Db,
     jobs: &[NewJob],
     look_for_recorded: bool,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
@@ -188,7 +185,7 @@ enum Attempt {
 }
 
 async fn record_once(
-    pool: &PgPool,
+    pool: &Db,
     jobs: &[NewJob],
     look_for_recorded: bool,
     exclusive: &HashSet<TenantId>,
@@ -336,7 +333,7 @@ enum Decision {
 ///
 /// # Errors
 /// Database errors.
-pub async fn withdraw(pool: &PgPool, id: JobId) -> Result<bool, sqlx::Error> {
+pub async fn withdraw(pool: &Db, id: JobId) -> Result<bool, sqlx::Error> {
     let withdrawn = sqlx::query_scalar!(
         r#"WITH job AS (
                DELETE FROM jobs WHERE id = $1 AND status = 'queued' AND attempts = 0
