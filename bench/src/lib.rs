@@ -33,7 +33,7 @@
 //!   queue), [`cache`] (a workload half of repeated deterministic prompts), [`history`] (one
 //!   conversation grown to thousands of messages), [`webhooks`] (delivery latency after
 //!   commit), [`completions`] (chat completions per second, closed loop, beside other
-//!   OpenAI-compatible servers), [`soak`] (an hour of mixed traffic: answers and memory over
+//!   OpenAI-compatible servers), [`idle`] (`chatq serve` with nothing to do), [`soak`] (an hour of mixed traffic: answers and memory over
 //!   time). Each renders its own part of the report.
 //! - [`report`]: the whole result, as text for people and as JSON (`--json`); and this file,
 //!   which reads the command line and runs the chosen scenarios.
@@ -56,6 +56,7 @@ mod fleet;
 mod guard;
 mod guard_run;
 mod history;
+mod idle;
 mod lanes;
 mod ledger;
 mod limits;
@@ -125,6 +126,8 @@ pub enum Scenario {
     /// Non-streaming chat completions per second, closed loop, through chatq, straight to the
     /// mock, and through any --completions-peer (another OpenAI-compatible server).
     Completions,
+    /// `chatq serve` with nothing to do, just started and after some traffic: its memory and CPU.
+    Idle,
     /// An hour (--soak-minutes) of mixed traffic at a steady rate: every request answered, and
     /// the memory of the ingress and the worker flat after the warm-up. Not part of `all`.
     Soak,
@@ -172,6 +175,8 @@ pub struct BenchArgs {
     pub webhooks: webhooks::WebhooksArgs,
     #[command(flatten, next_help_heading = "completions")]
     pub completions: completions::CompletionsArgs,
+    #[command(flatten, next_help_heading = "idle")]
+    pub idle: idle::IdleArgs,
     #[command(flatten, next_help_heading = "soak")]
     pub soak: soak::SoakArgs,
     #[command(flatten, next_help_heading = "guard")]
@@ -209,6 +214,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         history: None,
         webhooks: None,
         completions: None,
+        idle: None,
         soak: None,
     };
     let wants = |scenario| args.scenario == Scenario::All || args.scenario == scenario;
@@ -258,6 +264,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wants(Scenario::Webhooks) {
         report.webhooks = Some(webhooks::run(general, &args.webhooks, &services).await?);
+    }
+    if wants(Scenario::Idle) {
+        report.idle = Some(idle::run(general, &args.idle, &services).await?);
     }
     // An hour long: only when asked for by name.
     if args.scenario == Scenario::Soak {

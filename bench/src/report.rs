@@ -18,6 +18,7 @@ use super::enqueue::EnqueueResult;
 use super::fairness::FairnessResult;
 use super::fleet::FleetResult;
 use super::history::HistoryResult;
+use super::idle::IdleResult;
 use super::lanes::LanesResult;
 use super::limits::Limits;
 use super::machine::Machine;
@@ -48,6 +49,7 @@ pub struct Report {
     pub history: Option<HistoryResult>,
     pub webhooks: Option<WebhooksResult>,
     pub completions: Option<CompletionsResult>,
+    pub idle: Option<IdleResult>,
     pub soak: Option<SoakResult>,
 }
 
@@ -105,6 +107,9 @@ impl Report {
         }
         if let Some(history) = &self.history {
             history.render(&mut out);
+        }
+        if let Some(idle) = &self.idle {
+            idle.render(&mut out);
         }
         if let Some(soak) = &self.soak {
             soak.render(&mut out);

@@ -47,6 +47,8 @@ pub struct StackPlan {
     /// Where the mock listens, when something outside the bench (a gateway measured beside
     /// chatq) must be pointed at it before the run; a free port otherwise.
     pub mock_addr: Option<SocketAddr>,
+    /// The ingress and one worker in one `chatq serve` process (`workers` is then ignored).
+    pub one_process: bool,
 }
 
 impl StackPlan {
@@ -68,7 +70,14 @@ impl StackPlan {
                 .map(|name| (name.to_owned(), "unlimited".to_owned()))
                 .collect(),
             mock_addr: None,
+            one_process: false,
         }
+    }
+
+    /// Runs the ingress and one worker as one `chatq serve` process, as a small deployment does.
+    pub fn in_one_process(mut self) -> Self {
+        self.one_process = true;
+        self
     }
 
     /// Makes the mock listen on `addr` (see [`StackPlan::mock_addr`]).
@@ -227,15 +236,18 @@ impl Stack {
         self.env.extend(plan.env.iter().cloned());
         self.env.extend(services.extra_env.iter().cloned());
 
-        step.set_message("ingress");
-        self.spawn("ingress", &["ingress".into()])?;
+        let front = if plan.one_process { "serve" } else { "ingress" };
+        step.set_message(front);
+        self.spawn(front, &[front.into()])?;
         self.wait_until_ok(self.ingress, "/readyz").await?;
 
         step.set_message("API key");
         let key = self.create_key(TENANT).await?;
         (self.api_key, self.tenant) = (key.api_key, key.tenant);
 
-        if plan.workers > 0 {
+        if plan.one_process {
+            self.wait_for_workers(1).await?;
+        } else if plan.workers > 0 {
             step.set_message(format!("{} workers", plan.workers));
             for _ in 0..plan.workers {
                 self.spawn("worker", &["worker".into()])?;
@@ -298,7 +310,7 @@ impl Stack {
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut command = self.command(args);
-        if role == "ingress" {
+        if role == "ingress" || role == "serve" {
             command.env("CHATQ_HTTP_ADDR", self.ingress.to_string());
         }
         let process = command
