@@ -34,7 +34,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use axum::serve::{Listener, ListenerExt};
 use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -202,8 +204,9 @@ impl MockLlm {
     /// # Errors
     /// The address cannot be bound.
     pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let listener = without_write_delay(listener);
         let stop = CancellationToken::new();
         let state = Arc::new(MockState {
             stop: stop.clone(),
@@ -284,5 +287,35 @@ impl MockLlm {
 impl Drop for MockLlm {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Accepts connections that send each write at once (`TCP_NODELAY`), as the front ends of real
+/// providers do. Without it a streamed reply's first chunk, written just after the response head,
+/// waits in the kernel until the client acknowledges the head (Nagle's algorithm), and the
+/// client acknowledges late on purpose (delayed ACK): about 20 ms on loopback, which the bench
+/// charged to chatq as time spent in the provider call.
+fn without_write_delay(listener: TcpListener) -> impl Listener<Io = TcpStream, Addr = SocketAddr> {
+    listener.tap_io(|stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY on a mock LLM connection");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_send_each_write_at_once() {
+        let mut listener = without_write_delay(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        assert!(
+            accepted.nodelay().unwrap(),
+            "the mock's side of a connection delays small writes"
+        );
     }
 }
