@@ -42,6 +42,7 @@
 //! own list), so a rule's `rate()` or `increase()` sees a series from the first scrape.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -102,8 +103,16 @@ const BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often the recorder folds the histogram samples recorded since into its buckets. Until
+/// then each sample is kept (16 bytes of heap), so a process nobody scrapes kept them all: a
+/// worker at 170 jobs a second grew by about 0.6 MB a minute.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Installs the process-wide recorder (once; later calls return the same handle). `None` if
 /// another recorder was installed first, in which case `/metrics` answers empty.
+///
+/// Called within a tokio runtime, it also starts the recorder's upkeep on it, every
+/// [`UPKEEP_EVERY`]: a scrape folds the samples in too, but nothing says anyone scrapes.
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
@@ -112,9 +121,22 @@ pub fn install() -> Option<PrometheusHandle> {
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(keep_up(handle.clone()));
+            }
             Some(handle)
         })
         .clone()
+}
+
+/// Runs the recorder's upkeep every [`UPKEEP_EVERY`], for as long as the runtime runs.
+async fn keep_up(handle: PrometheusHandle) {
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        handle.run_upkeep();
+    }
 }
 
 /// Registers the ingress's counters at zero and notes its SSE limit.
