@@ -48,7 +48,7 @@ async fn a_worker_killed_mid_batch_leaves_every_line_answered_once() {
             },
         )
         .await;
-    stack.workers[0].sigkill().await;
+    stack.kill_worker(0).await;
     let held: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM jobs WHERE status = 'running' AND claimed_by LIKE 'worker-0-%'",
     )

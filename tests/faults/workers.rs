@@ -45,7 +45,7 @@ async fn a_worker_killed_mid_job_loses_nothing() {
             },
         )
         .await;
-    stack.workers[0].sigkill().await;
+    stack.kill_worker(0).await;
     let killed_at = Instant::now();
     // What the dead worker held stays claimed until its lease runs out.
     let held: Vec<Uuid> = sqlx::query_scalar(

@@ -277,6 +277,32 @@ impl Stack {
         .unwrap_or(0)
     }
 
+    /// SIGKILLs worker `index`, then waits until Postgres has ended its sessions: a statement it
+    /// sent just before (the commit of jobs it finished) is then done or undone, so the jobs read
+    /// as running on it next are those it really left behind.
+    pub async fn kill_worker(&mut self, index: usize) {
+        let ports = self.workers[index].tcp_ports();
+        assert!(
+            !ports.is_empty(),
+            "worker {index} has no TCP connection to tell"
+        );
+        self.workers[index].sigkill().await;
+        self.wait_until(
+            "Postgres has ended the killed worker's sessions",
+            Duration::from_secs(30),
+            || async {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY($1)",
+                )
+                .bind(&ports)
+                .fetch_one(&self.pool)
+                .await
+                .is_ok_and(|open| open == 0)
+            },
+        )
+        .await;
+    }
+
     /// Jobs with this status.
     pub async fn count_status(&self, status: &str) -> i64 {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE status = $1")

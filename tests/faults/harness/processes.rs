@@ -257,6 +257,45 @@ impl ChatqProcess {
         self.child.kill().await.expect("chatq can be killed");
     }
 
+    /// The local ports of the process's TCP connections, read from `/proc` while it runs: after a
+    /// kill, Postgres's `pg_stat_activity.client_port` tells by them which sessions were its.
+    pub fn tcp_ports(&self) -> Vec<i32> {
+        let sockets: std::collections::HashSet<String> =
+            std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|target| {
+                    let inode = target
+                        .to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?;
+                    Some(inode.to_owned())
+                })
+                .collect();
+        // Each line: slot, local address:port (hex), remote, state, queues, timers, retransmits,
+        // uid, timeout, inode.
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(table).ok())
+            .flat_map(|table| {
+                table
+                    .lines()
+                    .skip(1)
+                    .filter_map(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        let port = fields.get(1)?.rsplit(':').next()?;
+                        sockets
+                            .contains(*fields.get(9)?)
+                            .then(|| i32::from_str_radix(port, 16).ok())
+                            .flatten()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     pub async fn sigterm(&mut self) {
         terminate(self.pid()).await;
     }
