@@ -2,12 +2,6 @@
 //! a histogram keeps each sample until the recorder's upkeep folds it into its buckets, so
 //! without an upkeep of its own a worker nobody scrapes grew by every job's samples for ever.
 
-#![expect(
-    clippy::expect_used,
-    clippy::print_stderr,
-    reason = "in tests, a step that fails is the test failing, and the figures measured are shown"
-)]
-
 use chatq_common::metrics::{self as names, UPKEEP_EVERY};
 
 #[global_allocator]
