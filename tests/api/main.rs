@@ -32,6 +32,7 @@ mod listing;
 mod openapi;
 mod pooler;
 mod published_marks;
+mod pulling;
 mod rename;
 mod responses;
 mod retention;
