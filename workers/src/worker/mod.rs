@@ -8,10 +8,12 @@
 //! of the interactive lane (an eighth) if the others are busy.
 //!
 //! - this module: building a worker, and its run with the drain phases of a shutdown;
-//! - [`pull`]: pulling into free slots and settling each job's message;
+//! - [`pull`]: the pull requests that fill free slots (a long poll that fills is followed at once);
+//! - [`settle`]: running each delivered job and settling its message by outcome;
 //! - [`status`]: the heartbeat a worker reports, following the fleet's grants, and `/metrics`.
 
 mod pull;
+mod settle;
 mod status;
 
 use std::sync::Arc;
