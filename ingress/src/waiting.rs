@@ -31,7 +31,25 @@ pub struct JobWait {
 impl JobWait {
     /// Begins waiting. The caller has already checked that the job is the tenant's.
     pub async fn begin(state: &AppState, job: JobId) -> Self {
-        let cursor = match state.hubs.follow(job).await {
+        Self::following(state, job, state.hubs.follow(job).await)
+    }
+
+    /// Begins waiting for a job this request has just recorded, created at `created_at`, and
+    /// not yet published (see [`crate::hub::EventHubs::follow_recorded`]).
+    pub async fn begin_recorded(state: &AppState, job: JobId, created_at: i64) -> Self {
+        Self::following(
+            state,
+            job,
+            state.hubs.follow_recorded(job, created_at).await,
+        )
+    }
+
+    fn following(
+        state: &AppState,
+        job: JobId,
+        followed: Result<HubCursor, crate::hub::HubError>,
+    ) -> Self {
+        let cursor = match followed {
             Ok(cursor) => Some(cursor),
             Err(err) => {
                 tracing::warn!(%job, error = %err, "cannot follow a job's events; polling Postgres instead");

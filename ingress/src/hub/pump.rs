@@ -27,6 +27,9 @@ pub(super) struct Pump {
     /// Events at or below this id belong to the job's life before an operator retried it (its
     /// old terminal event among them), and are not this life's.
     pub(super) floor: u64,
+    /// When the job was created, for a job this process has just recorded and not yet
+    /// published: it is queued and has no earlier events, so Postgres is not read first.
+    pub(super) recorded: Option<i64>,
 }
 
 impl Pump {
@@ -38,32 +41,48 @@ impl Pump {
         drop(Box::pin(self.live.unsubscribe()).await);
     }
 
-    /// 1. Read the job from Postgres; if an attempt has already started, replay its earlier
-    ///    events from the events stream (an ordered consumer, read until caught up).
+    /// 1. Read the job from Postgres (unless it was just `recorded` here); if an attempt has
+    ///    already started, replay its earlier events from the events stream (an ordered
+    ///    consumer, read until caught up).
     /// 2. Append live events, skipping any id already logged, until a terminal event.
     /// 3. When Postgres has the job ended or gone ([`super::recheck`] looks every few seconds): a
     ///    job that ended while its events were lost (NATS down, replay window over) gets its
     ///    terminal event from Postgres, and a job deleted meanwhile (with its conversation) a
     ///    `job.failed` saying so, so no follower waits forever.
     async fn fill(&mut self) {
+        if let Some(created_at) = self.recorded {
+            self.log
+                .append(HubEvent::new(0, EventBody::Queued(self.queued(created_at))));
+        } else if !Box::pin(self.catch_up()).await {
+            return;
+        }
+        self.follow_live().await;
+    }
+
+    fn queued(&self, created_at: i64) -> Queued {
+        Queued {
+            job_id: self.job,
+            status: JobStatus::Queued,
+            created_at,
+        }
+    }
+
+    /// Logs what the job did before it was followed; returns whether it is still to end.
+    async fn catch_up(&mut self) -> bool {
         let stored = Box::pin(jobs::get_any(&self.hubs.pool, self.job))
             .await
             .ok()
             .flatten();
         let Some(stored) = stored else {
             self.end_gone();
-            return;
+            return false;
         };
         self.first_seen = Some(JobView::from(stored.clone()));
         if stored.earlier_attempts > 0 {
             self.floor =
                 EventIds::after_attempts(u32::try_from(stored.earlier_attempts).unwrap_or(0));
         }
-        let queued = Queued {
-            job_id: self.job,
-            status: JobStatus::Queued,
-            created_at: stored.created_at.unix_timestamp(),
-        };
+        let queued = self.queued(stored.created_at.unix_timestamp());
         self.log.append(HubEvent::new(0, EventBody::Queued(queued)));
         if stored.attempts > 0 || stored.status().is_terminal() {
             // Boxed, like the other one-off steps of this task: inline, their futures (JetStream,
@@ -72,12 +91,17 @@ impl Pump {
             Box::pin(self.replay()).await;
         }
         if self.log.ended() {
-            return;
+            return false;
         }
         if stored.status().is_terminal() {
             self.end_from(stored);
-            return;
+            return false;
         }
+        true
+    }
+
+    /// Appends live events until the job ends (by its terminal event, or as Postgres has it).
+    async fn follow_live(&mut self) {
         let watched = self.hubs.rechecks.watch(self.job);
         loop {
             tokio::select! {

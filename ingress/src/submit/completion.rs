@@ -137,7 +137,11 @@ pub async fn run_completion(
         (answer, cache)
     } else {
         // Follow before publishing, so not even an instant reply can be missed.
-        let waiting = JobWait::begin(state, job_id).await;
+        let waiting = if replayed {
+            JobWait::begin(state, job_id).await
+        } else {
+            JobWait::begin_recorded(state, job_id, created).await
+        };
         if !replayed {
             super::queue(state, job_id, None, placement, &trace).await?;
         }
@@ -211,7 +215,12 @@ async fn stream(
         placement,
         trace,
     } = queueing;
-    let cursor = match state.hubs.follow(job_id).await {
+    let followed = if replayed {
+        state.hubs.follow(job_id).await
+    } else {
+        state.hubs.follow_recorded(job_id, writer.created).await
+    };
+    let cursor = match followed {
         Ok(cursor) => cursor.resume(None),
         Err(err) => {
             tracing::warn!(%job_id, error = %err, "cannot follow a job's events");

@@ -110,7 +110,13 @@ pub async fn send_turn(
 
     // Follow the job before publishing it, so a job that finishes at once is not missed.
     let waiting = match wait {
-        Some(secs) if secs > 0 => Some((JobWait::begin(state, job_id).await, secs)),
+        Some(secs) if secs > 0 => {
+            let created_at = recorded.created_at.unix_timestamp();
+            Some((
+                JobWait::begin_recorded(state, job_id, created_at).await,
+                secs,
+            ))
+        }
         _ => None,
     };
     #[cfg(feature = "fault-injection")]
