@@ -14,8 +14,9 @@
 //! - `waiting`: the one place a wait for a job's end goes through (`Prefer: wait=N`, `?wait=N`,
 //!   a non-streaming completion, a cancel).
 //! - `cancel`: cancelling a queued or running job.
-//! - `hub`: per-job event hubs behind SSE and waits: one subscription and replay per job, any
-//!   number of clients, and the Postgres fallback that ends every wait.
+//! - `hub`: per-job event hubs behind SSE and waits: one replay and log per job, any number of
+//!   clients, live events from one subscription per process, and the Postgres fallback that ends
+//!   every wait.
 //! - `files`, `batches`: the OpenAI Files and Batch APIs; a batch's lines are jobs on the batch
 //!   lane, recorded in bulk.
 //! - `responses`: the Responses API: a response is a chat completion job, with its input items,

@@ -133,6 +133,20 @@ impl Topology {
         format!("{}.events.{job}", self.namespace)
     }
 
+    /// `chatq.events.*`: every job's events, as one subscription of an ingress receives them.
+    pub fn all_events_subject(&self) -> String {
+        format!("{}.events.*", self.namespace)
+    }
+
+    /// The job whose events are published on `subject` (see [`Self::events_subject`]).
+    pub fn job_of_events_subject(&self, subject: &str) -> Option<JobId> {
+        subject
+            .strip_prefix(self.namespace.as_str())?
+            .strip_prefix(".events.")?
+            .parse()
+            .ok()
+    }
+
     /// `chatq.control.cancel.job_…`: tells whichever worker runs the job to stop it.
     pub fn cancel_subject(&self, job: JobId) -> String {
         format!("{}.control.cancel.{job}", self.namespace)
@@ -353,4 +367,28 @@ pub enum TopologyError {
         #[source]
         source: async_nats::jetstream::stream::ConsumerError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::SettingValue as _;
+
+    #[test]
+    fn a_job_is_read_back_from_its_events_subject_and_only_in_its_namespace() {
+        let topology = Topology::for_namespace(&Namespace::parse_setting("chatq").unwrap());
+        let other = Topology::for_namespace(&Namespace::parse_setting("chatqx").unwrap());
+        let job = JobId::new();
+        let subject = topology.events_subject(job);
+        assert_eq!(topology.job_of_events_subject(&subject), Some(job));
+        assert_eq!(other.job_of_events_subject(&subject), None);
+        assert_eq!(
+            topology.job_of_events_subject("chatq.events.nonsense"),
+            None
+        );
+        assert_eq!(
+            topology.job_of_events_subject(&other.events_subject(job)),
+            None
+        );
+    }
 }

@@ -1,6 +1,6 @@
-//! Event hubs: one NATS subscription, one replay and one log per job per ingress process, shared
-//! by every client of this process that follows that job (SSE streams, streamed chat completions,
-//! waits).
+//! Event hubs: one replay and one log per job per ingress process, shared by every client of this
+//! process that follows that job (SSE streams, streamed chat completions, waits). The live events
+//! of every job come through one NATS subscription per process ([`live`]).
 //!
 //! A hub's log holds the job's events in id order: `job.queued` (id 0, made here), then whatever
 //! the job's attempts published, ending with a terminal event that carries the job as committed.
@@ -11,6 +11,7 @@
 //! the others, and a late one starts from the beginning (or after its `Last-Event-ID`). The pump
 //! stops when the last cursor of the job is dropped.
 
+mod live;
 mod log;
 mod pump;
 mod recheck;
@@ -24,6 +25,7 @@ use chatq_common::topology::Topology;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+use self::live::LiveEvents;
 use self::log::Log;
 pub use self::log::{HubCursor, HubEvent, ResumingCursor};
 use self::pump::Pump;
@@ -59,7 +61,7 @@ impl Drop for JobHub {
 #[derive(Clone)]
 pub struct EventHubs {
     hubs: Arc<Mutex<HashMap<JobId, Weak<JobHub>>>>,
-    nats: async_nats::Client,
+    live: Arc<LiveEvents>,
     jetstream: async_nats::jetstream::Context,
     topology: Topology,
     pool: Db,
@@ -77,11 +79,15 @@ impl EventHubs {
         stop: CancellationToken,
     ) -> Self {
         let rechecks = Arc::new(Rechecks::default());
-        pumps.spawn(rechecks.clone().run_until_stopped(pool.clone(), stop));
+        pumps.spawn(
+            rechecks
+                .clone()
+                .run_until_stopped(pool.clone(), stop.clone()),
+        );
         Self {
             hubs: Arc::default(),
             jetstream: async_nats::jetstream::new(nats.clone()),
-            nats,
+            live: Arc::new(LiveEvents::new(nats, topology.clone(), pumps.clone(), stop)),
             topology,
             pool,
             pumps,
@@ -116,24 +122,18 @@ impl EventHubs {
         if let Some(hub) = self.existing(job) {
             return Ok(HubCursor::new(hub));
         }
-        // Subscribe before registering, so the subscription exists before anyone can rely on it.
-        let live = self
-            .nats
-            .subscribe(self.topology.events_subject(job))
-            .await
-            .map_err(HubError)?;
-        // A flush round trip guarantees the server has registered the subscription.
-        if let Err(err) = self.nats.flush().await {
-            tracing::debug!(error = %err, "flush after subscribing failed");
-        }
+        // Subscribed before registering, so the live events flow before anyone relies on them.
+        self.live.ready().await.map_err(HubError)?;
         let mut hubs = self
             .hubs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Another request may have created it meanwhile; theirs wins, ours is dropped.
+        // Another request may have created it meanwhile; theirs wins.
         if let Some(hub) = hubs.get(&job).and_then(Weak::upgrade) {
             return Ok(HubCursor::new(hub));
         }
+        // Under the registry's lock, so the job's one hub has the job's one route.
+        let live = self.live.feed(job);
         let stop = CancellationToken::new();
         let log = Arc::new(Log::new());
         let hub = Arc::new(JobHub {

@@ -14,13 +14,14 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::EventHubs;
+use super::live::LiveFeed;
 use super::log::{HubEvent, Log};
 
 /// Fills one hub's log.
 pub(super) struct Pump {
     pub(super) job: JobId,
     pub(super) log: Arc<Log>,
-    pub(super) live: async_nats::Subscriber,
+    pub(super) live: LiveFeed,
     pub(super) hubs: EventHubs,
     /// The job as first read, to describe it if it is deleted while followed.
     pub(super) first_seen: Option<JobView>,
@@ -38,7 +39,6 @@ impl Pump {
             () = self.fill() => {}
             () = stop.cancelled() => {}
         }
-        drop(Box::pin(self.live.unsubscribe()).await);
     }
 
     /// 1. Read the job from Postgres (unless it was just `recorded` here); if an attempt has
@@ -105,9 +105,9 @@ impl Pump {
         let watched = self.hubs.rechecks.watch(self.job);
         loop {
             tokio::select! {
-                message = self.live.next() => {
-                    let Some(message) = message else { return };
-                    if let Some(event) = JobEvent::from_bytes(&message.payload) {
+                payload = self.live.next() => {
+                    let Some(payload) = payload else { return };
+                    if let Some(event) = JobEvent::from_bytes(&payload) {
                         self.append(event);
                     }
                 }
@@ -137,8 +137,8 @@ impl Pump {
 
     /// Appends what the live subscription already holds, until it ends the job.
     async fn drain_live(&mut self) {
-        while let Some(message) = self.live.next().await {
-            if let Some(event) = JobEvent::from_bytes(&message.payload) {
+        while let Some(payload) = self.live.next().await {
+            if let Some(event) = JobEvent::from_bytes(&payload) {
                 self.append(event);
             }
             if self.log.ended() {
