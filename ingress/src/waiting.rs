@@ -34,14 +34,12 @@ impl JobWait {
         Self::following(state, job, state.hubs.follow(job).await)
     }
 
-    /// Begins waiting for a job this request has just recorded, created at `created_at`, and
-    /// not yet published (see [`crate::hub::EventHubs::follow_recorded`]).
-    pub async fn begin_recorded(state: &AppState, job: JobId, created_at: i64) -> Self {
-        Self::following(
-            state,
-            job,
-            state.hubs.follow_recorded(job, created_at).await,
-        )
+    /// Begins waiting for a job this request has just recorded (`job`, as
+    /// [`JobView::queued`] describes it) and not yet published (see
+    /// [`crate::hub::EventHubs::follow_recorded`]).
+    pub async fn begin_recorded(state: &AppState, job: JobView) -> Self {
+        let id = job.id;
+        Self::following(state, id, state.hubs.follow_recorded(job).await)
     }
 
     fn following(

@@ -395,3 +395,62 @@ async fn a_stream_on_a_job_deleted_mid_reply_ends_with_a_terminal_event() {
     assert!(started.elapsed() < Duration::from_secs(10));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_send_waiting_on_a_job_deleted_mid_reply_answers_with_the_job_as_sent() {
+    let app = spawn_app_with(TestOptions {
+        // Long enough that the conversation is deleted while the provider still answers.
+        mock: MockConfig {
+            ttft_ms: 100,
+            token_delay_ms: 200,
+            tokens: 100,
+            ..MockConfig::default()
+        },
+        ..TestOptions::default()
+    })
+    .await;
+    let conversation = app.create_conversation(json!({})).await;
+    let conversation = conversation["id"].as_str().unwrap().to_owned();
+    // The waiting send follows its job from the moment it is recorded.
+    let send = app
+        .request(
+            Method::POST,
+            &format!("/v1/conversations/{conversation}/messages"),
+        )
+        .header("prefer", "wait=30")
+        .json(&json!({ "content": "a long story, please" }))
+        .send();
+    let send = tokio::spawn(send);
+    let running = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE status = 'running'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+            == 1
+    };
+    while !running().await {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deleted = app
+        .request(Method::DELETE, &format!("/v1/conversations/{conversation}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+
+    let answer = tokio::time::timeout(Duration::from_secs(15), send)
+        .await
+        .expect("the wait ends within seconds of its job being deleted")
+        .unwrap()
+        .unwrap();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let job = &body["job"];
+    assert_eq!(job["status"], "failed", "{body}");
+    assert_eq!(job["error"]["type"], "not_found", "{body}");
+    // Described as it was sent, not as an unknown job.
+    assert_eq!(job["conversation_id"], conversation.as_str(), "{body}");
+    assert_eq!(job["model"], "mock-model", "{body}");
+    assert_eq!(job["lane"], "interactive", "{body}");
+    assert!(job["created_at"].as_i64().unwrap() > 0, "{body}");
+    app.stop().await;
+}

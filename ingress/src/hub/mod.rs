@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use chatq_common::db::Db;
+use chatq_common::events::JobView;
 use chatq_common::ids::JobId;
 use chatq_common::topology::Topology;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -104,21 +105,21 @@ impl EventHubs {
         self.follow_from(job, None).await
     }
 
-    /// Follows a job this request has just recorded, created at `created_at` (Unix seconds), and
-    /// not yet published: nothing can have happened to it yet, so its hub starts from
+    /// Follows a job this request has just recorded (`job`, as [`JobView::queued`] describes
+    /// it) and not yet published: nothing can have happened to it yet, so its hub starts from
     /// `job.queued` without reading Postgres (one read less for every chat completion).
     ///
     /// # Errors
     /// NATS refuses the subscription.
-    pub async fn follow_recorded(
-        &self,
-        job: JobId,
-        created_at: i64,
-    ) -> Result<HubCursor, HubError> {
-        self.follow_from(job, Some(created_at)).await
+    pub async fn follow_recorded(&self, job: JobView) -> Result<HubCursor, HubError> {
+        self.follow_from(job.id, Some(job)).await
     }
 
-    async fn follow_from(&self, job: JobId, recorded: Option<i64>) -> Result<HubCursor, HubError> {
+    async fn follow_from(
+        &self,
+        job: JobId,
+        recorded: Option<JobView>,
+    ) -> Result<HubCursor, HubError> {
         if let Some(hub) = self.existing(job) {
             return Ok(HubCursor::new(hub));
         }
@@ -149,9 +150,8 @@ impl EventHubs {
             log,
             live,
             hubs: self.clone(),
-            first_seen: None,
+            first_seen: recorded,
             floor: 0,
-            recorded,
         };
         self.pumps.spawn(pump.run(stop));
         Ok(HubCursor::new(hub))

@@ -23,14 +23,13 @@ pub(super) struct Pump {
     pub(super) log: Arc<Log>,
     pub(super) live: LiveFeed,
     pub(super) hubs: EventHubs,
-    /// The job as first read, to describe it if it is deleted while followed.
+    /// The job as first read, to describe it if it is deleted while followed; given when the
+    /// hub was made for a job this process has just recorded and not yet published, which is
+    /// queued with no earlier events, so Postgres is not read first.
     pub(super) first_seen: Option<JobView>,
     /// Events at or below this id belong to the job's life before an operator retried it (its
     /// old terminal event among them), and are not this life's.
     pub(super) floor: u64,
-    /// When the job was created, for a job this process has just recorded and not yet
-    /// published: it is queued and has no earlier events, so Postgres is not read first.
-    pub(super) recorded: Option<i64>,
 }
 
 impl Pump {
@@ -41,7 +40,7 @@ impl Pump {
         }
     }
 
-    /// 1. Read the job from Postgres (unless it was just `recorded` here); if an attempt has
+    /// 1. Read the job from Postgres (unless it was just recorded here); if an attempt has
     ///    already started, replay its earlier events from the events stream (an ordered
     ///    consumer, read until caught up).
     /// 2. Append live events, skipping any id already logged, until a terminal event.
@@ -50,9 +49,9 @@ impl Pump {
     ///    terminal event from Postgres, and a job deleted meanwhile (with its conversation) a
     ///    `job.failed` saying so, so no follower waits forever.
     async fn fill(&mut self) {
-        if let Some(created_at) = self.recorded {
-            self.log
-                .append(HubEvent::new(0, EventBody::Queued(self.queued(created_at))));
+        if let Some(recorded) = &self.first_seen {
+            let queued = self.queued(recorded.created_at);
+            self.log.append(HubEvent::new(0, EventBody::Queued(queued)));
         } else if !Box::pin(self.catch_up()).await {
             return;
         }

@@ -9,7 +9,7 @@ use chatq_common::db::jobs::{self, NewJob, Recorded};
 use chatq_common::db::responses::{self, NewResponse, ResponseRow};
 use chatq_common::events::JobView;
 use chatq_common::ids::{JobId, ResponseId};
-use chatq_common::job::{JobRequest, JobStatus, Lane};
+use chatq_common::job::{JobRequest, Lane};
 use chatq_common::trace::TraceContext;
 
 use super::events::Translator;
@@ -118,11 +118,18 @@ pub async fn create_response(
             return Err(err.into());
         }
     }
-    let queued = queued_view(job_id, &model, recorded.created_at.unix_timestamp());
+    let queued = JobView::queued(
+        job_id,
+        Lane::Interactive,
+        model.clone(),
+        None,
+        recorded.created_at.unix_timestamp(),
+    );
     let mut abandon = AbandonGuard::new(state, caller.tenant, job_id, row.background);
     if let Some(slot) = slot {
         // Follow before publishing, so not even the first event can be missed.
-        let cursor = follow(state, job_id).await?;
+        let followed = state.hubs.follow_recorded(queued.clone()).await;
+        let cursor = unless_unavailable(job_id, followed)?;
         crate::submit::queue(state, job_id, None, placement, &trace).await?;
         return Ok(Created::Stream(Box::new(ResponseStream {
             cursor,
@@ -136,7 +143,7 @@ pub async fn create_response(
         crate::submit::queue(state, job_id, None, placement, &trace).await?;
         return Ok(Created::Object(response_json(&row, &queued, "queued")));
     }
-    let waiting = JobWait::begin(state, job_id).await;
+    let waiting = JobWait::begin_recorded(state, queued.clone()).await;
     crate::submit::queue(state, job_id, None, placement, &trace).await?;
     let ended = waiting
         .until_end(Duration::from_secs(state.limits.job_deadline_secs))
@@ -155,7 +162,15 @@ pub async fn create_response(
 
 /// Follows a job's events, or answers 503 when the message bus cannot be reached.
 pub(super) async fn follow(state: &AppState, job: JobId) -> ApiResult<crate::hub::ResumingCursor> {
-    match state.hubs.follow(job).await {
+    unless_unavailable(job, state.hubs.follow(job).await)
+}
+
+/// The cursor of a followed job, or 503 when the message bus cannot be reached.
+fn unless_unavailable(
+    job: JobId,
+    followed: Result<crate::hub::HubCursor, crate::hub::HubError>,
+) -> ApiResult<crate::hub::ResumingCursor> {
+    match followed {
         Ok(cursor) => Ok(cursor.resume(None)),
         Err(err) => {
             tracing::warn!(%job, error = %err, "cannot follow a job's events");
@@ -164,26 +179,5 @@ pub(super) async fn follow(state: &AppState, job: JobId) -> ApiResult<crate::hub
                 retry_after: Duration::from_secs(2),
             })
         }
-    }
-}
-
-/// The job as it is when just recorded.
-fn queued_view(id: JobId, model: &str, created_at: i64) -> JobView {
-    JobView {
-        id,
-        object: "job".into(),
-        status: JobStatus::Queued,
-        lane: Lane::Interactive.as_str().into(),
-        model: model.to_owned(),
-        conversation_id: None,
-        created_at,
-        started_at: None,
-        finished_at: None,
-        attempts: 0,
-        queued_ms: None,
-        ttft_ms: None,
-        upstream_ms: None,
-        reply: None,
-        error: None,
     }
 }

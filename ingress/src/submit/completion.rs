@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chatq_common::db::jobs::{self, NewJob, Recorded};
-use chatq_common::events::EventBody;
+use chatq_common::events::{EventBody, JobView};
 use chatq_common::ids::JobId;
 use chatq_common::job::{JobRequest, Lane};
 use chatq_common::queue::Placement;
@@ -140,7 +140,7 @@ pub async fn run_completion(
         let waiting = if replayed {
             JobWait::begin(state, job_id).await
         } else {
-            JobWait::begin_recorded(state, job_id, created).await
+            JobWait::begin_recorded(state, recorded_view(job_id, &writer)).await
         };
         if !replayed {
             super::queue(state, job_id, None, placement, &trace).await?;
@@ -167,6 +167,17 @@ pub async fn run_completion(
         cache,
         answer,
     })
+}
+
+/// The completion's job as this request has just recorded it.
+fn recorded_view(job_id: JobId, writer: &ChunkWriter) -> JobView {
+    JobView::queued(
+        job_id,
+        Lane::Interactive,
+        writer.model.clone(),
+        None,
+        writer.created,
+    )
 }
 
 /// Waits for the job to start and says which tier of the reply cache its reply comes from, if
@@ -218,7 +229,10 @@ async fn stream(
     let followed = if replayed {
         state.hubs.follow(job_id).await
     } else {
-        state.hubs.follow_recorded(job_id, writer.created).await
+        state
+            .hubs
+            .follow_recorded(recorded_view(job_id, &writer))
+            .await
     };
     let cursor = match followed {
         Ok(cursor) => cursor.resume(None),

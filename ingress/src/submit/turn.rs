@@ -108,15 +108,16 @@ pub async fn send_turn(
         refused => return Err(super::refused(&refused, state, conversation)),
     };
 
+    let job = JobView::queued(
+        job_id,
+        Lane::Interactive,
+        recorded.model.clone(),
+        Some(conversation),
+        recorded.created_at.unix_timestamp(),
+    );
     // Follow the job before publishing it, so a job that finishes at once is not missed.
     let waiting = match wait {
-        Some(secs) if secs > 0 => {
-            let created_at = recorded.created_at.unix_timestamp();
-            Some((
-                JobWait::begin_recorded(state, job_id, created_at).await,
-                secs,
-            ))
-        }
+        Some(secs) if secs > 0 => Some((JobWait::begin_recorded(state, job.clone()).await, secs)),
         _ => None,
     };
     #[cfg(feature = "fault-injection")]
@@ -129,13 +130,6 @@ pub async fn send_turn(
     {
         return answer_existing(state, caller, job, Some(message_id), wait, false).await;
     }
-    let job = JobView::queued(
-        job_id,
-        Lane::Interactive,
-        recorded.model,
-        Some(conversation),
-        recorded.created_at.unix_timestamp(),
-    );
     let message = MessageView {
         id: message_id,
         object: "message",
