@@ -9,9 +9,11 @@
 //!
 //! - this module: building a worker, and its run with the drain phases of a shutdown;
 //! - [`pull`]: the pull requests that fill free slots (a long poll that fills is followed at once);
+//! - [`answers`]: what a pull request yields, as that loop reads it;
 //! - [`settle`]: running each delivered job and settling its message by outcome;
 //! - [`status`]: the heartbeat a worker reports, following the fleet's grants, and `/metrics`.
 
+mod answers;
 mod pull;
 mod settle;
 mod status;

@@ -3,36 +3,30 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull::Batch;
 use chatq_common::job::Lane;
-use futures::StreamExt;
-use futures::stream::{BoxStream, SelectAll};
+use futures::stream::SelectAll;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Worker;
+use super::answers::{Answer, Answers, answers_of, next_answer};
 use super::settle::{hand_back_surplus, run_job};
 use crate::slots::{Slot, Slots};
 
 /// How long an idle worker waits on one pull request before looking at both lanes again.
-const IDLE_POLL: Duration = Duration::from_millis(500);
+pub(super) const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How long after its expiry a long poll is still read. The server ends a long poll with a
 /// timeout status when it expires, but not always: one that delivered a message just before
 /// expiring may end without a word (seen with nats-server 2.9), and waiting for that word held
-/// every job published meanwhile for [`PULL_ANSWER_TIMEOUT`]. Nothing is delivered on an expired
+/// every job published meanwhile for [`super::answers::PULL_ANSWER_TIMEOUT`]. Nothing is delivered on an expired
 /// request, so after this grace the loop pulls again. The grace only has to cover the request's
 /// way to the server (its expiry runs from when the server has it); every job published during
 /// the grace waits for it, so it is short: at 250 ms, the slowest 1 % of interactive jobs on an
 /// idle queue waited 150–250 ms in `chatq-bench fairness` (BENCHMARKS.md, "A slot kept for the
 /// front").
-const LONG_POLL_GRACE: Duration = Duration::from_millis(50);
+pub(super) const LONG_POLL_GRACE: Duration = Duration::from_millis(50);
 /// Most jobs asked for in one pull request.
 pub(super) const MAX_PULL: usize = 256;
-/// Longest wait for the next answer to a pull request. The server answers a fetch at once and a
-/// long poll within [`IDLE_POLL`]; an answer lost while NATS restarts would otherwise keep the
-/// loop waiting forever (a fetch has no expiry of its own). Anything delivered after the loop
-/// gave up is redelivered after its ack wait.
-const PULL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a worker whose only free slots are those kept for the front waits on the front
 /// before it looks again: a slot that frees meanwhile waits at most this long for a job from
@@ -95,12 +89,11 @@ impl Worker {
             let wait = if only_front { RESERVED_POLL } else { IDLE_POLL };
             let poll = LongPoll {
                 due: tokio::time::Instant::now() + wait,
-                reserved,
                 only_front,
             };
             let mut answers = SelectAll::new();
             for index in self.interactive() {
-                if let Some(request) = self.long_poll(index, free, &poll).await? {
+                if let Some(request) = self.long_poll(index, free, &poll, reserved).await? {
                     answers.push(request);
                 }
             }
@@ -119,14 +112,16 @@ impl Worker {
     }
 
     /// A pull request to consumer `index` that waits for jobs until `poll` is due, for as many
-    /// as the free slots it may fill; `None` when it may fill none.
+    /// as the free slots it may fill (all but `reserved` of them, unless it is the front);
+    /// `None` when it may fill none.
     async fn long_poll(
         &self,
         index: usize,
         free: &[Slot],
         poll: &LongPoll,
+        reserved: usize,
     ) -> anyhow::Result<Option<Answers>> {
-        let room = match room_for(index, free.len(), poll.reserved) {
+        let room = match room_for(index, free.len(), reserved) {
             0 => return Ok(None),
             _ if poll.only_front => 1,
             room => room,
@@ -171,7 +166,8 @@ impl Worker {
                 slot = self.limits.slots().acquire(), if !filled.is_empty() => {
                     free.push(slot);
                     if let Some(poll) = poll {
-                        self.follow_up(&mut filled, poll, free, &mut answers).await;
+                        self.follow_up(&mut filled, poll, free, &mut answers, run.reserved)
+                            .await;
                     }
                     continue;
                 }
@@ -198,7 +194,8 @@ impl Worker {
                 }) => {
                     if let Some(poll) = poll {
                         filled.push(consumer);
-                        self.follow_up(&mut filled, poll, free, &mut answers).await;
+                        self.follow_up(&mut filled, poll, free, &mut answers, run.reserved)
+                            .await;
                     }
                     continue;
                 }
@@ -237,6 +234,7 @@ impl Worker {
         poll: &LongPoll,
         free: &mut Vec<Slot>,
         answers: &mut SelectAll<Answers>,
+        reserved: usize,
     ) {
         if poll.due <= tokio::time::Instant::now() + MIN_FOLLOW_UP {
             filled.clear();
@@ -245,7 +243,7 @@ impl Worker {
         self.top_up(free);
         let mut waiting = Vec::new();
         for consumer in filled.drain(..) {
-            match self.long_poll(consumer, free, poll).await {
+            match self.long_poll(consumer, free, poll, reserved).await {
                 Ok(Some(request)) => answers.push(request),
                 Ok(None) => waiting.push(consumer),
                 Err(err) => tracing::debug!(error = %err, "cannot pull again"),
@@ -300,73 +298,8 @@ struct Dispatch<'a> {
 /// A wait on the interactive lane's consumers, until `due`.
 struct LongPoll {
     due: tokio::time::Instant,
-    reserved: usize,
     /// Only the front may fill the free slots: its requests ask for one job each.
     only_front: bool,
-}
-
-/// What one pull request yields: its deliveries, then its end.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "nearly every answer is a delivery: boxing it would allocate once per job to shrink the end"
-)]
-enum Answer {
-    Delivered {
-        consumer: usize,
-        message: Result<async_nats::jetstream::Message, async_nats::Error>,
-    },
-    /// The request to consumer `consumer` has ended; `filled` when it delivered every job it
-    /// asked for.
-    Ended { consumer: usize, filled: bool },
-}
-
-type Answers = BoxStream<'static, Answer>;
-
-/// The answers of a pull request to consumer `consumer` for `asked` jobs.
-fn answers_of(consumer: usize, asked: usize, messages: Batch) -> Answers {
-    futures::stream::unfold(Some((messages, 0)), move |request| async move {
-        let (mut messages, delivered) = request?;
-        match messages.next().await {
-            Some(Ok(message)) => Some((
-                Answer::Delivered {
-                    consumer,
-                    message: Ok(message),
-                },
-                Some((messages, delivered + 1)),
-            )),
-            Some(Err(err)) => Some((
-                Answer::Delivered {
-                    consumer,
-                    message: Err(err),
-                },
-                Some((messages, delivered)),
-            )),
-            None => Some((
-                Answer::Ended {
-                    consumer,
-                    filled: delivered >= asked,
-                },
-                None,
-            )),
-        }
-    })
-    .boxed()
-}
-
-/// The next answer to a pull request; `None` once it has ended, when nothing came for
-/// [`PULL_ANSWER_TIMEOUT`], or, for a long poll, once it has `expired`.
-async fn next_answer<S: futures::Stream + Unpin>(
-    messages: &mut S,
-    expired: Option<tokio::time::Instant>,
-) -> Option<S::Item> {
-    let answer_by = tokio::time::Instant::now() + PULL_ANSWER_TIMEOUT;
-    let answer_by = expired.map_or(answer_by, |expired| expired.min(answer_by));
-    tokio::time::timeout_at(answer_by, messages.next())
-        .await
-        .unwrap_or_else(|_| {
-            tracing::debug!("a pull request went unanswered; pulling again");
-            None
-        })
 }
 
 pub(super) async fn acquire(slots: &Slots, shutdown: &CancellationToken) -> Option<Slot> {
@@ -374,36 +307,5 @@ pub(super) async fn acquire(slots: &Slots, shutdown: &CancellationToken) -> Opti
         biased;
         () = shutdown.cancelled() => None,
         slot = slots.acquire() => Some(slot),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_long_poll_the_server_never_ends_is_given_up_at_its_expiry() {
-        let started = tokio::time::Instant::now();
-        let expired = started + IDLE_POLL + LONG_POLL_GRACE;
-        let mut silent = futures::stream::pending::<()>();
-        assert_eq!(next_answer(&mut silent, Some(expired)).await, None);
-        assert_eq!(started.elapsed(), IDLE_POLL + LONG_POLL_GRACE);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_fetch_that_goes_unanswered_is_given_up() {
-        let started = tokio::time::Instant::now();
-        let mut silent = futures::stream::pending::<()>();
-        assert_eq!(next_answer(&mut silent, None).await, None);
-        assert_eq!(started.elapsed(), PULL_ANSWER_TIMEOUT);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn messages_are_read_until_the_request_ends() {
-        let expired = tokio::time::Instant::now() + IDLE_POLL;
-        let mut two = futures::stream::iter([1, 2]);
-        assert_eq!(next_answer(&mut two, Some(expired)).await, Some(1));
-        assert_eq!(next_answer(&mut two, Some(expired)).await, Some(2));
-        assert_eq!(next_answer(&mut two, Some(expired)).await, None);
     }
 }
